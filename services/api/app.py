@@ -1,0 +1,70 @@
+"""The Falcon app factory: every dependency is passed in, nothing read from the environment."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import falcon
+from dramatiq.brokers.redis import RedisBroker
+
+from services.api import errors
+from services.api.middleware import Auth, RequestId
+from services.api.resources.health import HealthResource, ReadyResource
+from services.api.resources.jobs import (
+    BatchResource,
+    JobCancelResource,
+    JobResource,
+    JobResultResource,
+    JobsResource,
+    Submitter,
+)
+from services.api.resources.tasks import TasksResource
+from shared import metrics
+from shared.settings import Settings
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+
+
+class Metrics:
+    """Count and time every request by route template, never by raw path."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, ok: bool) -> None:
+        route = req.uri_template or "unmatched"
+        elapsed = time.perf_counter() - getattr(req.context, "started", time.perf_counter())
+        metrics.http_requests_total.labels(req.method, route, resp.status[:3] if isinstance(resp.status, str)
+                                           else str(resp.status)).inc()  # fmt: skip
+        metrics.http_request_duration_seconds.labels(req.method, route).observe(elapsed)
+
+
+class MetricsResource:
+    public = True
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data, content_type = metrics.exposition()
+        resp.data = data
+        resp.content_type = content_type
+
+
+def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, broker: RedisBroker) -> falcon.App:
+    middleware: list[Any] = [Metrics(), RequestId(), Auth(settings.api_keys, enabled=settings.api_auth)]
+    app = falcon.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.auto_parse_qs_csv = False
+    app.resp_options.default_media_type = falcon.MEDIA_JSON
+    errors.install(app)
+
+    submitter = Submitter(store, registry, broker, settings.api_max_body_bytes)
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(store.engine, broker.client))
+    app.add_route("/metrics", MetricsResource())
+    app.add_route("/v1/jobs", JobsResource(submitter))
+    app.add_route("/v1/jobs/batch", BatchResource(submitter))
+    app.add_route("/v1/jobs/{job_id}", JobResource(store))
+    app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store))
+    app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store))
+    app.add_route("/v1/tasks", TasksResource(registry))
+    return app

@@ -1,0 +1,101 @@
+"""One place that turns errors into RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import falcon
+
+from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError, NotFound, Unavailable
+
+PROBLEM = "application/problem+json"
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+}
+
+
+class BadRequest(JobrelayError):
+    """The body is not JSON at all (400), unlike ``InvalidInput`` (valid JSON, wrong content: 422)."""
+
+    title = "Malformed request"
+
+
+class PayloadTooLarge(JobrelayError):
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(JobrelayError):
+    title = "Unsupported media type"
+
+
+class Unauthorized(JobrelayError):
+    title = "Unauthorized"
+
+
+class Forbidden(JobrelayError):
+    title = "Forbidden"
+
+
+_STATUS.update({BadRequest: 400, PayloadTooLarge: 413, UnsupportedMediaType: 415, Unauthorized: 401, Forbidden: 403})
+
+
+def problem(
+    resp: falcon.Response,
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    **extra: Any,
+) -> None:
+    body: dict[str, Any] = {
+        "type": f"https://jobrelay.dev/problems/{title.lower().replace(' ', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = [{"path": e.path, "message": e.message} for e in errors]
+    body.update(extra)
+    resp.status = falcon.code_to_http_status(status)
+    resp.content_type = PROBLEM
+    resp.text = json.dumps(body)
+    resp.complete = True
+
+
+def handle_domain_error(req: falcon.Request, resp: falcon.Response, exc: JobrelayError, _params: Any) -> None:
+    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+    if status == 401:
+        resp.set_header("WWW-Authenticate", 'Bearer realm="jobrelay"')
+    if status == 503:
+        resp.set_header("Retry-After", "1")
+    problem(resp, status, exc.title, exc.detail, exc.errors)
+
+
+def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, _params: Any) -> None:
+    status = falcon.http_status_to_code(exc.status)
+    title = exc.title or "Error"
+    detail = exc.description or title
+    if status == 404:
+        detail = detail if exc.description else f"no resource at {req.path}"
+    if status == 405:
+        resp.set_headers(exc.headers or {})
+    problem(resp, status, title, detail)
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, _params: Any) -> None:
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    problem(resp, 500, "Internal error", "the server failed to handle this request; it has been logged")
+
+
+def install(app: falcon.App) -> None:
+    # NOTE: Falcon picks the handler of the most specific class, so order does not matter here.
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(JobrelayError, handle_domain_error)

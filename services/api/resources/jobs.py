@@ -1,0 +1,164 @@
+"""``/v1/jobs``: submit, read, list and cancel jobs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import falcon
+from dramatiq.brokers.redis import RedisBroker
+
+from services.api.body import read_json
+from services.api.validation import Submission, build_job
+from shared.broker import publish
+from shared.errors import FieldError, InvalidInput, NotFound, Unavailable
+from shared.job import Job, JobStatus
+from shared.store.jobs import JobFilter, JobStore
+from shared.store.tasks import TaskRegistry
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 1000
+
+
+class Submitter:
+    """Validate, commit, then publish: the row is durable before the 202."""
+
+    def __init__(self, store: JobStore, registry: TaskRegistry, broker: RedisBroker, max_body_bytes: int) -> None:
+        self.store = store
+        self.registry = registry
+        self.broker = broker
+        self.max_body_bytes = max_body_bytes
+
+    def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
+        stored = self.store.insert(new_jobs)
+        fresh = [job for job, created in stored if created]
+        if fresh:
+            try:
+                self.store.mark_published(publish(self.broker, fresh))
+            except Unavailable as exc:
+                # NOTE: the rows are committed; the outbox relay publishes them when Redis is back.
+                log.warning("broker unavailable, %d job(s) left for the relay: %s", len(fresh), exc)
+        return stored
+
+
+class JobsResource:
+    scopes = {"GET": "read", "POST": "write"}
+
+    def __init__(self, submitter: Submitter) -> None:
+        self.submitter = submitter
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self.submitter.max_body_bytes)
+        submission = Submission(request_id=req.context.request_id, idempotency_key=req.get_header("Idempotency-Key"))
+        errors: list[FieldError] = []
+        job = build_job(body, "", self.submitter.registry, submission, errors)
+        if job is None:
+            raise InvalidInput("the job request is invalid", errors)
+        [(stored, created)] = self.submitter.submit([job])
+        resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
+        resp.set_header("Location", f"/v1/jobs/{stored.id}")
+        resp.media = stored.to_api()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        errors: list[FieldError] = []
+        params = req.params
+        for name in sorted(set(params) - {"status", "task", "queue", "workflow_id", "schedule_id",
+                                          "created_after", "limit", "cursor"}):  # fmt: skip
+            errors.append(FieldError(f"/query/{name}", "is not a filter of this list"))
+        values = {name: params.get(name) for name in ("task", "queue", "workflow_id", "schedule_id")}
+        for name, value in values.items():
+            if isinstance(value, list):
+                errors.append(FieldError(f"/query/{name}", "give it once"))
+        status = None
+        if "status" in params:
+            try:
+                status = JobStatus(str(params["status"]))
+            except ValueError:
+                errors.append(FieldError("/query/status", f"must be one of {', '.join(s.value for s in JobStatus)}"))
+        created_after = None
+        if "created_after" in params:
+            try:
+                created_after = datetime.fromisoformat(str(params["created_after"]).replace("Z", "+00:00"))
+                if created_after.tzinfo is None:
+                    created_after = created_after.replace(tzinfo=UTC)
+            except ValueError:
+                errors.append(FieldError("/query/created_after", "must be an RFC 3339 date-time"))
+        limit = 50
+        if "limit" in params:
+            raw = params["limit"]
+            if not isinstance(raw, str) or not raw.isdigit() or not 1 <= int(raw) <= 500:
+                errors.append(FieldError("/query/limit", "must be an integer from 1 to 500"))
+            else:
+                limit = int(raw)
+        cursor = params.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            errors.append(FieldError("/query/cursor", "give it once"))
+        if errors:
+            raise InvalidInput("the list query is invalid", errors)
+        filters = JobFilter(status=status, created_after=created_after, **values)  # type: ignore[arg-type]
+        try:
+            page = self.submitter.store.list(filters, limit=limit, cursor=cursor)  # type: ignore[arg-type]
+        except InvalidInput as exc:
+            raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
+        resp.media = {"items": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
+
+
+class BatchResource:
+    scopes = {"POST": "write"}
+
+    def __init__(self, submitter: Submitter) -> None:
+        self.submitter = submitter
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self.submitter.max_body_bytes)
+        if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
+            raise InvalidInput('a batch is {"jobs": [...]}', [FieldError("/jobs", "must be a list of job requests")])
+        requests: list[Any] = body["jobs"]
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise InvalidInput(
+                "batch size out of range", [FieldError("/jobs", f"must hold 1 to {MAX_BATCH} job requests")]
+            )
+        submission = Submission(request_id=req.context.request_id)
+        errors: list[FieldError] = []
+        built = [build_job(item, f"/jobs/{i}", self.submitter.registry, submission, errors)
+                 for i, item in enumerate(requests)]  # fmt: skip
+        if errors:
+            raise InvalidInput("the batch is invalid; nothing was accepted", errors)
+        stored = self.submitter.submit([job for job in built if job is not None])
+        resp.status = falcon.HTTP_202
+        resp.media = {"jobs": [job.to_api() for job, _created in stored]}
+
+
+class JobResource:
+    scopes = {"GET": "read"}
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        resp.media = self.store.get(job_id).to_api()
+
+
+class JobResultResource:
+    scopes = {"GET": "read"}
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            raise NotFound(f"job {job_id} has no result yet (it is {job.status.value})")
+        resp.media = job.result
+
+
+class JobCancelResource:
+    scopes = {"POST": "write"}
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        resp.status = falcon.HTTP_202
+        resp.media = self.store.cancel(job_id).to_api()

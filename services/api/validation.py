@@ -1,0 +1,188 @@
+"""Turning a job request body into a ``Job``, or into a list of what is wrong with it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from shared.catalog import QUEUE_NAME, TaskSpec
+from shared.errors import FieldError
+from shared.ids import new_id
+from shared.job import Job, JobStatus, utcnow
+from shared.store.tasks import TaskRegistry
+
+MAX_DELAY_S = 365 * 86400.0
+MAX_TIME_LIMIT_S = 7 * 86400.0
+MAX_RETRIES = 100
+PRIORITY_RANGE = (0, 9)
+JOB_FIELDS = {
+    "task",
+    "args",
+    "queue",
+    "delay_s",
+    "eta",
+    "priority",
+    "max_retries",
+    "time_limit_s",
+    "max_age_s",
+    "idempotency_key",
+}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Context of one request that every job it creates shares."""
+
+    request_id: str | None = None
+    idempotency_key: str | None = None
+    workflow_id: str | None = None
+    schedule_id: str | None = None
+
+
+@lru_cache(maxsize=512)
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_json))
+
+
+def args_errors(spec: TaskSpec, args: Any, base: str) -> list[FieldError]:
+    """Every way ``args`` fails the task's schema, each at a JSON pointer under ``base``."""
+    validator = _validator(json.dumps(spec.args_schema, sort_keys=True))
+    found: list[FieldError] = []
+    for error in sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path))):
+        pointer = base + "".join(f"/{_escape(part)}" for part in error.absolute_path)
+        if error.validator == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else ""
+            found.append(FieldError(f"{pointer}/{_escape(missing)}", "is required"))
+        elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for extra in sorted(set(error.instance) - allowed):
+                found.append(FieldError(f"{pointer}/{_escape(extra)}", "is not an argument of this task"))
+        else:
+            found.append(FieldError(pointer or base, error.message))
+    return found
+
+
+def _escape(part: object) -> str:
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """Fingerprint of a request for idempotency: the body without its key, canonically encoded."""
+    canonical = {k: v for k, v in body.items() if k != "idempotency_key"}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _number(body: dict[str, Any], name: str, base: str, errors: list[FieldError], lo: float, hi: float) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        errors.append(FieldError(f"{base}/{name}", "must be a number or null"))
+        return None
+    if not lo <= value <= hi:
+        errors.append(FieldError(f"{base}/{name}", f"must be between {lo:g} and {hi:g}"))
+        return None
+    return value
+
+
+def _parse_eta(value: Any, pointer: str, errors: list[FieldError]) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.append(FieldError(pointer, "must be an RFC 3339 date-time string or null"))
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        errors.append(FieldError(pointer, "is not an RFC 3339 date-time"))
+        return None
+    if parsed.tzinfo is None:
+        errors.append(FieldError(pointer, "needs a time zone offset, such as Z"))
+        return None
+    return parsed.astimezone(UTC)
+
+
+def build_job(
+    body: Any, base: str, registry: TaskRegistry, submission: Submission, errors: list[FieldError]
+) -> Job | None:
+    """Validate one job request; append each problem to ``errors`` and return the job if none."""
+    before = len(errors)
+    if not isinstance(body, dict):
+        errors.append(FieldError(base or "/", "must be a JSON object"))
+        return None
+    for unknown in sorted(set(body) - JOB_FIELDS):
+        errors.append(FieldError(f"{base}/{_escape(unknown)}", "is not a field of a job request"))
+    task_name = body.get("task")
+    spec: TaskSpec | None = None
+    if not isinstance(task_name, str) or not task_name:
+        errors.append(FieldError(f"{base}/task", "is required and must be a task name"))
+    else:
+        spec = registry.get(task_name)
+        if spec is None:
+            errors.append(FieldError(f"{base}/task", f"no worker has registered a task named {task_name!r}"))
+    args = body.get("args", {})
+    if not isinstance(args, dict):
+        errors.append(FieldError(f"{base}/args", "must be a JSON object"))
+    elif spec is not None:
+        errors.extend(args_errors(spec, args, f"{base}/args"))
+    queue = body.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.match(queue)):
+        errors.append(FieldError(f"{base}/queue", "must be a queue name (lowercase letters, digits, '_', '-')"))
+    priority = body.get("priority", 0)
+    if priority is None:
+        priority = 0
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not (PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1])
+    ):
+        errors.append(FieldError(f"{base}/priority", "must be an integer from 0 to 9"))
+    max_retries = body.get("max_retries")
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES
+    ):
+        errors.append(FieldError(f"{base}/max_retries", f"must be an integer from 0 to {MAX_RETRIES} or null"))
+    delay_s = _number(body, "delay_s", base, errors, 0, MAX_DELAY_S)
+    time_limit_s = _number(body, "time_limit_s", base, errors, 0.001, MAX_TIME_LIMIT_S)
+    max_age_s = _number(body, "max_age_s", base, errors, 0.001, MAX_DELAY_S)
+    eta = _parse_eta(body.get("eta"), f"{base}/eta", errors)
+    if eta is not None and delay_s:
+        errors.append(FieldError(f"{base}/eta", "give either eta or delay_s, not both"))
+    key = body.get("idempotency_key", submission.idempotency_key)
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
+        errors.append(FieldError(f"{base}/idempotency_key", "must be a string of 1 to 200 characters"))
+    if len(errors) > before or spec is None:
+        return None
+
+    now = utcnow()
+    scheduled_for = eta if eta is not None else (now + timedelta(seconds=delay_s) if delay_s else None)
+    if scheduled_for is not None and scheduled_for <= now:
+        scheduled_for = None
+    hashed = dict(body)
+    if submission.idempotency_key is not None:
+        hashed.setdefault("idempotency_key", submission.idempotency_key)
+    return Job(
+        id=new_id(),
+        task=spec.name,
+        queue=queue or spec.queue,
+        status=JobStatus.SCHEDULED if scheduled_for else JobStatus.QUEUED,
+        args=args,
+        max_retries=spec.max_retries if max_retries is None else max_retries,
+        priority=priority,
+        time_limit_s=spec.time_limit_s if time_limit_s is None else float(time_limit_s),
+        max_age_s=spec.max_age_s if max_age_s is None else float(max_age_s),
+        created_at=now,
+        updated_at=now,
+        scheduled_for=scheduled_for,
+        workflow_id=submission.workflow_id,
+        schedule_id=submission.schedule_id,
+        idempotency_key=key,
+        request_hash=request_hash(hashed) if key else None,
+        request_id=submission.request_id,
+    )

@@ -1,0 +1,64 @@
+"""A worker process's pulse: its Redis heartbeat, its job leases and a liveness file."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from services.worker.middleware.status import JobStatusMiddleware
+from shared.orphans import beat
+from shared.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Beats every ``interval_s`` from its own thread, so a long task never looks like a dead worker."""
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        store: JobStore,
+        status: JobStatusMiddleware,
+        owner: str,
+        interval_s: float,
+        lease_s: float,
+        liveness_file: Path | None = None,
+    ) -> None:
+        super().__init__(name="jobrelay-heartbeat", daemon=True)
+        self.client = client
+        self.store = store
+        self.status = status
+        self.owner = owner
+        self.interval_s = interval_s
+        self.lease_s = lease_s
+        self.liveness_file = liveness_file
+        self.stopping = threading.Event()
+
+    def beat_once(self) -> None:
+        try:
+            beat(self.client, self.owner)
+        except redis.RedisError as exc:
+            log.warning("heartbeat to Redis failed: %s", exc)
+        running = self.status.running_job_ids()
+        if running:
+            try:
+                self.store.renew_leases(self.owner, running, lease_s=self.lease_s)
+            except Exception as exc:
+                log.warning("lease renewal failed: %s", exc)
+        if self.liveness_file is not None:
+            self.liveness_file.touch()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            self.beat_once()
+            self.stopping.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.stopping.set()

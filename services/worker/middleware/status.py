@@ -1,0 +1,213 @@
+"""Job status: claim the row with a lease, run, record the outcome, then let Dramatiq ack.
+
+NOTE: Dramatiq acks (or nacks) in ``post_process_message``, after every
+``after_process_message`` hook has returned, so the final status write below
+is committed before the message leaves Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
+
+from services.worker.context import JobContext, enter_job, leave_job
+from services.worker.retry_policy import Retry, decide
+from shared import metrics
+from shared.catalog import Catalog
+from shared.job import Job, JobStatus, utcnow
+from shared.logs import reset_log_context, set_log_context
+from shared.results import ResultStorage, encode_result
+from shared.store.jobs import ClaimOutcome, JobStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Longest pause between attempts to reach the job store while it is down.
+MAX_STORE_RETRY_S = 5.0
+
+
+def persist(write: Callable[[], T]) -> T:
+    """Run a store call until it succeeds: the worker pauses while the store is down.
+
+    NOTE: Dramatiq swallows errors raised in middleware hooks and acks the
+    message anyway, so giving up here would lose the job's outcome.
+    """
+    delay_s = 0.05
+    while True:
+        try:
+            return write()
+        except DBAPIError as exc:
+            log.warning("job store unavailable (%s); retrying in %.2fs", type(exc.orig).__name__, delay_s)
+            time.sleep(delay_s)
+            delay_s = min(MAX_STORE_RETRY_S, delay_s * 2)
+
+
+def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeLimitExceeded):
+        message = "the task exceeded its time limit"
+    return {
+        "type": type(exc).__name__,
+        "message": message[:2000],
+        "retryable": retryable,
+        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+    }
+
+
+class JobStatusMiddleware(Middleware):
+    """Records every transition of a job in the store; skips duplicates and cancelled jobs."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        catalog: Catalog,
+        results: ResultStorage,
+        *,
+        owner: str,
+        lease_s: float,
+        inline_max_bytes: int,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.results = results
+        self.owner = owner
+        self.lease_s = lease_s
+        self.inline_max_bytes = inline_max_bytes
+        self._running: dict[str, Job] = {}
+        self._running_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- what other parts of the worker read -------------------------------
+
+    def running_job_ids(self) -> list[str]:
+        with self._running_lock:
+            return list(self._running)
+
+    # -- Dramatiq hooks ----------------------------------------------------
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        labels = (message.actor_name, message.queue_name)
+        claim = persist(lambda: self.store.claim(message.message_id, owner=self.owner, lease_s=self.lease_s))
+        if claim.outcome is ClaimOutcome.DUPLICATE:
+            metrics.jobs_duplicates_skipped_total.labels(*labels).inc()
+            log.info("skipping duplicate delivery of job %s", message.message_id)
+            raise SkipMessage()
+        if claim.outcome is ClaimOutcome.CANCELLED:
+            metrics.jobs_cancelled_total.labels(*labels).inc()
+            raise SkipMessage()
+        if claim.outcome is ClaimOutcome.EXPIRED:
+            metrics.jobs_expired_total.labels(*labels).inc()
+            raise SkipMessage()
+        if claim.outcome is ClaimOutcome.MISSING:
+            log.error("message %s has no job row; dead-lettering it", message.message_id)
+            message.fail()
+            raise SkipMessage()
+        job = claim.job
+        assert job is not None
+        with self._running_lock:
+            self._running[job.id] = job
+        due = job.next_attempt_at or job.scheduled_for or job.created_at
+        if job.attempts == 1:
+            metrics.job_queue_wait_seconds.labels(*labels).observe(max(0.0, (utcnow() - due).total_seconds()))
+        metrics.jobs_started_total.labels(*labels).inc()
+        metrics.jobs_in_progress.labels(*labels).inc()
+        self._local.started = time.perf_counter()
+        self._local.log_token = set_log_context(
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            attempt=job.attempts,
+            request_id=message.options.get("request_id"),
+        )
+        self._local.job_token = enter_job(JobContext(job.id, job.task, job.attempts, self.store))
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        with self._running_lock:
+            job = self._running.pop(message.message_id, None)
+        if job is None:
+            return
+        labels = (job.task, job.queue)
+        leave_job(self._local.job_token)
+        metrics.jobs_in_progress.labels(*labels).dec()
+        metrics.job_duration_seconds.labels(*labels).observe(time.perf_counter() - self._local.started)
+        try:
+            if exception is None:
+                self._succeed(job, result)
+                metrics.jobs_succeeded_total.labels(*labels).inc()
+            else:
+                self._fail(broker, message, job, exception)
+        finally:
+            reset_log_context(self._local.log_token)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        with self._running_lock:
+            self._running.pop(message.message_id, None)
+
+    # -- outcomes ----------------------------------------------------------
+
+    def _succeed(self, job: Job, result: Any) -> None:
+        body = encode_result(result)
+        result_url = None
+        if len(body) > self.inline_max_bytes:
+            self.results.put(job.id, body, "application/json")
+            result, result_url = None, f"/v1/jobs/{job.id}/result"
+        if not persist(
+            lambda: self.store.finish(
+                job.id, owner=self.owner, status=JobStatus.SUCCEEDED, result=result, result_url=result_url
+            )
+        ):
+            log.warning("job %s finished after its lease passed to another worker", job.id)
+
+    def _fail(self, broker: Broker, message: MessageProxy, job: Job, exc: BaseException) -> None:
+        labels = (job.task, job.queue)
+        try:
+            definition = self.catalog.get(job.task)
+        except Exception:
+            definition = None
+        max_retries = message.options.get("max_retries", job.max_retries)
+        decision = decide(definition, exc, attempts=job.attempts, max_retries=max_retries)
+        error = error_body(exc, retryable=decision.retryable)
+        if decision.retry:
+            next_at = utcnow() + timedelta(seconds=decision.delay_s)
+            persist(
+                lambda: self.store.finish(
+                    job.id, owner=self.owner, status=JobStatus.RETRYING, error=error, next_attempt_at=next_at
+                )
+            )
+            # A new message for the next attempt; the current one is acked after this hook.
+            retry: dramatiq.Message[Any] = dramatiq.Message(
+                queue_name=job.queue,
+                actor_name=job.task,
+                args=(),
+                kwargs=message.kwargs,
+                options={k: v for k, v in message.options.items() if k not in ("eta", "redis_message_id")},
+                message_id=job.id,
+                message_timestamp=message.message_timestamp,
+            )
+            broker.enqueue(retry, delay=int(decision.delay_s * 1000))
+            metrics.jobs_retried_total.labels(*labels).inc()
+            if not isinstance(exc, Retry):
+                log.warning("job %s attempt %d failed, retrying in %.2fs", job.id, job.attempts, decision.delay_s)
+            return
+        persist(lambda: self.store.finish(job.id, owner=self.owner, status=JobStatus.FAILED, error=error))
+        metrics.jobs_failed_total.labels(*labels).inc()
+        log.error("job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"])
+        # Dramatiq nacks failed messages, which moves them to the dead-letter queue.
+        message.fail()

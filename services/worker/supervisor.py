@@ -1,0 +1,140 @@
+"""``jobrelay worker``: runs N worker processes, replaces any that dies, recovers its messages at once.
+
+A child that exits unexpectedly (``kill -9``, out of memory, a hard time
+limit) has its fetched-but-unacked messages put back at the front of their
+queues and its job leases released before a new child starts, so its work
+runs again within a second or two instead of waiting for a heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from prometheus_client import start_http_server
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from services.worker.tasks import load_task_modules
+from shared.ids import new_id
+from shared.logs import configure_logging
+from shared.metrics import fresh_multiproc_dir, mark_process_dead
+from shared.orphans import requeue_orphans
+from shared.processes import spawn
+from shared.settings import Settings
+from shared.store.engine import create_store_engine, migrate
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+
+log = logging.getLogger(__name__)
+#: A child that dies sooner than this after its start counts towards a crash loop.
+CRASH_LOOP_WINDOW_S = 5.0
+
+
+@dataclass
+class Child:
+    slot: int
+    owner: str
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, queues: list[str], processes: int, threads: int, grace_s: float):
+        self.settings = settings
+        self.queues = queues
+        self.processes = processes
+        self.threads = threads
+        self.grace_s = grace_s
+        self.children: dict[int, Child] = {}
+        self.stopping = threading.Event()
+        self.client = redis.Redis.from_url(settings.require_redis_url("the worker"), socket_timeout=10)
+        self.store = JobStore(create_store_engine(settings.effective_database_url))
+        self.host = socket.gethostname()
+
+    def _spawn(self, slot: int) -> Child:
+        owner = f"{self.host}-{slot}-{new_id()[-12:]}"
+        args = [
+            sys.executable, "-m", "services.worker.process",
+            "--queues", ",".join(self.queues),
+            "--threads", str(self.threads),
+            "--owner", owner,
+            "--grace", str(self.grace_s),
+        ]  # fmt: skip
+        process = spawn(args)
+        log.info("started worker process %d (slot %d, id %s)", process.pid, slot, owner)
+        return Child(slot=slot, owner=owner, process=process)
+
+    def _recover(self, child: Child, *, attempts: int = 30) -> None:
+        mark_process_dead(child.process.pid)
+        for attempt in range(attempts):
+            try:
+                requeue_orphans(self.client, self.store, dead_after_s=0, workers=[child.owner])
+                return
+            except Exception as exc:
+                log.warning("recovering %s failed (%s); retry %d", child.owner, exc, attempt + 1)
+                time.sleep(1)
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stopping.set())
+        for slot in range(self.processes):
+            self.children[slot] = self._spawn(slot)
+        while not self.stopping.wait(0.2):
+            for slot, child in list(self.children.items()):
+                code = child.process.poll()
+                if code is None:
+                    continue
+                log.error("worker process %d exited with %s; recovering its messages", child.process.pid, code)
+                self._recover(child)
+                if time.monotonic() - child.started < CRASH_LOOP_WINDOW_S:
+                    self.stopping.wait(CRASH_LOOP_WINDOW_S)
+                if not self.stopping.is_set():
+                    self.children[slot] = self._spawn(slot)
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        log.info("stopping %d worker process(es)", len(self.children))
+        for child in self.children.values():
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s + 5
+        for child in self.children.values():
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker process %d ignored SIGTERM; killing it", child.process.pid)
+                child.process.kill()
+                child.process.wait()
+            # Whatever it still held goes back to the queue for the next worker.
+            self._recover(child, attempts=3)
+        return 0
+
+
+def serve_metrics(bind: str) -> None:
+    host, _, port = bind.rpartition(":")
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(int(port), addr=host, registry=registry)
+
+
+def run(settings: Settings, *, queues: list[str] | None, processes: int, threads: int, grace_s: float) -> int:
+    configure_logging("worker", settings.log_level, json_lines=settings.log_json)
+    catalog = load_task_modules(settings.task_modules)
+    engine = create_store_engine(settings.effective_database_url)
+    migrate(engine)
+    TaskRegistry(engine).register(catalog.specs(), registered_by=socket.gethostname())
+    chosen = queues or catalog.queues()
+    fresh_multiproc_dir(Path(settings.data_dir) / "metrics" / f"worker-{os.getpid()}")
+    serve_metrics(settings.worker_metrics_bind)
+    log.info("worker supervisor serving queues %s; metrics on %s", ",".join(chosen), settings.worker_metrics_bind)
+    return Supervisor(settings, queues=chosen, processes=processes, threads=threads, grace_s=grace_s).run()

@@ -1,0 +1,83 @@
+"""The Dramatiq Redis broker and how a job row becomes a message.
+
+The job id is the Dramatiq message id, so the store, Redis, logs and
+metrics share one key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+from shared.errors import Unavailable
+from shared.job import Job, utcnow
+
+NAMESPACE = "dramatiq"
+#: Dramatiq's Redis broker refuses delays of 7 days or more; the relay holds longer ones.
+MAX_BROKER_DELAY = timedelta(days=6)
+
+
+def build_broker(
+    redis_url: str,
+    *,
+    middleware: list[Middleware] | None = None,
+    heartbeat_timeout_s: float = 60.0,
+    dead_message_ttl_s: float = 7 * 86400.0,
+) -> RedisBroker:
+    """A Redis broker with exactly the middleware given (none by default, as the API needs)."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+    return RedisBroker(
+        client=client,
+        namespace=NAMESPACE,
+        middleware=middleware or [],
+        heartbeat_timeout=int(heartbeat_timeout_s * 1000),
+        dead_message_ttl=int(dead_message_ttl_s * 1000),
+        # NOTE: Dramatiq's random maintenance is replaced by our deterministic orphan requeue.
+        maintenance_chance=0,
+    )
+
+
+def message_for(job: Job) -> dramatiq.Message[object]:
+    options: dict[str, object] = {"max_retries": job.max_retries}
+    if job.time_limit_s is not None:
+        options["time_limit"] = int(job.time_limit_s * 1000)
+    if job.request_id:
+        options["request_id"] = job.request_id
+    return dramatiq.Message(
+        queue_name=job.queue,
+        actor_name=job.task,
+        args=(),
+        kwargs=job.args,
+        options=options,
+        message_id=job.id,
+        message_timestamp=int(job.created_at.timestamp() * 1000),
+    )
+
+
+def publish(broker: RedisBroker, batch: Sequence[Job]) -> list[str]:
+    """Enqueue each job whose time is within the broker's delay horizon; returns the ids sent.
+
+    Raises ``Unavailable`` when Redis cannot be reached; the rows stay unpublished
+    and the outbox relay sends them later.
+    """
+    now = utcnow()
+    sent: list[str] = []
+    try:
+        for job in batch:
+            due = job.next_attempt_at or job.scheduled_for
+            delay_ms = None
+            if due is not None and due > now:
+                if due - now > MAX_BROKER_DELAY:
+                    continue
+                delay_ms = int((due - now).total_seconds() * 1000)
+            broker.enqueue(message_for(job), delay=delay_ms)
+            sent.append(job.id)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        if not sent:
+            raise Unavailable(f"Redis cannot be reached: {exc}") from exc
+    return sent

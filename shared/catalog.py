@@ -1,0 +1,153 @@
+"""The task catalog: one declaration per task, on its implementation.
+
+``@task(name=..., queue=...)`` records a ``TaskSpec`` (name, queue, retry
+policy, limits, priority and the argument schema derived from type hints) in
+a ``Catalog``. Workers register their catalog's specs in the job store at
+boot; the API validates submissions against what is registered there and
+never imports task code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from shared.errors import TaskError
+from shared.schema import JsonSchema, schema_for_function
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the API and the worker need to know about a task, without its code."""
+
+    name: str
+    queue: str = "default"
+    max_retries: int = 3
+    time_limit_s: float | None = 600.0
+    max_age_s: float | None = None
+    priority: int = 0
+    min_backoff_s: float = 1.0
+    max_backoff_s: float = 3600.0
+    non_retryable: tuple[str, ...] = ()
+    description: str = ""
+    args_schema: JsonSchema = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "args_schema": self.args_schema,
+            "max_retries": self.max_retries,
+            "time_limit_s": self.time_limit_s,
+            "max_age_s": self.max_age_s,
+            "priority": self.priority,
+            "min_backoff_s": self.min_backoff_s,
+            "max_backoff_s": self.max_backoff_s,
+            "non_retryable": list(self.non_retryable),
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        return cls(
+            name=data["name"],
+            queue=data["queue"],
+            max_retries=data["max_retries"],
+            time_limit_s=data["time_limit_s"],
+            max_age_s=data["max_age_s"],
+            priority=data["priority"],
+            min_backoff_s=data.get("min_backoff_s", 1.0),
+            max_backoff_s=data.get("max_backoff_s", 3600.0),
+            non_retryable=tuple(data.get("non_retryable", ())),
+            description=data.get("description", ""),
+            args_schema=data["args_schema"],
+        )
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A spec with its implementation; only the worker holds these."""
+
+    spec: TaskSpec
+    fn: Callable[..., Any]
+    non_retryable_types: tuple[type[BaseException], ...] = ()
+
+
+class Catalog:
+    """The tasks a process knows, by name."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskDefinition] = {}
+
+    def task(
+        self,
+        *,
+        name: str,
+        queue: str = "default",
+        max_retries: int = 3,
+        time_limit_s: float | None = 600.0,
+        max_age_s: float | None = None,
+        priority: int = 0,
+        min_backoff_s: float = 1.0,
+        max_backoff_s: float = 3600.0,
+        non_retryable: Iterable[type[BaseException]] = (),
+    ) -> Callable[[F], F]:
+        """Declare the decorated function as task ``name``; the function is returned unchanged."""
+        if not TASK_NAME.match(name):
+            raise TaskError(f"task name {name!r} must be dotted lowercase, like 'reports.generate'")
+        if not QUEUE_NAME.match(queue):
+            raise TaskError(f"task {name}: queue {queue!r} must be lowercase letters, digits, '_' or '-'")
+        if max_retries < 0:
+            raise TaskError(f"task {name}: max_retries must be >= 0")
+        if time_limit_s is not None and time_limit_s <= 0:
+            raise TaskError(f"task {name}: time_limit_s must be positive")
+        exc_types = tuple(non_retryable)
+
+        def decorate(fn: F) -> F:
+            spec = TaskSpec(
+                name=name,
+                queue=queue,
+                max_retries=max_retries,
+                time_limit_s=time_limit_s,
+                max_age_s=max_age_s,
+                priority=priority,
+                min_backoff_s=min_backoff_s,
+                max_backoff_s=max_backoff_s,
+                non_retryable=tuple(f"{t.__module__}.{t.__qualname__}" for t in exc_types),
+                description=(fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+                args_schema=schema_for_function(fn),
+            )
+            existing = self._tasks.get(name)
+            if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
+                raise TaskError(f"task {name} is declared twice ({existing.fn.__qualname__})")
+            self._tasks[name] = TaskDefinition(spec=spec, fn=fn, non_retryable_types=exc_types)
+            return fn
+
+        return decorate
+
+    def get(self, name: str) -> TaskDefinition:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise TaskError(f"unknown task {name!r}") from None
+
+    def definitions(self) -> list[TaskDefinition]:
+        return [self._tasks[name] for name in sorted(self._tasks)]
+
+    def specs(self) -> list[TaskSpec]:
+        return [definition.spec for definition in self.definitions()]
+
+    def queues(self) -> list[str]:
+        return sorted({definition.spec.queue for definition in self._tasks.values()})
+
+
+#: The catalog the ``@task`` decorator fills.
+default_catalog = Catalog()
+task = default_catalog.task

@@ -1,0 +1,52 @@
+"""The one error tree. Shared code raises these; the API maps them to problem+json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with an input, located by a JSON pointer (``/args/seconds``)."""
+
+    path: str
+    message: str
+
+
+class JobrelayError(Exception):
+    """Base of every error jobrelay raises on purpose."""
+
+    title = "Error"
+
+    def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+
+class SettingsError(JobrelayError):
+    title = "Invalid setting"
+
+
+class InvalidInput(JobrelayError):
+    title = "Invalid input"
+
+
+class NotFound(JobrelayError):
+    title = "Not found"
+
+
+class Conflict(JobrelayError):
+    title = "Conflict"
+
+
+class Unavailable(JobrelayError):
+    """A dependency (Redis, the job store) cannot be reached right now."""
+
+    title = "Service unavailable"
+
+
+class TaskError(JobrelayError):
+    """Raised inside the worker for problems with a task definition."""
+
+    title = "Task error"

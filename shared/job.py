@@ -1,0 +1,109 @@
+"""The job record and its lifecycle, as the store keeps it and the API shows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+#: States a worker may claim a job from (a running one only when its lease has expired).
+WAITING_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    """One job row."""
+
+    id: str
+    task: str
+    queue: str
+    status: JobStatus
+    args: dict[str, Any]
+    max_retries: int
+    created_at: datetime
+    updated_at: datetime
+    priority: int = 0
+    time_limit_s: float | None = None
+    max_age_s: float | None = None
+    attempts: int = 0
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    result_url: str | None = None
+    error: dict[str, Any] | None = None
+    scheduled_for: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    workflow_id: str | None = None
+    schedule_id: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    request_id: str | None = None
+    published_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        data = dict(row._mapping)
+        data["status"] = JobStatus(data["status"])
+        return cls(**data)
+
+    def to_api(self) -> dict[str, Any]:
+        """The job as API.md shows it."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "status": self.status.value,
+            "args": self.args,
+            "progress": self.progress,
+            "result": self.result,
+            "result_url": self.result_url,
+            "error": self.error,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "priority": self.priority,
+            "time_limit_s": self.time_limit_s,
+            "max_age_s": self.max_age_s,
+            "created_at": rfc3339(self.created_at),
+            "scheduled_for": rfc3339(self.scheduled_for),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "next_attempt_at": rfc3339(self.next_attempt_at),
+            "workflow_id": self.workflow_id,
+            "schedule_id": self.schedule_id,
+        }
+        if self.cancel_requested and not self.status.is_final:
+            body["cancel_requested"] = True
+        return body

@@ -1,0 +1,75 @@
+"""JSON-lines logging with the job and request context of the current thread."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+#: Fields every log line carries when they are known.
+CONTEXT_FIELDS = ("job_id", "task", "queue", "attempt", "request_id")
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Attach fields (job_id, task, ...) to every log line written inside the block."""
+    token = _context.set({**(_context.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def set_log_context(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
+    return _context.set({**(_context.get() or {}), **fields})
+
+
+def reset_log_context(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _context.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(_context.get() or {})
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(service: str, level: str = "INFO", *, json_lines: bool = True) -> None:
+    """Route every logger to stderr, as JSON lines unless ``LOG_JSON=off``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Dramatiq logs every enqueue at DEBUG; keep it at INFO unless asked.
+    quiet = max(logging.getLevelName(level), logging.INFO)
+    logging.getLogger("dramatiq").setLevel(quiet)
+    # APScheduler logs every run of every job, Alembic every migration check.
+    for chatty in ("apscheduler", "alembic"):
+        logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))

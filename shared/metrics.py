@@ -1,0 +1,98 @@
+"""Prometheus metrics (prefix ``jobrelay_``) and their exposition in multiprocess mode.
+
+Gunicorn and the worker run several processes: each entry point gives every
+start a fresh ``PROMETHEUS_MULTIPROC_DIR`` before any child exists, and
+marks children dead when they exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+PREFIX = "jobrelay_"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Seconds, from a millisecond no-op to hours-long reports.
+DURATION_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    3600,
+    4 * 3600,
+)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+_JOB = ("task", "queue")
+
+# -- API -------------------------------------------------------------------
+http_requests_total = Counter(PREFIX + "http_requests_total", "HTTP requests answered.", ("method", "route", "status"))
+http_request_duration_seconds = Histogram(
+    PREFIX + "http_request_duration_seconds",
+    "HTTP request latency.",
+    ("method", "route"),
+    buckets=HTTP_BUCKETS,
+)
+jobs_submitted_total = Counter(PREFIX + "jobs_submitted_total", "Jobs accepted by the API.", _JOB)
+jobs_rejected_total = Counter(PREFIX + "jobs_rejected_total", "Job requests refused.", ("reason",))
+
+# -- worker ----------------------------------------------------------------
+jobs_started_total = Counter(PREFIX + "jobs_started_total", "Attempts started.", _JOB)
+jobs_succeeded_total = Counter(PREFIX + "jobs_succeeded_total", "Jobs succeeded.", _JOB)
+jobs_failed_total = Counter(PREFIX + "jobs_failed_total", "Jobs failed for good.", _JOB)
+jobs_retried_total = Counter(PREFIX + "jobs_retried_total", "Attempts failed and scheduled again.", _JOB)
+jobs_cancelled_total = Counter(PREFIX + "jobs_cancelled_total", "Jobs cancelled.", _JOB)
+jobs_expired_total = Counter(PREFIX + "jobs_expired_total", "Jobs past their max age.", _JOB)
+jobs_duplicates_skipped_total = Counter(PREFIX + "jobs_duplicates_skipped_total", "Duplicate deliveries skipped.", _JOB)
+jobs_in_progress = Gauge(PREFIX + "jobs_in_progress", "Attempts running now.", _JOB, multiprocess_mode="livesum")
+job_duration_seconds = Histogram(PREFIX + "job_duration_seconds", "Attempt run time.", _JOB, buckets=DURATION_BUCKETS)
+job_queue_wait_seconds = Histogram(
+    PREFIX + "job_queue_wait_seconds", "Time from due to started.", _JOB, buckets=DURATION_BUCKETS
+)
+
+
+def fresh_multiproc_dir(path: Path) -> Path:
+    """Empty ``path`` and point this process (and its future children) at it."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(path.resolve())
+    return path
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text of every process of this service."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,246 @@
+"""One frozen settings object, parsed from the environment at process start.
+
+Nothing reads the environment at import time: each entry point calls
+``Settings.from_env()`` once and passes the result down. A malformed value
+is refused with a ``SettingsError`` naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from shared.errors import SettingsError
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SCOPES = ("read", "write", "admin")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One entry of ``API_KEYS``: a name (safe to log), a secret token and its scopes."""
+
+    name: str
+    token: str = dataclasses.field(repr=False)
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of every service; see the README's settings table."""
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+    api_bind: str = "127.0.0.1:8000"
+    api_keys: tuple[ApiKey, ...] = ()
+    api_auth: bool = True
+    api_workers: int = 2
+    api_max_body_bytes: int = 1024 * 1024
+    task_modules: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    log_json: bool = True
+    result_storage_url: str | None = None
+    result_inline_max_bytes: int = 64 * 1024
+    worker_metrics_bind: str = "127.0.0.1:9191"
+    scheduler_metrics_bind: str = "127.0.0.1:9192"
+    schedules_file: Path | None = None
+    worker_processes: int = 1
+    worker_threads: int = 8
+    worker_heartbeat_s: float = 2.0
+    worker_dead_after_s: float = 10.0
+    job_lease_s: float = 30.0
+    job_retention_s: float = 7 * 86400.0
+    leader_lease_s: float = 10.0
+    relay_grace_s: float = 2.0
+
+    @property
+    def effective_database_url(self) -> str:
+        """``DATABASE_URL``, or a SQLite file under ``DATA_DIR``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'jobrelay.db').resolve()}"
+
+    @property
+    def effective_result_storage_url(self) -> str:
+        if self.result_storage_url:
+            return self.result_storage_url
+        return f"file://{(self.data_dir / 'results').resolve()}"
+
+    def require_redis_url(self, service: str) -> str:
+        if not self.redis_url:
+            raise SettingsError(f"REDIS_URL: {service} needs it (only `jobrelay up` runs an embedded Redis)")
+        return self.redis_url
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse the environment; raise ``SettingsError`` naming the first bad variable."""
+        env = os.environ if environ is None else environ
+        d = cls()
+        return cls(
+            redis_url=_get(env, "REDIS_URL", _url(("redis", "rediss", "unix")), None),
+            database_url=_get(env, "DATABASE_URL", _url(("sqlite", "postgresql")), None),
+            data_dir=_get(env, "DATA_DIR", _path, d.data_dir),
+            api_bind=_get(env, "API_BIND", _bind, d.api_bind),
+            api_keys=_get(env, "API_KEYS", parse_api_keys, ()),
+            api_auth=_get(env, "API_AUTH", _on_off, True),
+            api_workers=_get(env, "API_WORKERS", _int(1, 64), d.api_workers),
+            api_max_body_bytes=_get(env, "API_MAX_BODY_BYTES", _int(1024, 1 << 30), d.api_max_body_bytes),
+            task_modules=_get(env, "TASK_MODULES", _modules, ()),
+            log_level=_get(env, "LOG_LEVEL", _choice(LOG_LEVELS), d.log_level),
+            log_json=_get(env, "LOG_JSON", _on_off, True),
+            result_storage_url=_get(env, "RESULT_STORAGE_URL", _url(("file", "s3")), None),
+            result_inline_max_bytes=_get(env, "RESULT_INLINE_MAX_BYTES", _int(0, 16 << 20), d.result_inline_max_bytes),
+            worker_metrics_bind=_get(env, "WORKER_METRICS_BIND", _bind, d.worker_metrics_bind),
+            scheduler_metrics_bind=_get(env, "SCHEDULER_METRICS_BIND", _bind, d.scheduler_metrics_bind),
+            schedules_file=_get(env, "SCHEDULES_FILE", _path, None),
+            worker_processes=_get(env, "WORKER_PROCESSES", _int(1, 256), d.worker_processes),
+            worker_threads=_get(env, "WORKER_THREADS", _int(1, 1024), d.worker_threads),
+            worker_heartbeat_s=_get(env, "WORKER_HEARTBEAT_S", _float(0.1, 60), d.worker_heartbeat_s),
+            worker_dead_after_s=_get(env, "WORKER_DEAD_AFTER_S", _float(1, 3600), d.worker_dead_after_s),
+            job_lease_s=_get(env, "JOB_LEASE_S", _float(1, 3600), d.job_lease_s),
+            job_retention_s=_get(env, "JOB_RETENTION", _duration, d.job_retention_s),
+            leader_lease_s=_get(env, "LEADER_LEASE_S", _float(1, 600), d.leader_lease_s),
+            relay_grace_s=_get(env, "RELAY_GRACE_S", _float(0, 3600), d.relay_grace_s),
+        )
+
+
+def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc} (got {_shown(name, raw)})") from None
+
+
+def _shown(name: str, raw: str) -> str:
+    # NOTE: API_KEYS holds secrets and URLs may hold passwords; never echo them.
+    if name == "API_KEYS" or name.endswith("_URL"):
+        return "a value that is not shown"
+    return repr(raw)
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}")
+        return value
+
+    return parse
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h`` or ``7d``."""
+    match = _DURATION.match(raw)
+    if not match:
+        raise ValueError("must be a duration such as 3600, 90s, 15m, 12h or 7d")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.upper()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _on_off(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be on or off")
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        scheme = raw.split("://", 1)[0].split("+", 1)[0] if "://" in raw else ""
+        if scheme not in schemes:
+            raise ValueError(f"must be a URL with scheme {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+def _path(raw: str) -> Path:
+    return Path(raw)
+
+
+def _bind(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT")
+    return raw
+
+
+def _modules(raw: str) -> tuple[str, ...]:
+    names = tuple(part for part in re.split(r"[,\s]+", raw) if part)
+    for name in names:
+        if not all(piece.isidentifier() for piece in name.split(".")):
+            raise ValueError(f"{name!r} is not a dotted module name")
+    return names
+
+
+def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    """``name:token:scopes`` entries separated by whitespace, scopes joined by ``+``."""
+    keys: list[ApiKey] = []
+    seen_names: set[str] = set()
+    for index, entry in enumerate(raw.split(), start=1):
+        parts = entry.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"entry {index} must be name:token:scopes")
+        name, token, scopes_raw = parts
+        if not _KEY_NAME.match(name):
+            raise ValueError(f"entry {index}: name may hold only letters, digits, '_', '.', '-'")
+        if len(token) < 8:
+            raise ValueError(f"entry {index} ({name}): token must be at least 8 characters")
+        scopes = frozenset(scopes_raw.split("+"))
+        unknown = scopes - set(SCOPES)
+        if unknown:
+            raise ValueError(f"entry {index} ({name}): unknown scope {sorted(unknown)[0]!r}")
+        if name in seen_names:
+            raise ValueError(f"entry {index}: name {name!r} appears twice")
+        seen_names.add(name)
+        keys.append(ApiKey(name=name, token=token, scopes=scopes))
+    return tuple(keys)

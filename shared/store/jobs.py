@@ -1,0 +1,325 @@
+"""The job repository: every read and write of job rows goes through ``JobStore``."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, utcnow
+from shared.store.engine import write_transaction
+from shared.store.models import jobs
+
+_COLUMNS = {f.name for f in fields(Job)} - {"extra"}
+
+
+class ClaimOutcome(StrEnum):
+    CLAIMED = "claimed"
+    DUPLICATE = "duplicate"  # final already, or running under a live lease
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: JobStatus | None = None
+    task: str | None = None
+    queue: str | None = None
+    workflow_id: str | None = None
+    schedule_id: str | None = None
+    created_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Job]
+    next_cursor: str | None
+
+
+def _row_values(job: Job) -> dict[str, Any]:
+    values = {name: getattr(job, name) for name in _COLUMNS}
+    values["status"] = job.status.value
+    return values
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"before": job_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        before = data["before"]
+        if not isinstance(before, str) or len(before) > 36:
+            raise ValueError
+        return before
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this API returned") from None
+
+
+class JobStore:
+    """Job rows in SQL. Every method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- submission ------------------------------------------------------
+
+    def insert(self, new_jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """Insert all jobs in one transaction; returns (job, created) pairs in order.
+
+        A job whose idempotency key exists already gives the stored job
+        (created False) when the request hash matches, else ``Conflict``.
+        """
+        keys = [job.idempotency_key for job in new_jobs if job.idempotency_key]
+        if len(keys) != len(set(keys)):
+            raise Conflict("the same idempotency key appears twice in one request")
+        try:
+            with write_transaction(self.engine) as conn:
+                existing: dict[str, Job] = {}
+                if keys:
+                    rows = conn.execute(select(jobs).where(jobs.c.idempotency_key.in_(keys)))
+                    existing = {job.idempotency_key or "": job for job in map(Job.from_row, rows)}
+                out: list[tuple[Job, bool]] = []
+                to_insert: list[dict[str, Any]] = []
+                for job in new_jobs:
+                    found = existing.get(job.idempotency_key or "") if job.idempotency_key else None
+                    if found is not None:
+                        if found.request_hash != job.request_hash:
+                            raise Conflict(f"idempotency key {job.idempotency_key!r} was used with a different request")
+                        out.append((found, False))
+                    else:
+                        to_insert.append(_row_values(job))
+                        out.append((job, True))
+                if to_insert:
+                    conn.execute(jobs.insert(), to_insert)
+                return out
+        except IntegrityError:
+            # A concurrent request with the same key won the race; answer as a repeat would.
+            if not keys:
+                raise
+            return self.insert(new_jobs)
+
+    def mark_published(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id.in_(ids), jobs.c.published_at.is_(None)).values(published_at=utcnow())
+            )
+
+    def unpublished(self, *, older_than: datetime, limit: int = 500) -> list[Job]:
+        """Jobs committed but never handed to the broker (the outbox)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs)
+                .where(jobs.c.published_at.is_(None), jobs.c.created_at < older_than)
+                .order_by(jobs.c.created_at)
+                .limit(limit)
+            )
+            return [Job.from_row(row) for row in rows]
+
+    # -- reading ---------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return Job.from_row(row)
+
+    def list(self, filters: JobFilter, *, limit: int = 50, cursor: str | None = None) -> Page:
+        """Newest first; the cursor is the last id seen, so inserts never shift a page."""
+        query = select(jobs)
+        conditions = []
+        for name in ("task", "queue", "workflow_id", "schedule_id"):
+            value = getattr(filters, name)
+            if value is not None:
+                conditions.append(jobs.c[name] == value)
+        if filters.status is not None:
+            conditions.append(jobs.c.status == filters.status.value)
+        if filters.created_after is not None:
+            conditions.append(jobs.c.created_at > filters.created_after)
+        if cursor is not None:
+            conditions.append(jobs.c.id < decode_cursor(cursor))
+        if conditions:
+            query = query.where(and_(*conditions))
+        query = query.order_by(jobs.c.id.desc()).limit(limit + 1)
+        with self.engine.connect() as conn:
+            items = [Job.from_row(row) for row in conn.execute(query)]
+        next_cursor = encode_cursor(items[limit - 1].id) if len(items) > limit else None
+        return Page(items=items[:limit], next_cursor=next_cursor)
+
+    # -- the worker's writes -----------------------------------------------
+
+    def claim(self, job_id: str, *, owner: str, lease_s: float) -> Claim:
+        """Take the job for one attempt, or say why not."""
+        now = utcnow()
+        with write_transaction(self.engine) as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+            if row is None:
+                return Claim(ClaimOutcome.MISSING, None)
+            job = Job.from_row(row)
+            if job.status in FINAL_STATUSES:
+                return Claim(ClaimOutcome.DUPLICATE, job)
+            if job.cancel_requested:
+                conn.execute(_final(job_id, JobStatus.CANCELLED, now))
+                return Claim(ClaimOutcome.CANCELLED, job)
+            if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
+                return Claim(ClaimOutcome.DUPLICATE, job)
+            waited_since = job.scheduled_for or job.created_at
+            if (
+                job.max_age_s is not None
+                and job.attempts == 0
+                and now - waited_since > timedelta(seconds=job.max_age_s)
+            ):
+                conn.execute(
+                    _final(job_id, JobStatus.EXPIRED, now).values(
+                        error={
+                            "type": "Expired",
+                            "message": f"waited longer than max_age_s={job.max_age_s:g}",
+                            "retryable": False,
+                        }
+                    )
+                )
+                return Claim(ClaimOutcome.EXPIRED, job)
+            values = {
+                "status": JobStatus.RUNNING.value,
+                "attempts": job.attempts + 1,
+                "started_at": now,
+                "next_attempt_at": None,
+                "lease_owner": owner,
+                "lease_expires_at": now + timedelta(seconds=lease_s),
+                "updated_at": now,
+            }
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+        for name, value in values.items():
+            setattr(job, name, value)
+        job.status = JobStatus.RUNNING
+        return Claim(ClaimOutcome.CLAIMED, job)
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        status: JobStatus,
+        result: Any = None,
+        result_url: str | None = None,
+        error: dict[str, Any] | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> bool:
+        """Record the end of an attempt; False when the lease was lost to another worker."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "status": status.value,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "error": error,
+        }
+        if status == JobStatus.RETRYING:
+            values["next_attempt_at"] = next_attempt_at
+        else:
+            values["finished_at"] = now
+        if status == JobStatus.SUCCEEDED:
+            values.update(result=result, result_url=result_url)
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.RUNNING.value,
+                    jobs.c.lease_owner == owner,
+                )
+                .values(**values)
+            )
+        return done.rowcount == 1
+
+    def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+                .values(progress=progress, updated_at=utcnow())
+            )
+
+    def renew_leases(self, owner: str, job_ids: Iterable[str], *, lease_s: float) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        now = utcnow()
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            )
+
+    def release_leases_of(self, owners: Iterable[str]) -> int:
+        """Expire the leases of dead workers so their redelivered jobs can be claimed at once."""
+        names = list(owners)
+        if not names:
+            return 0
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.lease_owner.in_(names), jobs.c.status == JobStatus.RUNNING.value)
+                .values(lease_expires_at=utcnow())
+            )
+        return done.rowcount
+
+    # -- control ---------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a waiting job at once; flag a running one for interruption."""
+        now = utcnow()
+        with write_transaction(self.engine) as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            job = Job.from_row(row)
+            if job.status in FINAL_STATUSES:
+                raise Conflict(f"job {job_id} is already {job.status.value}")
+            if job.status in WAITING_STATUSES:
+                conn.execute(_final(job_id, JobStatus.CANCELLED, now).values(cancel_requested=True))
+            else:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now))
+        return self.get(job_id)
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            return {status: count for status, count in rows}
+
+
+def _final(job_id: str, status: JobStatus, now: datetime) -> Any:
+    return (
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values(
+            status=status.value,
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            next_attempt_at=None,
+        )
+    )

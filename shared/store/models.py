@@ -1,0 +1,103 @@
+"""The job store's tables (SQLAlchemy Core). Alembic migrations create them; a test keeps both equal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (naive text) and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the job store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("task", String(200), nullable=False),
+    Column("queue", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("args", JSON, nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("max_retries", Integer, nullable=False),
+    Column("time_limit_s", Float, nullable=True),
+    Column("max_age_s", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("progress", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("result_url", Text, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("scheduled_for", UtcDateTime, nullable=True),
+    Column("started_at", UtcDateTime, nullable=True),
+    Column("finished_at", UtcDateTime, nullable=True),
+    Column("next_attempt_at", UtcDateTime, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("workflow_id", String(36), nullable=True),
+    Column("schedule_id", String(200), nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    Column("request_id", String(64), nullable=True),
+    Column("published_at", UtcDateTime, nullable=True),
+    Column("lease_owner", String(100), nullable=True),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_jobs_status_id", "status", "id"),
+    Index("ix_jobs_task_id", "task", "id"),
+    Index("ix_jobs_queue_id", "queue", "id"),
+    Index("ix_jobs_workflow_id", "workflow_id", "id"),
+    Index("ix_jobs_schedule_id", "schedule_id", "id"),
+    Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
+    Index(
+        "ix_jobs_unpublished",
+        "created_at",
+        sqlite_where=text("published_at IS NULL"),
+        postgresql_where=text("published_at IS NULL"),
+    ),
+    Index("ix_jobs_lease_owner", "lease_owner"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("queue", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("registered_at", UtcDateTime, nullable=False),
+    Column("registered_by", String(200), nullable=False),
+)

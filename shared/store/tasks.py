@@ -1,0 +1,65 @@
+"""The registered task catalog: what workers declared at boot, read by the API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from sqlalchemy import Engine, delete, select
+
+from shared.catalog import TaskSpec
+from shared.job import utcnow
+from shared.store.engine import write_transaction
+from shared.store.models import tasks
+
+
+class TaskRegistry:
+    """Task specs in SQL, with a short read cache so the API does not query per request."""
+
+    def __init__(self, engine: Engine, *, cache_s: float = 2.0) -> None:
+        self.engine = engine
+        self.cache_s = cache_s
+        self._lock = threading.Lock()
+        self._cached: dict[str, TaskSpec] = {}
+        self._cached_at = float("-inf")
+
+    def register(self, specs: Iterable[TaskSpec], *, registered_by: str) -> None:
+        """Upsert every spec (a new worker image may change a task's queue or schema)."""
+        now = utcnow()
+        specs = list(specs)
+        with write_transaction(self.engine) as conn:
+            names = [spec.name for spec in specs]
+            if names:
+                conn.execute(delete(tasks).where(tasks.c.name.in_(names)))
+                conn.execute(
+                    tasks.insert(),
+                    [
+                        {
+                            "name": spec.name,
+                            "queue": spec.queue,
+                            "spec": spec.as_dict(),
+                            "registered_at": now,
+                            "registered_by": registered_by,
+                        }
+                        for spec in specs
+                    ],
+                )
+        self._cached_at = float("-inf")
+
+    def all(self) -> dict[str, TaskSpec]:
+        with self._lock:
+            if time.monotonic() - self._cached_at > self.cache_s:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(select(tasks.c.spec).order_by(tasks.c.name))
+                    self._cached = {row.spec["name"]: TaskSpec.from_dict(row.spec) for row in rows}
+                self._cached_at = time.monotonic()
+            return dict(self._cached)
+
+    def get(self, name: str) -> TaskSpec | None:
+        spec = self.all().get(name)
+        if spec is None and self.cache_s:
+            # A worker may have registered it a moment ago.
+            self._cached_at = float("-inf")
+            spec = self.all().get(name)
+        return spec

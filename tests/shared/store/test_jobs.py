@@ -1,0 +1,161 @@
+"""The job repository on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine
+
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.ids import new_id
+from shared.job import Job, JobStatus, utcnow
+from shared.store.jobs import ClaimOutcome, JobFilter, JobStore
+from shared.store.models import metadata
+
+
+def make_job(**overrides: object) -> Job:
+    now = utcnow()
+    values: dict[str, object] = {
+        "id": new_id(),
+        "task": "diagnostics.echo",
+        "queue": "default",
+        "status": JobStatus.QUEUED,
+        "args": {"message": "hi"},
+        "max_retries": 3,
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(overrides)
+    return Job(**values)  # type: ignore[arg-type]
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_insert_and_get_round_trip(store: JobStore) -> None:
+    job = make_job(args={"nested": {"list": [1, 2.5, None, "x"]}}, priority=3)
+    [(stored, created)] = store.insert([job])
+    assert created
+    loaded = store.get(job.id)
+    assert loaded.args == {"nested": {"list": [1, 2.5, None, "x"]}}
+    assert loaded.status is JobStatus.QUEUED
+    assert loaded.created_at == job.created_at.replace(microsecond=loaded.created_at.microsecond)
+    assert loaded.created_at.tzinfo is not None
+
+
+def test_get_unknown_raises_not_found(store: JobStore) -> None:
+    with pytest.raises(NotFound):
+        store.get(new_id())
+
+
+def test_idempotency_key_returns_original_or_conflicts(store: JobStore) -> None:
+    first = make_job(idempotency_key="k1", request_hash="h1")
+    store.insert([first])
+    [(again, created)] = store.insert([make_job(idempotency_key="k1", request_hash="h1")])
+    assert not created and again.id == first.id
+    with pytest.raises(Conflict):
+        store.insert([make_job(idempotency_key="k1", request_hash="other")])
+
+
+def test_list_is_newest_first_and_cursor_is_stable_under_inserts(store: JobStore) -> None:
+    # Given five jobs
+    ids = [job.id for job, _ in store.insert([make_job() for _ in range(5)])]
+    # When the first page of two is read and new jobs arrive before the next page
+    page = store.list(JobFilter(), limit=2)
+    assert [j.id for j in page.items] == ids[::-1][:2]
+    store.insert([make_job() for _ in range(3)])
+    second = store.list(JobFilter(), limit=2, cursor=page.next_cursor)
+    third = store.list(JobFilter(), limit=2, cursor=second.next_cursor)
+    # Then the pages continue exactly where the first stopped
+    assert [j.id for j in second.items] == ids[::-1][2:4]
+    assert [j.id for j in third.items] == ids[::-1][4:]
+    assert third.next_cursor is None
+
+
+def test_list_filters(store: JobStore) -> None:
+    store.insert([make_job(task="a.b"), make_job(task="c.d", queue="other"), make_job(status=JobStatus.FAILED)])
+    assert {j.task for j in store.list(JobFilter(task="a.b")).items} == {"a.b"}
+    assert [j.queue for j in store.list(JobFilter(queue="other")).items] == ["other"]
+    assert len(store.list(JobFilter(status=JobStatus.FAILED)).items) == 1
+
+
+def test_bad_cursor_is_invalid_input(store: JobStore) -> None:
+    with pytest.raises(InvalidInput):
+        store.list(JobFilter(), cursor="not-a-cursor!")
+
+
+def test_claim_then_duplicate_then_finish(store: JobStore) -> None:
+    job = make_job()
+    store.insert([job])
+    claim = store.claim(job.id, owner="w1", lease_s=30)
+    assert claim.outcome is ClaimOutcome.CLAIMED and claim.job and claim.job.attempts == 1
+    # A second delivery while the lease is live is a duplicate.
+    assert store.claim(job.id, owner="w2", lease_s=30).outcome is ClaimOutcome.DUPLICATE
+    assert store.finish(job.id, owner="w1", status=JobStatus.SUCCEEDED, result="hi")
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == "hi" and done.finished_at is not None
+    # A delivery after the end is a duplicate too.
+    assert store.claim(job.id, owner="w2", lease_s=30).outcome is ClaimOutcome.DUPLICATE
+
+
+def test_finish_by_a_worker_that_lost_its_lease_is_refused(store: JobStore) -> None:
+    job = make_job()
+    store.insert([job])
+    store.claim(job.id, owner="w1", lease_s=30)
+    store.release_leases_of(["w1"])
+    assert store.claim(job.id, owner="w2", lease_s=30).outcome is ClaimOutcome.CLAIMED
+    assert not store.finish(job.id, owner="w1", status=JobStatus.SUCCEEDED)
+    assert store.get(job.id).attempts == 2
+
+
+def test_claim_of_an_old_job_expires_it(store: JobStore) -> None:
+    job = make_job(max_age_s=1.0, created_at=utcnow() - timedelta(seconds=5))
+    store.insert([job])
+    assert store.claim(job.id, owner="w", lease_s=30).outcome is ClaimOutcome.EXPIRED
+    expired = store.get(job.id)
+    assert expired.status is JobStatus.EXPIRED and expired.error and expired.error["type"] == "Expired"
+
+
+def test_claim_of_missing_job(store: JobStore) -> None:
+    assert store.claim(new_id(), owner="w", lease_s=30).outcome is ClaimOutcome.MISSING
+
+
+def test_cancel_waiting_job_is_final_and_never_claimed(store: JobStore) -> None:
+    job = make_job()
+    store.insert([job])
+    assert store.cancel(job.id).status is JobStatus.CANCELLED
+    assert store.claim(job.id, owner="w", lease_s=30).outcome is ClaimOutcome.DUPLICATE
+    with pytest.raises(Conflict):
+        store.cancel(job.id)
+
+
+def test_cancel_running_job_flags_it(store: JobStore) -> None:
+    job = make_job()
+    store.insert([job])
+    store.claim(job.id, owner="w", lease_s=30)
+    cancelled = store.cancel(job.id)
+    assert cancelled.status is JobStatus.RUNNING and cancelled.to_api()["cancel_requested"] is True
+
+
+def test_unpublished_and_mark_published(store: JobStore) -> None:
+    job = make_job(created_at=utcnow() - timedelta(seconds=10))
+    store.insert([job])
+    assert [j.id for j in store.unpublished(older_than=utcnow())] == [job.id]
+    store.mark_published([job.id])
+    assert store.unpublished(older_than=utcnow()) == []
+
+
+def test_progress_is_recorded_only_while_running(store: JobStore) -> None:
+    job = make_job()
+    store.insert([job])
+    store.report_progress(job.id, {"current": 1, "total": 2, "message": "x"})
+    assert store.get(job.id).progress is None
+    store.claim(job.id, owner="w", lease_s=30)
+    store.report_progress(job.id, {"current": 1, "total": 2, "message": "x"})
+    assert store.get(job.id).progress == {"current": 1, "total": 2, "message": "x"}
