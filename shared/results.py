@@ -1,4 +1,4 @@
-"""Result storage: small JSON results stay in the job row, larger ones go to a file store."""
+"""Result storage: small JSON results stay in the job row, larger ones and files go here."""
 
 from __future__ import annotations
 
@@ -13,24 +13,29 @@ from shared.errors import SettingsError
 
 class ResultStorage(Protocol):
     def put(self, job_id: str, data: bytes, content_type: str) -> str:
-        """Store a result body; returns a reference to keep in the row."""
+        """Store a job's result body; returns the reference kept in the row."""
         ...
 
     def open(self, reference: str) -> tuple[bytes, str]:
-        """The stored body and its content type."""
+        """The stored body and its content type; ``FileNotFoundError`` when absent."""
         ...
 
 
+def result_reference(job_id: str) -> str:
+    """The one result body a job may have lives under its id."""
+    return job_id
+
+
 class DirectoryStorage:
-    """Results as files in one directory, written atomically (temp file, then rename)."""
+    """Results as files in one directory, written atomically (temp file, fsync, rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def put(self, job_id: str, data: bytes, content_type: str) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
-        suffix = {"application/json": ".json", "text/csv": ".csv", "application/pdf": ".pdf"}.get(content_type, ".bin")
-        name = f"{job_id}{suffix}"
+        name = result_reference(job_id)
+        (self.root / f".{name}.type").write_text(content_type)
         temp = self.root / f".{name}.tmp"
         with temp.open("wb") as handle:
             handle.write(data)
@@ -41,11 +46,10 @@ class DirectoryStorage:
 
     def open(self, reference: str) -> tuple[bytes, str]:
         path = (self.root / reference).resolve()
-        if path.parent != self.root.resolve():
+        if path.parent != self.root.resolve() or reference.startswith("."):
             raise FileNotFoundError(reference)
-        content_type = {".json": "application/json", ".csv": "text/csv", ".pdf": "application/pdf"}.get(
-            path.suffix, "application/octet-stream"
-        )
+        type_file = self.root / f".{reference}.type"
+        content_type = type_file.read_text() if type_file.exists() else "application/octet-stream"
         return path.read_bytes(), content_type
 
 

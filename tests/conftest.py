@@ -131,4 +131,3 @@ def catalog() -> Catalog:
     from services.worker.tasks import load_task_modules
 
     return load_task_modules()
-

@@ -21,6 +21,7 @@ from services.api.resources.jobs import (
 )
 from services.api.resources.tasks import TasksResource
 from shared import metrics
+from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
@@ -64,7 +65,8 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/jobs", JobsResource(submitter))
     app.add_route("/v1/jobs/batch", BatchResource(submitter))
     app.add_route("/v1/jobs/{job_id}", JobResource(store))
-    app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store))
+    results = build_result_storage(settings.effective_result_storage_url)
+    app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store, results))
     app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store))
     app.add_route("/v1/tasks", TasksResource(registry))
     return app

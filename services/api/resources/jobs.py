@@ -14,6 +14,7 @@ from services.api.validation import Submission, build_job
 from shared.broker import publish
 from shared.errors import FieldError, InvalidInput, NotFound, Unavailable
 from shared.job import Job, JobStatus
+from shared.results import ResultStorage, result_reference
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.tasks import TaskRegistry
 
@@ -143,14 +144,21 @@ class JobResource:
 class JobResultResource:
     scopes = {"GET": "read"}
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, results: ResultStorage) -> None:
         self.store = store
+        self.results = results
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         job = self.store.get(job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise NotFound(f"job {job_id} has no result yet (it is {job.status.value})")
-        resp.media = job.result
+        if job.result_url is None:
+            resp.media = job.result
+            return
+        try:
+            resp.data, resp.content_type = self.results.open(result_reference(job.id))
+        except FileNotFoundError:
+            raise NotFound(f"the result file of job {job_id} is gone (pruned or storage changed)") from None
 
 
 class JobCancelResource:

@@ -40,7 +40,7 @@ def test_migrations_match_the_models(engine: Engine) -> None:
 
 def test_insert_and_get_round_trip(store: JobStore) -> None:
     job = make_job(args={"nested": {"list": [1, 2.5, None, "x"]}}, priority=3)
-    [(stored, created)] = store.insert([job])
+    [(_, created)] = store.insert([job])
     assert created
     loaded = store.get(job.id)
     assert loaded.args == {"nested": {"list": [1, 2.5, None, "x"]}}

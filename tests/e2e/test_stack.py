@@ -1,0 +1,82 @@
+"""A new user's first minutes, on the real processes `jobrelay up` starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.e2e.conftest import Stack, start_stack, stop_stack
+
+
+def test_echo_succeeds_within_a_second(stack: Stack) -> None:
+    started = time.monotonic()
+    status, job = stack.request("POST", "/v1/jobs", {"task": "diagnostics.echo", "args": {"message": "hi"}})
+    assert status == 202 and job["status"] == "queued"
+    done = stack.wait_job(job["id"], {"succeeded", "failed"}, timeout_s=1.0)
+    assert done["status"] == "succeeded" and done["result"] == "hi"
+    assert time.monotonic() - started < 1.0
+
+
+def test_invalid_args_answer_422_and_store_nothing(stack: Stack) -> None:
+    _, before = stack.request("GET", "/v1/jobs?limit=500")
+    status, problem = stack.request("POST", "/v1/jobs", {"task": "diagnostics.sleep", "args": {"seconds": "x"}})
+    assert status == 422 and problem["errors"][0]["path"] == "/args/seconds"
+    _, after = stack.request("GET", "/v1/jobs?limit=500")
+    assert [j["id"] for j in after["items"]] == [j["id"] for j in before["items"]]
+
+
+def test_a_job_reads_queued_running_then_succeeded(stack: Stack) -> None:
+    _, job = stack.request("POST", "/v1/jobs", {"task": "diagnostics.sleep", "args": {"seconds": 1}})
+    running = stack.wait_job(job["id"], {"running"})
+    assert running["attempts"] == 1 and running["started_at"]
+    with_progress = stack.wait_job(job["id"], {"succeeded"}, timeout_s=5)
+    assert with_progress["progress"]["current"] == with_progress["progress"]["total"]
+
+
+def test_failure_reads_failed_with_error_type_and_message(stack: Stack) -> None:
+    _, job = stack.request("POST", "/v1/jobs", {"task": "diagnostics.fail", "args": {}, "max_retries": 0})
+    done = stack.wait_job(job["id"], {"failed"})
+    assert done["error"]["type"] == "DiagnosticFailure" and "failing on purpose" in done["error"]["message"]
+
+
+def test_kill_9_of_a_worker_process_reruns_its_job(stack: Stack) -> None:
+    # Given a job running in one of the worker processes
+    _, job = stack.request("POST", "/v1/jobs", {"task": "diagnostics.sleep", "args": {"seconds": 1.5}})
+    stack.wait_job(job["id"], {"running"})
+    victims = stack.pids_of("services.worker.process")
+    assert len(victims) == 2
+    # When every worker process is killed outright
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    # Then the job runs again on a replacement process and succeeds, once
+    done = stack.wait_job(job["id"], {"succeeded", "failed"}, timeout_s=20)
+    assert done["status"] == "succeeded" and done["attempts"] == 2
+    assert time.monotonic() - killed_at < 20
+    replacements = stack.pids_of("services.worker.process")
+    assert len(replacements) == 2 and not set(replacements) & set(victims)
+
+
+def test_worker_metrics_are_served(stack: Stack) -> None:
+    stack.request("POST", "/v1/jobs", {"task": "diagnostics.echo", "args": {"message": "m"}})
+    deadline = time.monotonic() + 5
+    while True:
+        text = urllib.request.urlopen(stack.worker_metrics_url, timeout=5).read().decode()
+        if "jobrelay_jobs_succeeded_total{" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert 'jobrelay_jobs_succeeded_total{queue="default",task="diagnostics.echo"}' in text
+
+
+def test_sigterm_stops_every_process(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path)
+    pids = stack.pids_of("services.cli") + stack.pids_of("services.worker.process") + stack.pids_of("gunicorn")
+    assert stop_stack(stack) == 0
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert "jobrelay up: stopped" in stack.log_path.read_text()

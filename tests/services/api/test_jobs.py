@@ -1,0 +1,195 @@
+"""``/v1/jobs`` over a real store and a real Redis."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from falcon import testing
+
+from shared.job import JobStatus
+from shared.settings import Settings
+from shared.store.jobs import JobFilter, JobStore
+from shared.store.tasks import TaskRegistry
+from tests.services.api.conftest import ADMIN, READER
+
+ECHO = {"task": "diagnostics.echo", "args": {"message": "hi"}}
+
+
+def stored_count(store: JobStore) -> int:
+    return len(store.list(JobFilter(), limit=500).items)
+
+
+def queued_messages(redis_client: redis.Redis, queue: str = "default") -> list[dict]:
+    raw = redis_client.hgetall(f"dramatiq:{queue}.msgs")
+    return [json.loads(v) for v in raw.values()]
+
+
+def test_submit_answers_202_with_job_and_location(
+    client: testing.TestClient, store: JobStore, redis_client: redis.Redis
+) -> None:
+    resp = client.simulate_post("/v1/jobs", json=ECHO)
+    assert resp.status_code == 202
+    job = resp.json
+    assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["task"] == "diagnostics.echo" and job["queue"] == "default"
+    assert job["args"] == {"message": "hi"} and job["attempts"] == 0
+    # The row is committed and published; the Dramatiq message id is the job id.
+    assert store.get(job["id"]).published_at is not None
+    [message] = queued_messages(redis_client)
+    assert message["message_id"] == job["id"] and message["kwargs"] == {"message": "hi"}
+    assert client.simulate_get(f"/v1/jobs/{job['id']}").json["id"] == job["id"]
+
+
+def test_invalid_args_answer_422_naming_the_path_and_store_nothing(
+    client: testing.TestClient, store: JobStore, redis_client: redis.Redis
+) -> None:
+    resp = client.simulate_post("/v1/jobs", json={"task": "diagnostics.sleep", "args": {"seconds": "x"}})
+    assert resp.status_code == 422
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert [e["path"] for e in resp.json["errors"]] == ["/args/seconds"]
+    assert stored_count(store) == 0 and queued_messages(redis_client) == []
+
+
+def test_every_problem_is_listed(client: testing.TestClient) -> None:
+    resp = client.simulate_post(
+        "/v1/jobs",
+        json={"task": "diagnostics.sleep", "args": {"extra": 1}, "priority": 99, "delay_s": -1, "bogus": True},
+    )
+    assert resp.status_code == 422
+    paths = {e["path"] for e in resp.json["errors"]}
+    assert paths == {"/bogus", "/args/seconds", "/args/extra", "/priority", "/delay_s"}
+
+
+def test_unknown_task_is_422(client: testing.TestClient) -> None:
+    resp = client.simulate_post("/v1/jobs", json={"task": "nope.never", "args": {}})
+    assert resp.status_code == 422 and resp.json["errors"][0]["path"] == "/task"
+    assert "no worker has registered" in resp.json["errors"][0]["message"]
+
+
+def test_malformed_json_is_400(client: testing.TestClient, store: JobStore) -> None:
+    resp = client.simulate_post("/v1/jobs", body=b'{"task": ', headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json["status"] == 400
+    resp = client.simulate_post("/v1/jobs", body=b"\xff\xfe", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert stored_count(store) == 0
+
+
+def test_deeply_nested_json_is_400_not_500(client: testing.TestClient) -> None:
+    resp = client.simulate_post("/v1/jobs", body=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+
+
+def test_wrong_content_type_is_415(client: testing.TestClient) -> None:
+    resp = client.simulate_post("/v1/jobs", body=b"<job/>", headers={"Content-Type": "application/xml"})
+    assert resp.status_code == 415
+
+
+def test_curl_default_content_type_is_accepted(client: testing.TestClient) -> None:
+    # `curl -d '{...}'` sends application/x-www-form-urlencoded; the body must still be JSON.
+    resp = client.simulate_post(
+        "/v1/jobs", body=json.dumps(ECHO).encode(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert resp.status_code == 202
+
+
+def test_body_over_the_limit_is_413(client: testing.TestClient, store: JobStore) -> None:
+    big = {"task": "diagnostics.echo", "args": {"message": "x" * (1024 * 1024 + 10)}}
+    resp = client.simulate_post("/v1/jobs", json=big)
+    assert resp.status_code == 413 and stored_count(store) == 0
+
+
+def test_auth_401_403_and_scopes(client: testing.TestClient) -> None:
+    assert client.simulate_post("/v1/jobs", json=ECHO, headers={"Authorization": ""}).status_code == 401
+    resp = client.simulate_post("/v1/jobs", json=ECHO, headers={"Authorization": "Bearer wrong-token-xyz"})
+    assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+    assert "wrong-token" not in resp.text
+    resp = client.simulate_post("/v1/jobs", json=ECHO, headers={"Authorization": f"Bearer {READER}"})
+    assert resp.status_code == 403 and "write" in resp.json["detail"]
+    assert client.simulate_get("/v1/jobs", headers={"Authorization": f"Bearer {READER}"}).status_code == 200
+    assert client.simulate_post("/v1/jobs", json=ECHO, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 202
+
+
+def test_service_endpoints_need_no_token(client: testing.TestClient) -> None:
+    anonymous = {"Authorization": ""}
+    assert client.simulate_get("/healthz", headers=anonymous).status_code == 200
+    ready = client.simulate_get("/readyz", headers=anonymous)
+    assert ready.status_code == 200 and ready.json["checks"] == {"store": "ok", "redis": "ok"}
+    assert b"jobrelay_http_requests_total" in client.simulate_get("/metrics", headers=anonymous).content
+
+
+def test_unknown_route_is_problem_404(client: testing.TestClient) -> None:
+    resp = client.simulate_get("/v2/nothing")
+    assert resp.status_code == 404 and resp.headers["content-type"] == "application/problem+json"
+    assert client.simulate_get("/v1/jobs/01a20c37-2245-7190-9508-c8914ae674fd").status_code == 404
+
+
+def test_idempotency_key_header_and_body(client: testing.TestClient, store: JobStore) -> None:
+    first = client.simulate_post("/v1/jobs", json=ECHO, headers={"Idempotency-Key": "abc"})
+    again = client.simulate_post("/v1/jobs", json=ECHO, headers={"Idempotency-Key": "abc"})
+    assert first.status_code == 202 and again.status_code == 200 and again.json["id"] == first.json["id"]
+    same_in_body = client.simulate_post("/v1/jobs", json={**ECHO, "idempotency_key": "abc"})
+    assert same_in_body.status_code == 200 and same_in_body.json["id"] == first.json["id"]
+    other = client.simulate_post(
+        "/v1/jobs", json={"task": "diagnostics.echo", "args": {"message": "other"}}, headers={"Idempotency-Key": "abc"}
+    )
+    assert other.status_code == 409
+    assert stored_count(store) == 1
+
+
+def test_delay_makes_a_scheduled_job(client: testing.TestClient, redis_client: redis.Redis) -> None:
+    resp = client.simulate_post("/v1/jobs", json={**ECHO, "delay_s": 60})
+    assert resp.status_code == 202 and resp.json["status"] == "scheduled" and resp.json["scheduled_for"]
+    assert queued_messages(redis_client) == []
+    assert len(queued_messages(redis_client, "default.DQ")) == 1
+
+
+def test_broker_down_still_accepts_and_leaves_the_row_for_the_relay(
+    settings: Settings, store: JobStore, registry: TaskRegistry
+) -> None:
+    from services.api.app import create_app
+    from shared.broker import build_broker
+
+    # Given an API whose Redis does not answer
+    dead = build_broker("redis://127.0.0.1:1/0")
+    app = create_app(settings, store=store, registry=registry, broker=dead)
+    client = testing.TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"})
+    # When a job is submitted
+    resp = client.simulate_post("/v1/jobs", json=ECHO)
+    # Then it is accepted, stored, and waits for the relay
+    assert resp.status_code == 202
+    job = store.get(resp.json["id"])
+    assert job.status is JobStatus.QUEUED and job.published_at is None
+    assert client.simulate_get("/readyz").status_code == 503
+
+
+def test_batch_is_all_or_nothing(client: testing.TestClient, store: JobStore) -> None:
+    bad = client.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO, ECHO, {"task": "diagnostics.sleep"}]})
+    assert bad.status_code == 422 and bad.json["errors"][0]["path"] == "/jobs/2/args/seconds"
+    assert stored_count(store) == 0
+    good = client.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO] * 3})
+    assert good.status_code == 202 and len(good.json["jobs"]) == 3 and stored_count(store) == 3
+
+
+def test_list_with_cursor_and_validation(client: testing.TestClient) -> None:
+    ids = [client.simulate_post("/v1/jobs", json=ECHO).json["id"] for _ in range(3)]
+    page = client.simulate_get("/v1/jobs", params={"limit": "2"}).json
+    assert [j["id"] for j in page["items"]] == ids[::-1][:2]
+    rest = client.simulate_get("/v1/jobs", params={"limit": "2", "cursor": page["next_cursor"]}).json
+    assert [j["id"] for j in rest["items"]] == ids[:1] and rest["next_cursor"] is None
+    bad = client.simulate_get("/v1/jobs", params={"limit": "0", "status": "nope"})
+    assert bad.status_code == 422 and {e["path"] for e in bad.json["errors"]} == {"/query/limit", "/query/status"}
+    assert client.simulate_get("/v1/jobs", params={"cursor": "garbage"}).status_code == 422
+
+
+def test_cancel_queued_job(client: testing.TestClient) -> None:
+    job_id = client.simulate_post("/v1/jobs", json=ECHO).json["id"]
+    resp = client.simulate_post(f"/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 202 and resp.json["status"] == "cancelled"
+    assert client.simulate_post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_tasks_lists_the_registered_catalog(client: testing.TestClient) -> None:
+    items = {t["name"]: t for t in client.simulate_get("/v1/tasks").json["items"]}
+    assert {"diagnostics.echo", "diagnostics.sleep", "diagnostics.fail"} <= set(items)
+    assert items["diagnostics.sleep"]["args_schema"]["required"] == ["seconds"]

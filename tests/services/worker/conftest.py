@@ -1,0 +1,74 @@
+"""An in-process worker on a real Redis and a real store, and a way to submit and await jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dramatiq import Worker
+from dramatiq.brokers.redis import RedisBroker
+
+from services.api.resources.jobs import Submitter
+from services.api.validation import Submission, build_job
+from services.worker.middleware.status import JobStatusMiddleware
+from services.worker.process import build_worker_broker
+from shared.broker import build_broker
+from shared.catalog import Catalog
+from shared.errors import FieldError
+from shared.job import Job
+from shared.settings import Settings
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+
+
+@dataclass
+class Harness:
+    broker: RedisBroker
+    status: JobStatusMiddleware
+    store: JobStore
+    submitter: Submitter
+
+    def submit(self, body: dict) -> Job:
+        errors: list[FieldError] = []
+        job = build_job(body, "", self.submitter.registry, Submission(request_id="req-1"), errors)
+        assert job is not None, errors
+        [(stored, _)] = self.submitter.submit([job])
+        return stored
+
+    def wait(self, job_id: str, until: Callable[[Job], bool] | None = None, timeout_s: float = 10.0) -> Job:
+        until = until or (lambda job: job.status.is_final)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.store.get(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} stuck in {job.status} after {timeout_s}s")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def worker_settings(redis_url: str, tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        data_dir=tmp_path,
+        result_inline_max_bytes=1024,
+    )
+
+
+@pytest.fixture
+def harness(worker_settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry) -> Iterator[Harness]:
+    broker, status, worker_store = build_worker_broker(worker_settings, catalog, owner="test-worker")
+    for queue in catalog.queues():
+        broker.declare_queue(queue)
+    broker.emit_after("process_boot")
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    submitter = Submitter(store, registry, build_broker(worker_settings.require_redis_url("tests")), 1 << 20)
+    yield Harness(broker=broker, status=status, store=worker_store, submitter=submitter)
+    worker.stop(timeout=5000)
+    broker.close()

@@ -1,0 +1,76 @@
+"""The status middleware driving real Dramatiq workers against a real Redis and store."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from shared.broker import message_for
+from shared.job import JobStatus
+from shared.results import build_result_storage
+from shared.settings import Settings
+from tests.services.worker.conftest import Harness
+
+
+def test_echo_runs_to_succeeded_with_its_result(harness: Harness) -> None:
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "hi"}})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == "hi"
+    assert done.attempts == 1 and done.started_at and done.finished_at and done.lease_owner is None
+
+
+def test_failure_is_retried_with_backoff_then_succeeds(harness: Harness) -> None:
+    job = harness.submit({"task": "diagnostics.fail", "args": {"succeed_on_attempt": 3}})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.attempts == 3 and done.result == {"succeeded_on_attempt": 3}
+
+
+def test_failure_for_good_is_recorded_and_dead_lettered(harness: Harness, redis_client: redis.Redis) -> None:
+    job = harness.submit({"task": "diagnostics.fail", "args": {}, "max_retries": 1})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.FAILED and done.attempts == 2
+    assert done.error and done.error["type"] == "DiagnosticFailure" and "attempt 2" in done.error["message"]
+    dead = [json.loads(v) for v in redis_client.hgetall("dramatiq:default.XQ.msgs").values()]
+    assert [m["message_id"] for m in dead] == [job.id]
+
+
+def test_duplicate_delivery_of_a_finished_job_is_skipped(harness: Harness) -> None:
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "once"}})
+    first = harness.wait(job.id)
+    # When the same message arrives again (a relay or crash-recovery duplicate)
+    harness.broker.enqueue(message_for(job))
+    harness.broker.join("default", timeout=5000)
+    again = harness.store.get(job.id)
+    assert again.attempts == 1 and again.finished_at == first.finished_at
+
+
+def test_progress_is_visible_while_running(harness: Harness) -> None:
+    job = harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 1.0}})
+    running = harness.wait(job.id, until=lambda j: j.progress is not None and j.progress["current"] >= 1)
+    assert running.status is JobStatus.RUNNING and running.progress["total"] == 4
+    done = harness.wait(job.id)
+    assert done.progress == {"current": 4, "total": 4, "message": "done"}
+
+
+def test_soft_time_limit_fails_the_job(harness: Harness) -> None:
+    job = harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 5}, "time_limit_s": 0.3})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.FAILED and done.error and done.error["type"] == "TimeLimitExceeded"
+
+
+def test_large_result_goes_to_result_storage(harness: Harness, worker_settings: Settings) -> None:
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "x" * 5000}})
+    done = harness.wait(job.id)
+    assert done.result is None and done.result_url == f"/v1/jobs/{job.id}/result"
+    body, content_type = build_result_storage(worker_settings.effective_result_storage_url).open(job.id)
+    assert json.loads(body) == "x" * 5000 and content_type == "application/json"
+
+
+def test_cancelled_queued_job_never_runs(harness: Harness) -> None:
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "no"}, "delay_s": 0.5})
+    harness.store.cancel(job.id)
+    harness.broker.join("default", timeout=5000)
+    final = harness.store.get(job.id)
+    assert final.status is JobStatus.CANCELLED and final.attempts == 0 and final.result is None
