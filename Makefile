@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_PATHS := shared services tests $(wildcard bench)
 
 .PHONY: run test lint format install system-deps clean
 
@@ -22,13 +23,13 @@ run: install
 	$(BIN)/jobrelay up
 
 lint: install
-	$(BIN)/ruff check shared services tests bench
-	$(BIN)/ruff format --check shared services tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix shared services tests bench
-	$(BIN)/ruff format shared services tests bench
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
 
 test: install system-deps lint
 	$(BIN)/pytest -q
