@@ -43,7 +43,8 @@ def beat(client: redis.Redis, worker_id: str) -> None:
 
 def dead_workers(client: redis.Redis, *, dead_after_s: float) -> list[str]:
     cutoff = int((time.time() - dead_after_s) * 1000)
-    return [w.decode() for w in client.zrangebyscore(HEARTBEATS, 0, cutoff)]
+    members: list[bytes] = client.zrangebyscore(HEARTBEATS, 0, cutoff)  # type: ignore[assignment]
+    return [member.decode() for member in members]
 
 
 def requeue_worker(client: redis.Redis, worker_id: str) -> int:

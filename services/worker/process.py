@@ -20,6 +20,7 @@ from dramatiq.middleware import TimeLimit
 
 from services.worker.heartbeat import Heartbeat
 from services.worker.middleware.status import JobStatusMiddleware
+from services.worker.middleware.watchdog import Watchdog
 from services.worker.tasks import load_task_modules
 from shared.broker import build_broker
 from shared.catalog import Catalog, TaskDefinition
@@ -72,7 +73,7 @@ def build_worker_broker(
     )
     broker = build_broker(
         settings.require_redis_url("the worker"),
-        middleware=[status, TimeLimit(interval=250)],
+        middleware=[status, Watchdog(store, status), TimeLimit(interval=250)],
         dead_message_ttl_s=settings.job_retention_s,
     )
     broker.broker_id = owner

@@ -145,7 +145,7 @@ class JobStore:
             raise NotFound(f"no job with id {job_id!r}")
         return Job.from_row(row)
 
-    def list(self, filters: JobFilter, *, limit: int = 50, cursor: str | None = None) -> Page:
+    def page(self, filters: JobFilter, *, limit: int = 50, cursor: str | None = None) -> Page:
         """Newest first; the cursor is the last id seen, so inserts never shift a page."""
         query = select(jobs)
         conditions = []
@@ -285,6 +285,15 @@ class JobStore:
                 .values(lease_expires_at=utcnow())
             )
         return done.rowcount
+
+    def cancel_requested_among(self, job_ids: Iterable[str]) -> list[str]:
+        """Which of these running jobs an operator asked to cancel."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.cancel_requested.is_(True)))
+            return [row.id for row in rows]
 
     # -- control ---------------------------------------------------------
 

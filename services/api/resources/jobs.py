@@ -99,7 +99,7 @@ class JobsResource:
             raise InvalidInput("the list query is invalid", errors)
         filters = JobFilter(status=status, created_after=created_after, **values)  # type: ignore[arg-type]
         try:
-            page = self.submitter.store.list(filters, limit=limit, cursor=cursor)  # type: ignore[arg-type]
+            page = self.submitter.store.page(filters, limit=limit, cursor=cursor)  # type: ignore[arg-type]
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
         resp.media = {"items": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}

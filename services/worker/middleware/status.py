@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -22,9 +23,10 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 
 from services.worker.context import JobContext, enter_job, leave_job
-from services.worker.retry_policy import Retry, decide
+from services.worker.retry_policy import Decision, Retry, decide
 from shared import metrics
-from shared.catalog import Catalog
+from shared.catalog import Catalog, TaskDefinition
+from shared.errors import TaskError
 from shared.job import Job, JobStatus, utcnow
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage, encode_result
@@ -64,6 +66,23 @@ def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
     }
 
 
+class Cancelled(BaseException):
+    """Raised inside a running task whose job was cancelled (a BaseException, so `except Exception` misses it)."""
+
+
+class HardTimeLimitExceeded(Exception):
+    """Recorded for a job whose process was replaced because it ran past its hard time limit."""
+
+
+@dataclass
+class Running:
+    """A job this process is running now, and the thread running it."""
+
+    job: Job
+    thread_id: int
+    started_s: float = field(default_factory=time.monotonic)
+
+
 class JobStatusMiddleware(Middleware):
     """Records every transition of a job in the store; skips duplicates and cancelled jobs."""
 
@@ -83,7 +102,7 @@ class JobStatusMiddleware(Middleware):
         self.owner = owner
         self.lease_s = lease_s
         self.inline_max_bytes = inline_max_bytes
-        self._running: dict[str, Job] = {}
+        self._running: dict[str, Running] = {}
         self._running_lock = threading.Lock()
         self._local = threading.local()
 
@@ -92,6 +111,15 @@ class JobStatusMiddleware(Middleware):
     def running_job_ids(self) -> list[str]:
         with self._running_lock:
             return list(self._running)
+
+    def running(self) -> list[Running]:
+        with self._running_lock:
+            return list(self._running.values())
+
+    def is_running(self, job_id: str, thread_id: int) -> bool:
+        with self._running_lock:
+            entry = self._running.get(job_id)
+            return entry is not None and entry.thread_id == thread_id
 
     # -- Dramatiq hooks ----------------------------------------------------
 
@@ -115,7 +143,7 @@ class JobStatusMiddleware(Middleware):
         job = claim.job
         assert job is not None
         with self._running_lock:
-            self._running[job.id] = job
+            self._running[job.id] = Running(job, threading.get_ident())
         due = job.next_attempt_at or job.scheduled_for or job.created_at
         if job.attempts == 1:
             metrics.job_queue_wait_seconds.labels(*labels).observe(max(0.0, (utcnow() - due).total_seconds()))
@@ -140,9 +168,10 @@ class JobStatusMiddleware(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         with self._running_lock:
-            job = self._running.pop(message.message_id, None)
-        if job is None:
+            entry = self._running.pop(message.message_id, None)
+        if entry is None:
             return
+        job = entry.job
         labels = (job.task, job.queue)
         leave_job(self._local.job_token)
         metrics.jobs_in_progress.labels(*labels).dec()
@@ -175,15 +204,42 @@ class JobStatusMiddleware(Middleware):
         ):
             log.warning("job %s finished after its lease passed to another worker", job.id)
 
+    def _decide(self, job: Job, exc: BaseException) -> tuple[Decision, dict[str, Any]]:
+        try:
+            definition: TaskDefinition | None = self.catalog.get(job.task)
+        except TaskError:
+            definition = None
+        decision = decide(definition, exc, attempts=job.attempts, max_retries=job.max_retries)
+        return decision, error_body(exc, retryable=decision.retryable)
+
+    def record_hard_timeout(self, job: Job, limit_s: float) -> None:
+        """Record the outcome of a job whose process is about to be replaced.
+
+        Nothing is enqueued: the message stays unacked, and the supervisor puts it
+        back when this process is gone; a ``retrying`` row lets it run again.
+        """
+        exc = HardTimeLimitExceeded(f"the task ran past its hard time limit of {limit_s:g}s; its process was replaced")
+        decision, error = self._decide(job, exc)
+        status = JobStatus.RETRYING if decision.retry else JobStatus.FAILED
+        self.store.finish(job.id, owner=self.owner, status=status, error=error, next_attempt_at=utcnow())
+        counter = metrics.jobs_retried_total if decision.retry else metrics.jobs_failed_total
+        counter.labels(job.task, job.queue).inc()
+
     def _fail(self, broker: Broker, message: MessageProxy, job: Job, exc: BaseException) -> None:
         labels = (job.task, job.queue)
-        try:
-            definition = self.catalog.get(job.task)
-        except Exception:
-            definition = None
-        max_retries = message.options.get("max_retries", job.max_retries)
-        decision = decide(definition, exc, attempts=job.attempts, max_retries=max_retries)
-        error = error_body(exc, retryable=decision.retryable)
+        if isinstance(exc, Cancelled):
+            persist(
+                lambda: self.store.finish(
+                    job.id,
+                    owner=self.owner,
+                    status=JobStatus.CANCELLED,
+                    error={"type": "Cancelled", "message": "cancelled while running", "retryable": False},
+                )
+            )
+            metrics.jobs_cancelled_total.labels(*labels).inc()
+            log.info("job %s cancelled while running", job.id)
+            return
+        decision, error = self._decide(job, exc)
         if decision.retry:
             next_at = utcnow() + timedelta(seconds=decision.delay_s)
             persist(

@@ -10,6 +10,10 @@ from shared.catalog import task
 from shared.schema import Schema
 
 
+#: Longest uninterruptible sleep inside ``diagnostics.sleep``.
+SLICE_S = 0.1
+
+
 class DiagnosticFailure(Exception):
     """Raised on purpose by ``diagnostics.fail``."""
 
@@ -22,12 +26,15 @@ def echo(message: str) -> str:
 
 @task(name="diagnostics.sleep", queue="default", max_retries=0, time_limit_s=3600)
 def sleep(seconds: Annotated[float, Schema(minimum=0, maximum=3600)]) -> dict[str, float]:
-    """Sleep for ``seconds``, reporting progress about ten times."""
+    """Sleep for ``seconds``, reporting progress in up to ten steps."""
     started = time.monotonic()
     steps = max(1, min(10, int(seconds * 4)))
     for step in range(steps):
         report_progress(step, steps, "sleeping")
-        time.sleep(seconds / steps)
+        step_end = started + seconds * (step + 1) / steps
+        # Short slices keep the task interruptible (cancellation, soft time limit).
+        while (left := step_end - time.monotonic()) > 0:
+            time.sleep(min(left, SLICE_S))
     report_progress(steps, steps, "done")
     return {"slept_s": round(time.monotonic() - started, 3)}
 

@@ -17,7 +17,7 @@ ECHO = {"task": "diagnostics.echo", "args": {"message": "hi"}}
 
 
 def stored_count(store: JobStore) -> int:
-    return len(store.list(JobFilter(), limit=500).items)
+    return len(store.page(JobFilter(), limit=500).items)
 
 
 def queued_messages(redis_client: redis.Redis, queue: str = "default") -> list[dict]:

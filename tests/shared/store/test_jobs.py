@@ -67,11 +67,11 @@ def test_list_is_newest_first_and_cursor_is_stable_under_inserts(store: JobStore
     # Given five jobs
     ids = [job.id for job, _ in store.insert([make_job() for _ in range(5)])]
     # When the first page of two is read and new jobs arrive before the next page
-    page = store.list(JobFilter(), limit=2)
+    page = store.page(JobFilter(), limit=2)
     assert [j.id for j in page.items] == ids[::-1][:2]
     store.insert([make_job() for _ in range(3)])
-    second = store.list(JobFilter(), limit=2, cursor=page.next_cursor)
-    third = store.list(JobFilter(), limit=2, cursor=second.next_cursor)
+    second = store.page(JobFilter(), limit=2, cursor=page.next_cursor)
+    third = store.page(JobFilter(), limit=2, cursor=second.next_cursor)
     # Then the pages continue exactly where the first stopped
     assert [j.id for j in second.items] == ids[::-1][2:4]
     assert [j.id for j in third.items] == ids[::-1][4:]
@@ -80,14 +80,14 @@ def test_list_is_newest_first_and_cursor_is_stable_under_inserts(store: JobStore
 
 def test_list_filters(store: JobStore) -> None:
     store.insert([make_job(task="a.b"), make_job(task="c.d", queue="other"), make_job(status=JobStatus.FAILED)])
-    assert {j.task for j in store.list(JobFilter(task="a.b")).items} == {"a.b"}
-    assert [j.queue for j in store.list(JobFilter(queue="other")).items] == ["other"]
-    assert len(store.list(JobFilter(status=JobStatus.FAILED)).items) == 1
+    assert {j.task for j in store.page(JobFilter(task="a.b")).items} == {"a.b"}
+    assert [j.queue for j in store.page(JobFilter(queue="other")).items] == ["other"]
+    assert len(store.page(JobFilter(status=JobStatus.FAILED)).items) == 1
 
 
 def test_bad_cursor_is_invalid_input(store: JobStore) -> None:
     with pytest.raises(InvalidInput):
-        store.list(JobFilter(), cursor="not-a-cursor!")
+        store.page(JobFilter(), cursor="not-a-cursor!")
 
 
 def test_claim_then_duplicate_then_finish(store: JobStore) -> None:

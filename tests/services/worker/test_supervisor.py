@@ -1,0 +1,185 @@
+"""`jobrelay worker` as real processes: cancellation, hard time limits, SIGTERM, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from services.api.resources.jobs import Submitter
+from services.api.validation import Submission, build_job
+from shared.broker import build_broker
+from shared.errors import FieldError
+from shared.job import Job, JobStatus
+from shared.orphans import HEARTBEATS, requeue_orphans
+from shared.redis_server import free_port
+from shared.store.engine import create_store_engine
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+
+
+@dataclass
+class WorkerRun:
+    process: subprocess.Popen[bytes]
+    store: JobStore
+    submitter: Submitter
+    data_dir: Path
+    log_path: Path
+
+    def submit(self, body: dict) -> Job:
+        errors: list[FieldError] = []
+        job = build_job(body, "", self.submitter.registry, Submission(), errors)
+        assert job is not None, errors
+        return self.submitter.submit([job])[0][0]
+
+    def wait(self, job_id: str, until: Callable[[Job], bool], timeout_s: float) -> Job:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.store.get(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is {job.status} after {timeout_s}s:\\n{self.log()}")
+            time.sleep(0.02)
+
+    def children(self) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "stat").read_text().split()[3] == str(self.process.pid):
+                        found.append(int(entry.name))
+                except (OSError, IndexError):
+                    continue
+        return found
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-3000:]
+
+
+@pytest.fixture
+def worker_run(redis_url: str, tmp_path: Path) -> Iterator[WorkerRun]:
+    database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(tmp_path),
+        "TASK_MODULES": "tests.services.worker.tasks_for_tests",
+        "WORKER_METRICS_BIND": f"127.0.0.1:{free_port()}",
+        "LOG_JSON": "off",
+    }
+    log_path = tmp_path / "worker.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "worker",
+            "--queues",
+            "default,testing",
+            "--threads",
+            "2",
+            "--grace",
+            "5",
+        ],
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    engine = create_store_engine(database_url)
+    run = WorkerRun(
+        process=process,
+        store=JobStore(engine),
+        submitter=Submitter(JobStore(engine), TaskRegistry(engine, cache_s=0), build_broker(redis_url), 1 << 20),
+        data_dir=tmp_path,
+        log_path=log_path,
+    )
+    deadline = time.monotonic() + 30
+    while not (run.children() and (tmp_path / "worker-alive").exists()):
+        assert process.poll() is None and time.monotonic() < deadline, run.log()
+        time.sleep(0.05)
+    yield run
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    engine.dispose()
+
+
+def test_cancelling_a_running_job_interrupts_it_within_two_seconds(worker_run: WorkerRun) -> None:
+    job = worker_run.submit({"task": "diagnostics.sleep", "args": {"seconds": 30}})
+    worker_run.wait(job.id, lambda j: j.status is JobStatus.RUNNING, 10)
+    # When the job is cancelled while it runs
+    worker_run.store.cancel(job.id)
+    asked = time.monotonic()
+    # Then it ends cancelled within two seconds, and the worker keeps serving
+    done = worker_run.wait(job.id, lambda j: j.status.is_final, 5)
+    assert done.status is JobStatus.CANCELLED and time.monotonic() - asked < 2.0
+    echo = worker_run.submit({"task": "diagnostics.echo", "args": {"message": "after"}})
+    assert worker_run.wait(echo.id, lambda j: j.status.is_final, 5).result == "after"
+
+
+def test_hard_time_limit_replaces_the_process_and_records_the_job(worker_run: WorkerRun) -> None:
+    # Given a task stuck in one C call, past its 1 s soft limit
+    before = worker_run.children()
+    job = worker_run.submit({"task": "testing.block", "args": {"seconds": 60}})
+    # Then within the hard limit (1 s + 5 s grace) the job is failed and the process replaced
+    done = worker_run.wait(job.id, lambda j: j.status.is_final, 15)
+    assert done.status is JobStatus.FAILED and done.error and done.error["type"] == "HardTimeLimitExceeded"
+    deadline = time.monotonic() + 10
+    while not (worker_run.children() and not set(worker_run.children()) & set(before)):
+        assert time.monotonic() < deadline, worker_run.log()
+        time.sleep(0.05)
+    # And the worker keeps serving
+    echo = worker_run.submit({"task": "diagnostics.echo", "args": {"message": "alive"}})
+    assert worker_run.wait(echo.id, lambda j: j.status.is_final, 10).result == "alive"
+
+
+def test_sigterm_finishes_in_flight_work_and_requeues_the_rest(worker_run: WorkerRun, redis_url: str) -> None:
+    # Given one job running and more waiting than the threads can take
+    running = worker_run.submit({"task": "diagnostics.sleep", "args": {"seconds": 1.5}})
+    worker_run.wait(running.id, lambda j: j.status is JobStatus.RUNNING, 10)
+    waiting = [worker_run.submit({"task": "diagnostics.sleep", "args": {"seconds": 3}}) for _ in range(6)]
+    time.sleep(0.3)
+    # When the worker gets SIGTERM
+    worker_run.process.send_signal(signal.SIGTERM)
+    assert worker_run.process.wait(timeout=30) == 0
+    # Then the in-flight job finished, and nothing is left claimed or lost
+    assert worker_run.store.get(running.id).status is JobStatus.SUCCEEDED
+    client = redis.Redis.from_url(redis_url)
+    unfinished = [j for j in waiting if not worker_run.store.get(j.id).status.is_final]
+    assert unfinished, "the test needs jobs left waiting"
+    queued = {m.decode() for m in client.lrange("dramatiq:default", 0, -1)}
+    assert len(queued) == len(unfinished)
+    assert all(client.scard(key) == 0 for key in client.keys("dramatiq:__acks__.*"))
+    for job in unfinished:
+        assert worker_run.store.get(job.id).status is JobStatus.QUEUED
+
+
+def test_whole_worker_killed_is_recovered_by_the_orphan_requeue(worker_run: WorkerRun, redis_url: str) -> None:
+    # Given a job running in a worker whose supervisor and children all die at once (a pod killed)
+    job = worker_run.submit({"task": "diagnostics.sleep", "args": {"seconds": 2}})
+    worker_run.wait(job.id, lambda j: j.status is JobStatus.RUNNING, 10)
+    children = worker_run.children()
+    worker_run.process.send_signal(signal.SIGKILL)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    worker_run.process.wait(timeout=5)
+    client = redis.Redis.from_url(redis_url)
+    # When its heartbeat is older than the dead-after time, the housekeeping requeues its messages
+    assert requeue_orphans(client, worker_run.store, dead_after_s=60) == 0  # not dead yet: nothing moves
+    time.sleep(1.0)
+    moved = requeue_orphans(client, worker_run.store, dead_after_s=0.5)
+    # Then the message is back at the front of its queue and the job is claimable
+    assert moved == 1
+    assert client.lindex("dramatiq:default", 0) is not None
+    assert worker_run.store.get(job.id).lease_expires_at is not None
+    assert client.zcard(HEARTBEATS) == 0
