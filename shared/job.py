@@ -71,6 +71,7 @@ class Job:
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     cancel_requested: bool = False
+    dead: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

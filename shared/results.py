@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from shared.errors import SettingsError
@@ -18,6 +21,10 @@ class ResultStorage(Protocol):
 
     def open(self, reference: str) -> tuple[bytes, str]:
         """The stored body and its content type; ``FileNotFoundError`` when absent."""
+        ...
+
+    def writer(self, job_id: str, content_type: str) -> AbstractContextManager[BinaryIO]:
+        """A file to stream a result into; it becomes visible only when the block succeeds."""
         ...
 
 
@@ -33,16 +40,29 @@ class DirectoryStorage:
         self.root = root
 
     def put(self, job_id: str, data: bytes, content_type: str) -> str:
+        with self.writer(job_id, content_type) as handle:
+            handle.write(data)
+        return result_reference(job_id)
+
+    @contextlib.contextmanager
+    def writer(self, job_id: str, content_type: str) -> Iterator[BinaryIO]:
         self.root.mkdir(parents=True, exist_ok=True)
         name = result_reference(job_id)
-        (self.root / f".{name}.type").write_text(content_type)
         temp = self.root / f".{name}.tmp"
-        with temp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with temp.open("wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        (self.root / f".{name}.type").write_text(content_type)
         temp.replace(self.root / name)
-        return name
+
+    def delete(self, reference: str) -> None:
+        (self.root / reference).unlink(missing_ok=True)
+        (self.root / f".{reference}.type").unlink(missing_ok=True)
 
     def open(self, reference: str) -> tuple[bytes, str]:
         path = (self.root / reference).resolve()

@@ -16,9 +16,11 @@ from services.api.resources.jobs import (
     JobCancelResource,
     JobResource,
     JobResultResource,
+    JobRetryResource,
     JobsResource,
     Submitter,
 )
+from services.api.resources.queues import DeadLettersResource, DeadRequeueResource, QueuesResource
 from services.api.resources.tasks import TasksResource
 from shared import metrics
 from shared.results import build_result_storage
@@ -68,5 +70,9 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     results = build_result_storage(settings.effective_result_storage_url)
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store, results))
     app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store))
+    app.add_route("/v1/jobs/{job_id}/retry", JobRetryResource(submitter))
     app.add_route("/v1/tasks", TasksResource(registry))
+    app.add_route("/v1/queues", QueuesResource(submitter))
+    app.add_route("/v1/queues/{name}/dead", DeadLettersResource(submitter))
+    app.add_route("/v1/queues/{name}/dead/requeue", DeadRequeueResource(submitter))
     return app

@@ -1,11 +1,15 @@
-"""What a running task can reach: its job id and ``report_progress``."""
+"""What a running task can reach: its job, ``report_progress`` and ``result_file``."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
+
+from shared.results import ResultStorage
 
 
 class ProgressSink(Protocol):
@@ -18,7 +22,10 @@ class JobContext:
     task: str
     attempt: int
     sink: ProgressSink
+    results: ResultStorage | None = None
     last_report_s: float = field(default=0.0)
+    #: Set once the task has written a result file (its content type).
+    result_file_type: str | None = None
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("current_job", default=None)
@@ -54,3 +61,19 @@ def report_progress(current: float, total: float | None = None, message: str | N
         return
     context.last_report_s = now
     context.sink.report_progress(context.job_id, {"current": current, "total": total, "message": message})
+
+
+@contextlib.contextmanager
+def result_file(content_type: str) -> Iterator[BinaryIO]:
+    """Stream the job's result body (a CSV, a PDF, an export) into result storage.
+
+    The file appears only when the block ends without error (written to a
+    temporary name, then renamed), and the job's ``result_url`` points at it.
+    What the task returns stays in the row as its JSON result.
+    """
+    context = _current.get()
+    if context is None or context.results is None:
+        raise RuntimeError("result_file() is only available inside a running task")
+    with context.results.writer(context.job_id, content_type) as handle:
+        yield handle
+    context.result_file_type = content_type

@@ -77,6 +77,8 @@ jobs = Table(
     Column("lease_owner", String(100), nullable=True),
     Column("lease_expires_at", UtcDateTime, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    # In the dead-letter queue: failed for good and neither requeued nor purged since.
+    Column("dead", Boolean, nullable=False, server_default=text("false")),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),
@@ -90,6 +92,7 @@ jobs = Table(
         postgresql_where=text("published_at IS NULL"),
     ),
     Index("ix_jobs_lease_owner", "lease_owner"),
+    Index("ix_jobs_dead", "queue", "id", sqlite_where=text("dead"), postgresql_where=text("dead")),
 )
 
 tasks = Table(

@@ -12,14 +12,26 @@ from dramatiq.brokers.redis import RedisBroker
 from services.api.body import read_json
 from services.api.validation import Submission, build_job
 from shared.broker import publish
-from shared.errors import FieldError, InvalidInput, NotFound, Unavailable
+from shared.errors import Conflict, FieldError, InvalidInput, NotFound, Unavailable
 from shared.job import Job, JobStatus
+from shared.queues import drop_dead_letters
 from shared.results import ResultStorage, result_reference
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1000
+MAX_LIMIT = 500
+
+
+def parse_limit(req: falcon.Request, errors: list[FieldError], default: int = 50) -> int:
+    raw = req.params.get("limit")
+    if raw is None:
+        return default
+    if not isinstance(raw, str) or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        errors.append(FieldError("/query/limit", f"must be an integer from 1 to {MAX_LIMIT}"))
+        return default
+    return int(raw)
 
 
 class Submitter:
@@ -33,14 +45,17 @@ class Submitter:
 
     def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
         stored = self.store.insert(new_jobs)
-        fresh = [job for job, created in stored if created]
-        if fresh:
-            try:
-                self.store.mark_published(publish(self.broker, fresh))
-            except Unavailable as exc:
-                # NOTE: the rows are committed; the outbox relay publishes them when Redis is back.
-                log.warning("broker unavailable, %d job(s) left for the relay: %s", len(fresh), exc)
+        self.publish([job for job, created in stored if created])
         return stored
+
+    def publish(self, committed: list[Job]) -> None:
+        """Hand committed jobs to Redis; if it is down, the outbox relay does it later."""
+        if not committed:
+            return
+        try:
+            self.store.mark_published(publish(self.broker, committed))
+        except Unavailable as exc:
+            log.warning("broker unavailable, %d job(s) left for the relay: %s", len(committed), exc)
 
 
 class JobsResource:
@@ -85,13 +100,7 @@ class JobsResource:
                     created_after = created_after.replace(tzinfo=UTC)
             except ValueError:
                 errors.append(FieldError("/query/created_after", "must be an RFC 3339 date-time"))
-        limit = 50
-        if "limit" in params:
-            raw = params["limit"]
-            if not isinstance(raw, str) or not raw.isdigit() or not 1 <= int(raw) <= 500:
-                errors.append(FieldError("/query/limit", "must be an integer from 1 to 500"))
-            else:
-                limit = int(raw)
+        limit = parse_limit(req, errors)
         cursor = params.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             errors.append(FieldError("/query/cursor", "give it once"))
@@ -103,6 +112,24 @@ class JobsResource:
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
         resp.media = {"items": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
+
+
+class JobRetryResource:
+    scopes = {"POST": "write"}
+
+    def __init__(self, submitter: Submitter) -> None:
+        self.submitter = submitter
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        job = self.submitter.store.get(job_id)
+        requeued = self.submitter.store.requeue([job_id])
+        if not requeued:
+            raise Conflict(f"job {job_id} is {job.status.value}; only failed, cancelled or expired jobs can be retried")
+        if job.dead:
+            drop_dead_letters(self.submitter.broker.client, job.queue, [job_id])
+        self.submitter.publish(requeued)
+        resp.status = falcon.HTTP_202
+        resp.media = requeued[0].to_api()
 
 
 class BatchResource:

@@ -157,7 +157,8 @@ class JobStatusMiddleware(Middleware):
             attempt=job.attempts,
             request_id=message.options.get("request_id"),
         )
-        self._local.job_token = enter_job(JobContext(job.id, job.task, job.attempts, self.store))
+        self._local.context = JobContext(job.id, job.task, job.attempts, self.store, self.results)
+        self._local.job_token = enter_job(self._local.context)
 
     def after_process_message(
         self,
@@ -178,7 +179,7 @@ class JobStatusMiddleware(Middleware):
         metrics.job_duration_seconds.labels(*labels).observe(time.perf_counter() - self._local.started)
         try:
             if exception is None:
-                self._succeed(job, result)
+                self._succeed(job, result, self._local.context.result_file_type)
                 metrics.jobs_succeeded_total.labels(*labels).inc()
             else:
                 self._fail(broker, message, job, exception)
@@ -191,10 +192,10 @@ class JobStatusMiddleware(Middleware):
 
     # -- outcomes ----------------------------------------------------------
 
-    def _succeed(self, job: Job, result: Any) -> None:
+    def _succeed(self, job: Job, result: Any, result_file_type: str | None) -> None:
         body = encode_result(result)
-        result_url = None
-        if len(body) > self.inline_max_bytes:
+        result_url = f"/v1/jobs/{job.id}/result" if result_file_type else None
+        if result_url is None and len(body) > self.inline_max_bytes:
             self.results.put(job.id, body, "application/json")
             result, result_url = None, f"/v1/jobs/{job.id}/result"
         if not persist(

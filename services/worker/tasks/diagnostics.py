@@ -9,7 +9,6 @@ from services.worker.context import current_job, report_progress
 from shared.catalog import task
 from shared.schema import Schema
 
-
 #: Longest uninterruptible sleep inside ``diagnostics.sleep``.
 SLICE_S = 0.1
 

@@ -1,0 +1,109 @@
+"""``/v1/queues``: queue stats and the dead-letter queue of each queue."""
+
+from __future__ import annotations
+
+import falcon
+
+from services.api.body import read_json
+from services.api.resources.jobs import Submitter, parse_limit
+from shared.catalog import QUEUE_NAME
+from shared.errors import FieldError, InvalidInput, NotFound
+from shared.queues import drop_dead_letters, queue_stats
+from shared.store.jobs import JobFilter
+
+MAX_REQUEUE_IDS = 1000
+
+
+def _check_queue(name: str) -> None:
+    if not QUEUE_NAME.match(name):
+        raise NotFound(f"no queue named {name!r}")
+
+
+class QueuesResource:
+    scopes = {"GET": "read"}
+
+    def __init__(self, submitter: Submitter) -> None:
+        self.submitter = submitter
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        queues = sorted({spec.queue for spec in self.submitter.registry.all().values()})
+        stats = queue_stats(self.submitter.broker.client, self.submitter.store, queues)
+        resp.media = {"items": [s.as_dict() for s in stats]}
+
+
+class DeadLettersResource:
+    scopes = {"GET": "read", "DELETE": "admin"}
+
+    def __init__(self, submitter: Submitter) -> None:
+        self.submitter = submitter
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        _check_queue(name)
+        errors: list[FieldError] = []
+        for unknown in sorted(set(req.params) - {"limit", "cursor"}):
+            errors.append(FieldError(f"/query/{unknown}", "is not a parameter of this list"))
+        limit = parse_limit(req, errors)
+        cursor = req.params.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            errors.append(FieldError("/query/cursor", "give it once"))
+        if errors:
+            raise InvalidInput("the query is invalid", errors)
+        try:
+            page = self.submitter.store.page(
+                JobFilter(queue=name, dead=True),
+                limit=limit,
+                cursor=cursor,  # type: ignore[arg-type]
+            )
+        except InvalidInput as exc:
+            raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
+        resp.media = {"items": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        _check_queue(name)
+        purged = self.submitter.store.purge_dead(name)
+        drop_dead_letters(self.submitter.broker.client, name)
+        resp.media = {"purged": purged}
+
+
+class DeadRequeueResource:
+    scopes = {"POST": "admin"}
+
+    def __init__(self, submitter: Submitter) -> None:
+        self.submitter = submitter
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        _check_queue(name)
+        body = read_json(req, self.submitter.max_body_bytes)
+        ids = self._ids(body)
+        store = self.submitter.store
+        requeued = 0
+        if ids is None:
+            while batch := store.dead_ids(name, limit=500):
+                requeued += self._requeue(name, batch)
+        else:
+            requeued = self._requeue(name, ids)
+        resp.status = falcon.HTTP_202
+        resp.media = {"requeued": requeued}
+
+    def _requeue(self, queue: str, ids: list[str]) -> int:
+        jobs = self.submitter.store.requeue(ids, queue=queue, dead_only=True)
+        drop_dead_letters(self.submitter.broker.client, queue, [job.id for job in jobs])
+        self.submitter.publish(jobs)
+        return len(jobs)
+
+    @staticmethod
+    def _ids(body: object) -> list[str] | None:
+        """The ids to requeue, or None for all."""
+        if isinstance(body, dict) and body == {"all": True}:
+            return None
+        if isinstance(body, dict) and set(body) == {"ids"} and isinstance(body["ids"], list):
+            ids = body["ids"]
+            bad = [i for i, value in enumerate(ids) if not isinstance(value, str) or len(value) > 36]
+            if bad:
+                raise InvalidInput("ids must be job ids", [FieldError(f"/ids/{i}", "is not a job id") for i in bad])
+            if not 1 <= len(ids) <= MAX_REQUEUE_IDS:
+                raise InvalidInput("too many or no ids", [FieldError("/ids", f"must hold 1 to {MAX_REQUEUE_IDS} ids")])
+            return ids
+        raise InvalidInput(
+            'send {"ids": [...]} or {"all": true}', [FieldError("", 'must be {"ids": [...]} or {"all": true}')]
+        )
