@@ -104,3 +104,17 @@ tasks = Table(
     Column("registered_at", UtcDateTime, nullable=False),
     Column("registered_by", String(200), nullable=False),
 )
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("type", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    # Job ids in step order; the callback (chord) is separate.
+    Column("job_ids", JSON, nullable=False),
+    Column("callback_job_id", String(36), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+)
