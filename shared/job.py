@@ -72,6 +72,7 @@ class Job:
     lease_expires_at: datetime | None = None
     cancel_requested: bool = False
     dead: bool = False
+    held: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -22,11 +22,14 @@ from services.api.resources.jobs import (
 )
 from services.api.resources.queues import DeadLettersResource, DeadRequeueResource, QueuesResource
 from services.api.resources.tasks import TasksResource
+from services.api.resources.workflows import WorkflowCancelResource, WorkflowResource, WorkflowsResource
 from shared import metrics
 from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
+from shared.store.workflows import WorkflowStore
+from shared.workflows import WorkflowEngine
 
 
 class Metrics:
@@ -61,6 +64,8 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     errors.install(app)
 
     submitter = Submitter(store, registry, broker, settings.api_max_body_bytes)
+    workflows = WorkflowStore(store.engine)
+    engine = WorkflowEngine(workflows, store, registry, broker)
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(store.engine, broker.client))
     app.add_route("/metrics", MetricsResource())
@@ -69,9 +74,12 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/jobs/{job_id}", JobResource(store))
     results = build_result_storage(settings.effective_result_storage_url)
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store, results))
-    app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store))
+    app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store, engine))
     app.add_route("/v1/jobs/{job_id}/retry", JobRetryResource(submitter))
     app.add_route("/v1/tasks", TasksResource(registry))
+    app.add_route("/v1/workflows", WorkflowsResource(submitter, workflows))
+    app.add_route("/v1/workflows/{workflow_id}", WorkflowResource(workflows))
+    app.add_route("/v1/workflows/{workflow_id}/cancel", WorkflowCancelResource(engine))
     app.add_route("/v1/queues", QueuesResource(submitter))
     app.add_route("/v1/queues/{name}/dead", DeadLettersResource(submitter))
     app.add_route("/v1/queues/{name}/dead/requeue", DeadRequeueResource(submitter))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -68,6 +69,12 @@ def args_errors(spec: TaskSpec, args: Any, base: str) -> list[FieldError]:
     return found
 
 
+def _input_optional(spec: TaskSpec) -> TaskSpec:
+    schema = dict(spec.args_schema)
+    schema["required"] = [name for name in schema.get("required", []) if name != "input"]
+    return dataclasses.replace(spec, args_schema=schema)
+
+
 def _escape(part: object) -> str:
     return str(part).replace("~", "~0").replace("/", "~1")
 
@@ -109,9 +116,20 @@ def _parse_eta(value: Any, pointer: str, errors: list[FieldError]) -> datetime |
 
 
 def build_job(
-    body: Any, base: str, registry: TaskRegistry, submission: Submission, errors: list[FieldError]
+    body: Any,
+    base: str,
+    registry: TaskRegistry,
+    submission: Submission,
+    errors: list[FieldError],
+    *,
+    held: bool = False,
 ) -> Job | None:
-    """Validate one job request; append each problem to ``errors`` and return the job if none."""
+    """Validate one job request; append each problem to ``errors`` and return the job if none.
+
+    A ``held`` job is a workflow step that waits for its predecessors: its
+    ``input`` argument, when the task has one, comes from them, so it is not
+    required here.
+    """
     before = len(errors)
     if not isinstance(body, dict):
         errors.append(FieldError(base or "/", "must be a JSON object"))
@@ -126,6 +144,8 @@ def build_job(
         spec = registry.get(task_name)
         if spec is None:
             errors.append(FieldError(f"{base}/task", f"no worker has registered a task named {task_name!r}"))
+        elif held:
+            spec = _input_optional(spec)
     args = body.get("args", {})
     if not isinstance(args, dict):
         errors.append(FieldError(f"{base}/args", "must be a JSON object"))
@@ -171,7 +191,7 @@ def build_job(
         id=new_id(),
         task=spec.name,
         queue=queue or spec.queue,
-        status=JobStatus.SCHEDULED if scheduled_for else JobStatus.QUEUED,
+        status=JobStatus.SCHEDULED if scheduled_for or held else JobStatus.QUEUED,
         args=args,
         max_retries=spec.max_retries if max_retries is None else max_retries,
         priority=priority,
@@ -185,4 +205,5 @@ def build_job(
         idempotency_key=key,
         request_hash=request_hash(hashed) if key else None,
         request_id=submission.request_id,
+        held=held,
     )

@@ -29,6 +29,9 @@ from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.engine import create_store_engine
 from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+from shared.store.workflows import WorkflowStore
+from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,10 @@ def declare_actors(broker: RedisBroker, catalog: Catalog) -> None:
 def build_worker_broker(
     settings: Settings, catalog: Catalog, *, owner: str
 ) -> tuple[RedisBroker, JobStatusMiddleware, JobStore]:
-    store = JobStore(create_store_engine(settings.effective_database_url))
+    engine = create_store_engine(settings.effective_database_url)
+    store = JobStore(engine)
+    redis_url = settings.require_redis_url("the worker")
+    workflows = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
     status = JobStatusMiddleware(
         store,
         catalog,
@@ -70,9 +76,10 @@ def build_worker_broker(
         owner=owner,
         lease_s=settings.job_lease_s,
         inline_max_bytes=settings.result_inline_max_bytes,
+        on_final=lambda job: workflows.advance(job.workflow_id) if job.workflow_id else None,
     )
     broker = build_broker(
-        settings.require_redis_url("the worker"),
+        redis_url,
         middleware=[status, Watchdog(store, status), TimeLimit(interval=250)],
         dead_message_ttl_s=settings.job_retention_s,
     )

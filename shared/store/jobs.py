@@ -55,7 +55,7 @@ class Page:
     next_cursor: str | None
 
 
-def _row_values(job: Job) -> dict[str, Any]:
+def row_values(job: Job) -> dict[str, Any]:
     values = {name: getattr(job, name) for name in _COLUMNS}
     values["status"] = job.status.value
     return values
@@ -109,7 +109,7 @@ class JobStore:
                             raise Conflict(f"idempotency key {job.idempotency_key!r} was used with a different request")
                         out.append((found, False))
                     else:
-                        to_insert.append(_row_values(job))
+                        to_insert.append(row_values(job))
                         out.append((job, True))
                 if to_insert:
                     conn.execute(jobs.insert(), to_insert)
@@ -134,7 +134,7 @@ class JobStore:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(jobs)
-                .where(jobs.c.published_at.is_(None), jobs.c.created_at < older_than)
+                .where(jobs.c.published_at.is_(None), jobs.c.held.is_(False), jobs.c.created_at < older_than)
                 .order_by(jobs.c.created_at)
                 .limit(limit)
             )

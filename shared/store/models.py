@@ -79,6 +79,8 @@ jobs = Table(
     Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
     # In the dead-letter queue: failed for good and neither requeued nor purged since.
     Column("dead", Boolean, nullable=False, server_default=text("false")),
+    # A workflow step waiting for its predecessors: never published until released.
+    Column("held", Boolean, nullable=False, server_default=text("false")),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),

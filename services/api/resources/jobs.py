@@ -18,6 +18,7 @@ from shared.queues import drop_dead_letters
 from shared.results import ResultStorage, result_reference
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.tasks import TaskRegistry
+from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 1000
@@ -45,7 +46,7 @@ class Submitter:
 
     def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
         stored = self.store.insert(new_jobs)
-        self.publish([job for job, created in stored if created])
+        self.publish([job for job, created in stored if created and not job.held])
         return stored
 
     def publish(self, committed: list[Job]) -> None:
@@ -191,9 +192,13 @@ class JobResultResource:
 class JobCancelResource:
     scopes = {"POST": "write"}
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, workflows: WorkflowEngine) -> None:
         self.store = store
+        self.workflows = workflows
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        job = self.store.cancel(job_id)
+        if job.workflow_id and job.status.is_final:
+            self.workflows.advance(job.workflow_id)
         resp.status = falcon.HTTP_202
-        resp.media = self.store.cancel(job_id).to_api()
+        resp.media = job.to_api()

@@ -95,6 +95,7 @@ class JobStatusMiddleware(Middleware):
         owner: str,
         lease_s: float,
         inline_max_bytes: int,
+        on_final: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -102,6 +103,8 @@ class JobStatusMiddleware(Middleware):
         self.owner = owner
         self.lease_s = lease_s
         self.inline_max_bytes = inline_max_bytes
+        #: Called once a job's final status is committed (workflows advance from here).
+        self.on_final = on_final
         self._running: dict[str, Running] = {}
         self._running_lock = threading.Lock()
         self._local = threading.local()
@@ -130,11 +133,13 @@ class JobStatusMiddleware(Middleware):
             metrics.jobs_duplicates_skipped_total.labels(*labels).inc()
             log.info("skipping duplicate delivery of job %s", message.message_id)
             raise SkipMessage()
-        if claim.outcome is ClaimOutcome.CANCELLED:
-            metrics.jobs_cancelled_total.labels(*labels).inc()
-            raise SkipMessage()
-        if claim.outcome is ClaimOutcome.EXPIRED:
-            metrics.jobs_expired_total.labels(*labels).inc()
+        if claim.outcome in (ClaimOutcome.CANCELLED, ClaimOutcome.EXPIRED):
+            counter = (
+                metrics.jobs_cancelled_total if claim.outcome is ClaimOutcome.CANCELLED else metrics.jobs_expired_total
+            )
+            counter.labels(*labels).inc()
+            if claim.job is not None:
+                self._ended(claim.job)
             raise SkipMessage()
         if claim.outcome is ClaimOutcome.MISSING:
             log.error("message %s has no job row; dead-lettering it", message.message_id)
@@ -183,6 +188,7 @@ class JobStatusMiddleware(Middleware):
                 metrics.jobs_succeeded_total.labels(*labels).inc()
             else:
                 self._fail(broker, message, job, exception)
+            self._ended(job)
         finally:
             reset_log_context(self._local.log_token)
 
@@ -191,6 +197,15 @@ class JobStatusMiddleware(Middleware):
             self._running.pop(message.message_id, None)
 
     # -- outcomes ----------------------------------------------------------
+
+    def _ended(self, job: Job) -> None:
+        """Let the workflow of a job move on; the scheduler retries this if it fails here."""
+        if job.workflow_id is None or self.on_final is None:
+            return
+        try:
+            self.on_final(job)
+        except Exception:
+            log.exception("advancing workflow %s failed; housekeeping will retry", job.workflow_id)
 
     def _succeed(self, job: Job, result: Any, result_file_type: str | None) -> None:
         body = encode_result(result)

@@ -12,3 +12,11 @@ def block(seconds: float) -> str:
     """Block in one C call (no Python bytecode runs, so no async exception lands)."""
     time.sleep(seconds)
     return "unblocked"
+
+
+@task(name="testing.accumulate", queue="default", max_retries=0, time_limit_s=10)
+def accumulate(add: float, input: float | list[float] | None = None) -> float:
+    """``add`` plus the previous result (a chain step) or the sum of the results (a chord callback)."""
+    if isinstance(input, list):
+        return add + sum(input)
+    return add + (input or 0)

@@ -1,4 +1,4 @@
-"""Workflows: chain, group and chord.
+"""Workflows: chain, group and chord; job rows held until their predecessors finish.
 
 Revision ID: 0003
 Revises: 0002
@@ -18,6 +18,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("held", sa.Boolean, nullable=False, server_default=sa.text("false")))
     op.create_table(
         "workflows",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -33,3 +35,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("workflows")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("held")

@@ -1,0 +1,103 @@
+"""``/v1/workflows``: chain, group and chord, created whole, read and cancelled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from services.api.body import read_json
+from services.api.resources.jobs import MAX_BATCH, Submitter
+from services.api.validation import Submission, build_job
+from shared.errors import Conflict, FieldError, InvalidInput
+from shared.ids import new_id
+from shared.job import Job, utcnow
+from shared.store.workflows import WORKFLOW_TYPES, Workflow, WorkflowStatus, WorkflowStore
+from shared.workflows import WorkflowEngine
+
+_FIELDS = {"type", "steps", "callback"}
+
+
+class WorkflowsResource:
+    scopes = {"POST": "write"}
+
+    def __init__(self, submitter: Submitter, workflows: WorkflowStore) -> None:
+        self.submitter = submitter
+        self.workflows = workflows
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self.submitter.max_body_bytes)
+        workflow, steps = self._build(body, req.context.request_id)
+        self.workflows.create(workflow, steps)
+        self.submitter.publish([job for job in steps if not job.held])
+        resp.status = falcon.HTTP_202
+        resp.set_header("Location", f"/v1/workflows/{workflow.id}")
+        resp.media = workflow.to_api()
+
+    def _build(self, body: Any, request_id: str) -> tuple[Workflow, list[Job]]:
+        errors: list[FieldError] = []
+        if not isinstance(body, dict):
+            raise InvalidInput("a workflow is a JSON object", [FieldError("/", "must be a JSON object")])
+        errors.extend(FieldError(f"/{name}", "is not a field of a workflow") for name in sorted(set(body) - _FIELDS))
+        kind = body.get("type")
+        if kind not in WORKFLOW_TYPES:
+            errors.append(FieldError("/type", f"must be one of {', '.join(WORKFLOW_TYPES)}"))
+        requests = body.get("steps")
+        if not isinstance(requests, list) or not 1 <= len(requests) <= MAX_BATCH:
+            errors.append(FieldError("/steps", f"must be a list of 1 to {MAX_BATCH} job requests"))
+            requests = []
+        callback_request = body.get("callback")
+        if kind == "chord" and callback_request is None:
+            errors.append(FieldError("/callback", "a chord needs a callback job request"))
+        if kind in ("chain", "group") and callback_request is not None:
+            errors.append(FieldError("/callback", "only a chord has a callback"))
+        workflow_id = new_id()
+        submission = Submission(request_id=request_id, workflow_id=workflow_id)
+        steps = [
+            build_job(item, f"/steps/{i}", self.submitter.registry, submission, errors, held=kind == "chain" and i > 0)
+            for i, item in enumerate(requests)
+        ]
+        callback = None
+        if kind == "chord" and callback_request is not None:
+            callback = build_job(callback_request, "/callback", self.submitter.registry, submission, errors, held=True)
+        for base, job in [*((f"/steps/{i}", j) for i, j in enumerate(steps)), ("/callback", callback)]:
+            if job is not None and job.idempotency_key:
+                errors.append(FieldError(f"{base}/idempotency_key", "workflow steps take no idempotency key"))
+        if errors:
+            raise InvalidInput("the workflow is invalid; nothing was accepted", errors)
+        jobs = [job for job in steps if job is not None]
+        now = utcnow()
+        workflow = Workflow(
+            id=workflow_id,
+            type=str(kind),
+            status=WorkflowStatus.RUNNING,
+            job_ids=[job.id for job in jobs],
+            callback_job_id=callback.id if callback else None,
+            created_at=now,
+            updated_at=now,
+        )
+        return workflow, [*jobs, *([callback] if callback else [])]
+
+
+class WorkflowResource:
+    scopes = {"GET": "read"}
+
+    def __init__(self, workflows: WorkflowStore) -> None:
+        self.workflows = workflows
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, workflow_id: str) -> None:
+        resp.media = self.workflows.get(workflow_id).to_api()
+
+
+class WorkflowCancelResource:
+    scopes = {"POST": "write"}
+
+    def __init__(self, engine: WorkflowEngine) -> None:
+        self.engine = engine
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, workflow_id: str) -> None:
+        workflow = self.engine.workflows.get(workflow_id)
+        if workflow.status in WorkflowStatus.FINAL:
+            raise Conflict(f"workflow {workflow_id} is already {workflow.status}")
+        resp.status = falcon.HTTP_202
+        resp.media = self.engine.cancel(workflow_id).to_api()
