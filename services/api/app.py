@@ -31,6 +31,19 @@ from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
 from shared.workflows import WorkflowEngine
 
+#: Routes that accept jobs: a 4xx or 503 there counts as a rejected submission.
+SUBMIT_ROUTES = frozenset({"/v1/jobs", "/v1/jobs/batch", "/v1/workflows"})
+REJECT_REASONS = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    503: "unavailable",
+}
+
 
 class Metrics:
     """Count and time every request by route template, never by raw path."""
@@ -41,9 +54,11 @@ class Metrics:
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, ok: bool) -> None:
         route = req.uri_template or "unmatched"
         elapsed = time.perf_counter() - getattr(req.context, "started", time.perf_counter())
-        metrics.http_requests_total.labels(req.method, route, resp.status[:3] if isinstance(resp.status, str)
-                                           else str(resp.status)).inc()  # fmt: skip
+        status = falcon.http_status_to_code(resp.status)
+        metrics.http_requests_total.labels(req.method, route, str(status)).inc()
         metrics.http_request_duration_seconds.labels(req.method, route).observe(elapsed)
+        if req.method == "POST" and route in SUBMIT_ROUTES and status in REJECT_REASONS:
+            metrics.jobs_rejected_total.labels(REJECT_REASONS[status]).inc()
 
 
 class MetricsResource:

@@ -11,6 +11,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from services.api.body import read_json
 from services.api.validation import Submission, build_job
+from shared import metrics
 from shared.broker import publish
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound, Unavailable
 from shared.job import Job, JobStatus
@@ -49,10 +50,13 @@ class Submitter:
         self.publish([job for job, created in stored if created and not job.held])
         return stored
 
-    def publish(self, committed: list[Job]) -> None:
+    def publish(self, committed: list[Job], *, new: bool = True) -> None:
         """Hand committed jobs to Redis; if it is down, the outbox relay does it later."""
         if not committed:
             return
+        if new:
+            for job in committed:
+                metrics.jobs_submitted_total.labels(job.task, job.queue).inc()
         try:
             self.store.mark_published(publish(self.broker, committed))
         except Unavailable as exc:
@@ -128,7 +132,7 @@ class JobRetryResource:
             raise Conflict(f"job {job_id} is {job.status.value}; only failed, cancelled or expired jobs can be retried")
         if job.dead:
             drop_dead_letters(self.submitter.broker.client, job.queue, [job_id])
-        self.submitter.publish(requeued)
+        self.submitter.publish(requeued, new=False)
         resp.status = falcon.HTTP_202
         resp.media = requeued[0].to_api()
 

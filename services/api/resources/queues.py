@@ -88,7 +88,7 @@ class DeadRequeueResource:
     def _requeue(self, queue: str, ids: list[str]) -> int:
         jobs = self.submitter.store.requeue(ids, queue=queue, dead_only=True)
         drop_dead_letters(self.submitter.broker.client, queue, [job.id for job in jobs])
-        self.submitter.publish(jobs)
+        self.submitter.publish(jobs, new=False)
         return len(jobs)
 
     @staticmethod

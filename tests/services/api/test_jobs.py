@@ -193,3 +193,19 @@ def test_tasks_lists_the_registered_catalog(client: testing.TestClient) -> None:
     items = {t["name"]: t for t in client.simulate_get("/v1/tasks").json["items"]}
     assert {"diagnostics.echo", "diagnostics.sleep", "diagnostics.fail"} <= set(items)
     assert items["diagnostics.sleep"]["args_schema"]["required"] == ["seconds"]
+
+
+def test_submissions_and_rejections_are_counted(client: testing.TestClient) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    submitted = ("jobrelay_jobs_submitted_total", {"task": "diagnostics.echo", "queue": "default"})
+    rejected = ("jobrelay_jobs_rejected_total", {"reason": "invalid"})
+    before = value(*submitted), value(*rejected)
+    client.simulate_post("/v1/jobs", json=ECHO)
+    client.simulate_post("/v1/jobs", json={"task": "diagnostics.sleep", "args": {}})
+    assert (value(*submitted), value(*rejected)) == (before[0] + 1, before[1] + 1)
+    route = {"method": "POST", "route": "/v1/jobs", "status": "202"}
+    assert value("jobrelay_http_requests_total", route) >= 1
