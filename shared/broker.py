@@ -13,6 +13,8 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.errors import Unavailable
 from shared.job import Job, utcnow
@@ -20,6 +22,18 @@ from shared.job import Job, utcnow
 NAMESPACE = "dramatiq"
 #: Dramatiq's Redis broker refuses delays of 7 days or more; the relay holds longer ones.
 MAX_BROKER_DELAY = timedelta(days=6)
+
+
+def redis_client(redis_url: str) -> redis.Redis:
+    """A client that gives up quickly when Redis is away: callers have a fallback (the outbox)."""
+    # NOTE: redis-py's default retries back off for seconds; an API request must not hang that long.
+    return redis.Redis.from_url(
+        redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+    )
 
 
 def build_broker(
@@ -30,7 +44,7 @@ def build_broker(
     dead_message_ttl_s: float = 7 * 86400.0,
 ) -> RedisBroker:
     """A Redis broker with exactly the middleware given (none by default, as the API needs)."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+    client = redis_client(redis_url)
     return RedisBroker(
         client=client,
         namespace=NAMESPACE,

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+from prometheus_client.core import GaugeMetricFamily
 
 from shared.broker import NAMESPACE
+from shared.metrics import PREFIX
 from shared.store.jobs import JobStore
 
 # KEYS: XQ zset, XQ hash. ARGV: job ids to drop (none: drop all). Returns how many went.
@@ -100,3 +103,40 @@ def drop_dead_letters(client: redis.Redis, queue: str, job_ids: list[str] | None
     key = f"{NAMESPACE}:{queue}.XQ"
     script = client.register_script(_DROP_DEAD)
     return int(script(keys=[key, key + ".msgs"], args=job_ids or []))
+
+
+class QueueGauges:
+    """A Prometheus collector: queue depth, delayed, dead and oldest age, read at scrape time.
+
+    Registered by the scheduler (one scrape target, a handful of Redis calls
+    per queue), so the numbers are fresh without a refresh loop.
+    """
+
+    def __init__(self, client: redis.Redis, store: JobStore, queues: Callable[[], list[str]]) -> None:
+        self.client = client
+        self.store = store
+        self.queues = queues
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "depth": GaugeMetricFamily(PREFIX + "queue_depth", "Messages waiting in the queue.", labels=["queue"]),
+            "delayed": GaugeMetricFamily(
+                PREFIX + "queue_delayed", "Delayed messages (eta, retries).", labels=["queue"]
+            ),
+            "dead": GaugeMetricFamily(PREFIX + "queue_dead", "Jobs in the dead-letter queue.", labels=["queue"]),
+            "oldest_age_s": GaugeMetricFamily(
+                PREFIX + "queue_oldest_age_seconds", "Age of the oldest waiting message.", labels=["queue"]
+            ),
+        }
+        try:
+            stats = queue_stats(self.client, self.store, self.queues())
+        except Exception:
+            # NOTE: a scrape must not fail because Redis or the store is briefly away; the series just go stale.
+            return iter(())
+        for item in stats:
+            for field, family in families.items():
+                family.add_metric([item.name], float(getattr(item, field)))
+        return iter(families.values())

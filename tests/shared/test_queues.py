@@ -1,0 +1,58 @@
+"""Queue stats and gauges read from a real Redis and store."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+from prometheus_client import CollectorRegistry
+
+from shared.broker import build_broker, message_for, redis_client
+from shared.job import JobStatus
+from shared.queues import QueueGauges, drop_dead_letters, oldest_age_s, queue_stats
+from shared.store.jobs import JobStore
+from tests.shared.store.test_jobs import make_job
+
+
+def test_stats_and_gauges(redis_url: str, redis_client: redis.Redis, store: JobStore) -> None:
+    # Given two waiting jobs, one delayed, one running and one dead
+    broker = build_broker(redis_url)
+    waiting = [make_job() for _ in range(2)]
+    for job in waiting:
+        broker.enqueue(message_for(job))
+    broker.enqueue(message_for(make_job()), delay=60_000)
+    running, dead = make_job(), make_job()
+    store.insert([running, dead])
+    store.claim(running.id, owner="w", lease_s=30)
+    store.claim(dead.id, owner="w", lease_s=30)
+    store.finish(dead.id, owner="w", status=JobStatus.FAILED, error={"type": "X", "message": "x", "retryable": False})
+    time.sleep(0.05)
+    # Then the stats say so
+    [default] = queue_stats(redis_client, store, ["default"])
+    assert (default.depth, default.delayed, default.in_progress, default.dead) == (2, 1, 1, 1)
+    assert default.oldest_age_s > 0 and oldest_age_s(redis_client, "empty") == 0.0
+    registry = CollectorRegistry()
+    registry.register(QueueGauges(redis_client, store, lambda: ["default", "other"]))
+    assert registry.get_sample_value("jobrelay_queue_depth", {"queue": "default"}) == 2
+    assert registry.get_sample_value("jobrelay_queue_delayed", {"queue": "default"}) == 1
+    assert registry.get_sample_value("jobrelay_queue_dead", {"queue": "default"}) == 1
+    assert registry.get_sample_value("jobrelay_queue_depth", {"queue": "other"}) == 0
+    assert (registry.get_sample_value("jobrelay_queue_oldest_age_seconds", {"queue": "default"}) or 0) > 0
+
+
+def test_gauges_survive_redis_being_away(store: JobStore) -> None:
+    registry = CollectorRegistry()
+    registry.register(QueueGauges(redis_client("redis://127.0.0.1:1/0"), store, lambda: ["default"]))
+    assert registry.get_sample_value("jobrelay_queue_depth", {"queue": "default"}) is None
+
+
+def test_drop_dead_letters_by_id_and_all(redis_client: redis.Redis) -> None:
+    for job_id in ("a", "b", "c"):
+        redis_client.zadd("dramatiq:q.XQ", {f"r-{job_id}": 1})
+        redis_client.hset("dramatiq:q.XQ.msgs", f"r-{job_id}", json.dumps({"message_id": job_id}))
+    assert drop_dead_letters(redis_client, "q", []) == 0
+    assert drop_dead_letters(redis_client, "q", ["b"]) == 1
+    assert sorted(redis_client.hkeys("dramatiq:q.XQ.msgs")) == [b"r-a", b"r-c"]
+    assert drop_dead_letters(redis_client, "q") == 2
+    assert redis_client.zcard("dramatiq:q.XQ") == 0
