@@ -13,7 +13,7 @@ from shared.settings import Settings
 def _queues(raw: str) -> list[str]:
     queues = [q.strip() for q in raw.split(",") if q.strip()]
     for queue in queues:
-        if not QUEUE_NAME.match(queue):
+        if not QUEUE_NAME.fullmatch(queue):
             raise argparse.ArgumentTypeError(f"{queue!r} is not a queue name")
     if not queues:
         raise argparse.ArgumentTypeError("name at least one queue")

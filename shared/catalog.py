@@ -9,6 +9,7 @@ never imports task code.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -100,9 +101,9 @@ class Catalog:
         non_retryable: Iterable[type[BaseException]] = (),
     ) -> Callable[[F], F]:
         """Declare the decorated function as task ``name``; the function is returned unchanged."""
-        if not TASK_NAME.match(name):
+        if not TASK_NAME.fullmatch(name):
             raise TaskError(f"task name {name!r} must be dotted lowercase, like 'reports.generate'")
-        if not QUEUE_NAME.match(queue):
+        if not QUEUE_NAME.fullmatch(queue):
             raise TaskError(f"task {name}: queue {queue!r} must be lowercase letters, digits, '_' or '-'")
         if max_retries < 0:
             raise TaskError(f"task {name}: max_retries must be >= 0")
@@ -121,7 +122,7 @@ class Catalog:
                 min_backoff_s=min_backoff_s,
                 max_backoff_s=max_backoff_s,
                 non_retryable=tuple(f"{t.__module__}.{t.__qualname__}" for t in exc_types),
-                description=(fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+                description=" ".join(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].split()),
                 args_schema=schema_for_function(fn),
             )
             existing = self._tasks.get(name)

@@ -49,6 +49,10 @@ def schema_for_hint(hint: Any, where: str) -> JsonSchema:
             if isinstance(extra, Schema):
                 schema.update(extra.keywords)
         return schema
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        # A fixed tuple: one schema per position, and exactly that many items.
+        items = [schema_for_hint(arg, where) for arg in args]
+        return {"type": "array", "prefixItems": items, "items": False, "minItems": len(items)}
     if origin in (list, tuple, set, frozenset) or hint in (list, tuple):
         item = args[0] if args else Any
         return {"type": "array", "items": schema_for_hint(item, where)}

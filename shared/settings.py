@@ -234,13 +234,14 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
         if not _KEY_NAME.match(name):
             raise ValueError(f"entry {index}: name may hold only letters, digits, '_', '.', '-'")
         if len(token) < 8:
-            raise ValueError(f"entry {index} ({name}): token must be at least 8 characters")
+            raise ValueError(f"entry {index}: token must be at least 8 characters")
         scopes = frozenset(scopes_raw.split("+"))
         unknown = scopes - set(SCOPES)
         if unknown:
-            raise ValueError(f"entry {index} ({name}): unknown scope {sorted(unknown)[0]!r}")
+            # NOTE: never echo the bad value: a token written where the scopes belong would leak.
+            raise ValueError(f"entry {index}: scopes must be read, write or admin joined by '+'")
         if name in seen_names:
-            raise ValueError(f"entry {index}: name {name!r} appears twice")
+            raise ValueError(f"entry {index}: its name appears in an earlier entry too")
         seen_names.add(name)
         keys.append(ApiKey(name=name, token=token, scopes=scopes))
     return tuple(keys)

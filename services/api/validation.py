@@ -152,7 +152,7 @@ def build_job(
     elif spec is not None:
         errors.extend(args_errors(spec, args, f"{base}/args"))
     queue = body.get("queue")
-    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.match(queue)):
+    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue)):
         errors.append(FieldError(f"{base}/queue", "must be a queue name (lowercase letters, digits, '_', '-')"))
     priority = body.get("priority", 0)
     if priority is None:

@@ -25,7 +25,8 @@ class Decision:
 
 def backoff_s(attempt: int, *, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Full jitter: uniform in [0, min(max_s, min_s * 2**(attempt-1))] (AWS architecture blog)."""
-    ceiling = min(max_s, min_s * (2 ** max(0, attempt - 1)))
+    # The exponent is capped so a late attempt cannot overflow a float before the cap applies.
+    ceiling = min(max_s, min_s * 2.0 ** min(max(0, attempt - 1), 64))
     return (rng or random).uniform(0, ceiling)
 
 

@@ -15,7 +15,7 @@ MAX_REQUEUE_IDS = 1000
 
 
 def _check_queue(name: str) -> None:
-    if not QUEUE_NAME.match(name):
+    if not QUEUE_NAME.fullmatch(name):
         raise NotFound(f"no queue named {name!r}")
 
 

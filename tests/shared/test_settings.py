@@ -1,0 +1,637 @@
+"""Settings parsed from an environment mapping: defaults, each variable, refusals and secrecy."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from shared.errors import JobrelayError, SettingsError
+from shared.settings import LOG_LEVELS, ApiKey, Settings, parse_api_keys
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Every variable ``Settings.from_env`` reads.
+ALL_VARIABLES = (
+    "REDIS_URL",
+    "DATABASE_URL",
+    "DATA_DIR",
+    "API_BIND",
+    "API_KEYS",
+    "API_AUTH",
+    "API_WORKERS",
+    "API_MAX_BODY_BYTES",
+    "TASK_MODULES",
+    "LOG_LEVEL",
+    "LOG_JSON",
+    "RESULT_STORAGE_URL",
+    "RESULT_INLINE_MAX_BYTES",
+    "WORKER_METRICS_BIND",
+    "SCHEDULER_METRICS_BIND",
+    "SCHEDULES_FILE",
+    "WORKER_PROCESSES",
+    "WORKER_THREADS",
+    "WORKER_HEARTBEAT_S",
+    "WORKER_DEAD_AFTER_S",
+    "JOB_LEASE_S",
+    "JOB_RETENTION",
+    "LEADER_LEASE_S",
+    "RELAY_GRACE_S",
+)
+
+TOKEN = "tok-Zq83hLw0pX"
+OTHER_TOKEN = "tok-Mv51aKe9dR"
+PASSWORD = "pw-Hq72nXo4"
+
+
+def refused(env: dict[str, str]) -> SettingsError:
+    """The ``SettingsError`` that parsing ``env`` raises."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    return info.value
+
+
+# --- defaults ---------------------------------------------------------------------------------
+
+
+def test_empty_environment_gives_the_defaults() -> None:
+    settings = Settings.from_env({})
+
+    assert settings == Settings()
+    assert settings.redis_url is None
+    assert settings.database_url is None
+    assert settings.data_dir == Path(".data")
+    assert settings.api_bind == "127.0.0.1:8000"
+    assert settings.api_keys == ()
+    assert settings.api_auth is True
+    assert settings.api_workers == 2
+    assert settings.api_max_body_bytes == 1024 * 1024
+    assert settings.task_modules == ()
+    assert settings.log_level == "INFO"
+    assert settings.log_json is True
+    assert settings.result_storage_url is None
+    assert settings.result_inline_max_bytes == 64 * 1024
+    assert settings.worker_metrics_bind == "127.0.0.1:9191"
+    assert settings.scheduler_metrics_bind == "127.0.0.1:9192"
+    assert settings.schedules_file is None
+    assert settings.worker_processes == 1
+    assert settings.worker_threads == 8
+    assert settings.worker_heartbeat_s == 2.0
+    assert settings.worker_dead_after_s == 10.0
+    assert settings.job_lease_s == 30.0
+    assert settings.job_retention_s == 7 * 86400.0
+    assert settings.leader_lease_s == 10.0
+    assert settings.relay_grace_s == 2.0
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_blank_values_count_as_unset(blank: str) -> None:
+    settings = Settings.from_env(dict.fromkeys(ALL_VARIABLES, blank))
+
+    assert settings == Settings()
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    settings = Settings.from_env({"PATH": "/usr/bin", "HOME": "/root", "REDIS": "nonsense"})
+
+    assert settings == Settings()
+
+
+# --- reading the environment ----------------------------------------------------------------
+
+
+def test_an_explicit_mapping_ignores_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given: a process environment full of non-default (and some malformed) values
+    monkeypatch.setenv("API_WORKERS", "7")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("REDIS_URL", "redis://elsewhere:6379/0")
+    monkeypatch.setenv("WORKER_THREADS", "not a number")
+
+    # When: parsing an explicit, empty mapping
+    settings = Settings.from_env({})
+
+    # Then: nothing came from os.environ
+    assert settings == Settings()
+
+
+def test_no_mapping_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ALL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("API_WORKERS", "7")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+
+    settings = Settings.from_env()
+
+    assert settings.api_workers == 7
+    assert settings.log_level == "DEBUG"
+
+
+def test_any_read_only_mapping_is_accepted() -> None:
+    settings = Settings.from_env(MappingProxyType({"API_WORKERS": "3"}))
+
+    assert settings.api_workers == 3
+
+
+def test_importing_the_module_does_not_read_os_environ() -> None:
+    """A fresh interpreter whose ``os.environ`` refuses every read can still import the module."""
+    code = textwrap.dedent(
+        """
+        import os
+
+        class Trap(dict):
+            def refuse(self, *args, **kwargs):
+                raise AssertionError("os.environ was read at import time")
+
+            __getitem__ = get = keys = items = values = __iter__ = __contains__ = __len__ = refuse
+
+        real = os.environ
+        os.environ = Trap()
+        import shared.settings
+        os.environ = real
+        print("imported")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported"
+
+
+# --- each variable --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "rediss://user:pw@cache.internal:6380/1",
+        "unix:///run/redis/redis.sock",
+    ],
+)
+def test_redis_url_accepts_redis_schemes(url: str) -> None:
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+def test_redis_url_is_stripped_of_surrounding_whitespace() -> None:
+    assert Settings.from_env({"REDIS_URL": "  redis://localhost:6379/0\n"}).redis_url == "redis://localhost:6379/0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///var/lib/jobrelay/jobs.db",
+        "postgresql://jobs@db.internal/jobs",
+        "postgresql+psycopg://jobs:pw@db.internal:5432/jobs",
+    ],
+)
+def test_database_url_accepts_sqlite_and_postgresql(url: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize("url", ["file:///srv/results", "s3://bucket/prefix"])
+def test_result_storage_url_accepts_file_and_s3(url: str) -> None:
+    assert Settings.from_env({"RESULT_STORAGE_URL": url}).result_storage_url == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REDIS_URL", "http://localhost:6379"),
+        ("REDIS_URL", "localhost:6379"),
+        ("DATABASE_URL", "mysql://jobs@db/jobs"),
+        ("DATABASE_URL", "/var/lib/jobs.db"),
+        ("RESULT_STORAGE_URL", "gs://bucket/prefix"),
+    ],
+)
+def test_urls_with_other_schemes_are_refused(name: str, value: str) -> None:
+    error = refused({name: value})
+
+    assert str(error).startswith(f"{name}:")
+    assert "must be a URL with scheme" in str(error)
+
+
+def test_data_dir_and_schedules_file_become_paths() -> None:
+    settings = Settings.from_env({"DATA_DIR": "/srv/jobrelay", "SCHEDULES_FILE": "deploy/schedules.toml"})
+
+    assert settings.data_dir == Path("/srv/jobrelay")
+    assert settings.schedules_file == Path("deploy/schedules.toml")
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0:8080", "localhost:0", "[::1]:65535", "api.internal:443"])
+def test_api_bind_accepts_host_and_port(bind: str) -> None:
+    assert Settings.from_env({"API_BIND": bind}).api_bind == bind
+
+
+@pytest.mark.parametrize("bind", ["8080", ":8080", "localhost:", "localhost:http", "localhost:65536", "host:-1"])
+def test_bind_addresses_without_host_and_valid_port_are_refused(bind: str) -> None:
+    for name in ("API_BIND", "WORKER_METRICS_BIND", "SCHEDULER_METRICS_BIND"):
+        error = refused({name: bind})
+
+        assert str(error).startswith(f"{name}:")
+        assert "HOST:PORT" in str(error)
+
+
+def test_metrics_binds_are_parsed() -> None:
+    settings = Settings.from_env({"WORKER_METRICS_BIND": "0.0.0.0:9000", "SCHEDULER_METRICS_BIND": "0.0.0.0:9001"})
+
+    assert settings.worker_metrics_bind == "0.0.0.0:9000"
+    assert settings.scheduler_metrics_bind == "0.0.0.0:9001"
+
+
+def test_api_keys_are_parsed_into_api_key_objects() -> None:
+    settings = Settings.from_env({"API_KEYS": f"ci:{TOKEN}:read+write  ops:{OTHER_TOKEN}:admin"})
+
+    assert settings.api_keys == (
+        ApiKey(name="ci", token=TOKEN, scopes=frozenset({"read", "write"})),
+        ApiKey(name="ops", token=OTHER_TOKEN, scopes=frozenset({"admin"})),
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("myapp.tasks", ("myapp.tasks",)),
+        ("myapp.tasks,other.jobs", ("myapp.tasks", "other.jobs")),
+        (" myapp.tasks ,  other.jobs\nthird ", ("myapp.tasks", "other.jobs", "third")),
+        ("a,,b", ("a", "b")),
+        ("_private.mod2", ("_private.mod2",)),
+    ],
+)
+def test_task_modules_are_split_on_commas_and_whitespace(raw: str, expected: tuple[str, ...]) -> None:
+    assert Settings.from_env({"TASK_MODULES": raw}).task_modules == expected
+
+
+@pytest.mark.parametrize("raw", ["myapp..tasks", "my-app.tasks", "1app", "myapp.tasks.", "myapp/tasks"])
+def test_task_modules_that_are_not_dotted_names_are_refused(raw: str) -> None:
+    error = refused({"TASK_MODULES": raw})
+
+    assert str(error).startswith("TASK_MODULES:")
+    assert "is not a dotted module name" in str(error)
+
+
+@pytest.mark.parametrize("level", LOG_LEVELS)
+def test_log_level_accepts_each_level_in_any_case(level: str) -> None:
+    assert Settings.from_env({"LOG_LEVEL": level}).log_level == level
+    assert Settings.from_env({"LOG_LEVEL": level.lower()}).log_level == level
+    assert Settings.from_env({"LOG_LEVEL": level.title()}).log_level == level
+
+
+@pytest.mark.parametrize("level", ["VERBOSE", "TRACE", "WARN", "10"])
+def test_log_level_refuses_unknown_levels(level: str) -> None:
+    error = refused({"LOG_LEVEL": level})
+
+    assert str(error).startswith("LOG_LEVEL:")
+    assert "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("OFF", False),
+    ],
+)
+def test_on_off_switches(raw: str, expected: bool) -> None:
+    settings = Settings.from_env({"API_AUTH": raw, "LOG_JSON": raw})
+
+    assert settings.api_auth is expected
+    assert settings.log_json is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "y"])
+def test_on_off_switches_refuse_other_words(raw: str) -> None:
+    for name in ("API_AUTH", "LOG_JSON"):
+        error = refused({name: raw})
+
+        assert str(error).startswith(f"{name}:")
+        assert "must be on or off" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("7d", 7 * 86400.0),
+        ("12h", 12 * 3600.0),
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("3600", 3600.0),
+        ("1.5h", 5400.0),
+        ("0.5d", 43200.0),
+        ("2 d", 172800.0),
+        ("  30m  ", 1800.0),
+        ("0", 0.0),
+    ],
+)
+def test_job_retention_parses_durations(raw: str, seconds: float) -> None:
+    assert Settings.from_env({"JOB_RETENTION": raw}).job_retention_s == seconds
+
+
+@pytest.mark.parametrize("raw", ["7w", "7D", "-1d", "d", "7 days", "1h30m", "1e3", "seven days", ".5h"])
+def test_job_retention_refuses_other_durations(raw: str) -> None:
+    error = refused({"JOB_RETENTION": raw})
+
+    assert str(error).startswith("JOB_RETENTION:")
+    assert "must be a duration" in str(error)
+
+
+# --- numeric ranges -------------------------------------------------------------------------
+
+INT_RANGES = [
+    ("API_WORKERS", "api_workers", 1, 64),
+    ("API_MAX_BODY_BYTES", "api_max_body_bytes", 1024, 1 << 30),
+    ("RESULT_INLINE_MAX_BYTES", "result_inline_max_bytes", 0, 16 << 20),
+    ("WORKER_PROCESSES", "worker_processes", 1, 256),
+    ("WORKER_THREADS", "worker_threads", 1, 1024),
+]
+
+FLOAT_RANGES = [
+    ("WORKER_HEARTBEAT_S", "worker_heartbeat_s", 0.1, 60.0),
+    ("WORKER_DEAD_AFTER_S", "worker_dead_after_s", 1.0, 3600.0),
+    ("JOB_LEASE_S", "job_lease_s", 1.0, 3600.0),
+    ("LEADER_LEASE_S", "leader_lease_s", 1.0, 600.0),
+    ("RELAY_GRACE_S", "relay_grace_s", 0.0, 3600.0),
+]
+
+
+@pytest.mark.parametrize(("name", "field", "lo", "hi"), INT_RANGES)
+def test_integers_accept_both_ends_of_their_range(name: str, field: str, lo: int, hi: int) -> None:
+    assert getattr(Settings.from_env({name: str(lo)}), field) == lo
+    assert getattr(Settings.from_env({name: str(hi)}), field) == hi
+    assert getattr(Settings.from_env({name: f" {hi} "}), field) == hi
+
+
+@pytest.mark.parametrize(("name", "field", "lo", "hi"), INT_RANGES)
+def test_integers_outside_their_range_are_refused(name: str, field: str, lo: int, hi: int) -> None:
+    for value in (lo - 1, hi + 1):
+        error = refused({name: str(value)})
+
+        assert str(error) == f"{name}: must be between {lo} and {hi} (got {str(value)!r})"
+
+
+@pytest.mark.parametrize(("name", "field", "lo", "hi"), INT_RANGES)
+def test_integers_refuse_non_integers(name: str, field: str, lo: int, hi: int) -> None:
+    for value in ("two", "2.0", "0x10", "1e3"):
+        error = refused({name: value})
+
+        assert str(error) == f"{name}: must be an integer (got {value!r})"
+
+
+@pytest.mark.parametrize(("name", "field", "lo", "hi"), FLOAT_RANGES)
+def test_numbers_accept_both_ends_of_their_range(name: str, field: str, lo: float, hi: float) -> None:
+    assert getattr(Settings.from_env({name: str(lo)}), field) == lo
+    assert getattr(Settings.from_env({name: str(hi)}), field) == hi
+    assert getattr(Settings.from_env({name: str(int(hi))}), field) == hi
+
+
+@pytest.mark.parametrize(("name", "field", "lo", "hi"), FLOAT_RANGES)
+def test_numbers_outside_their_range_are_refused(name: str, field: str, lo: float, hi: float) -> None:
+    for value in (str(lo - 0.01), str(hi + 0.01), "nan", "inf", "-inf"):
+        error = refused({name: value})
+
+        assert str(error).startswith(f"{name}: must be between {lo:g} and {hi:g}")
+
+
+@pytest.mark.parametrize(("name", "field", "lo", "hi"), FLOAT_RANGES)
+def test_numbers_refuse_words(name: str, field: str, lo: float, hi: float) -> None:
+    error = refused({name: "soon"})
+
+    assert str(error) == f"{name}: must be a number (got 'soon')"
+
+
+def test_fractional_seconds_are_kept() -> None:
+    settings = Settings.from_env({"WORKER_HEARTBEAT_S": "0.25", "JOB_LEASE_S": "12.5"})
+
+    assert settings.worker_heartbeat_s == 0.25
+    assert settings.job_lease_s == 12.5
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_settings_error_is_a_jobrelay_error_with_a_title() -> None:
+    error = refused({"API_WORKERS": "many"})
+
+    assert isinstance(error, JobrelayError)
+    assert error.title == "Invalid setting"
+    assert error.detail == str(error)
+
+
+def test_non_secret_values_are_echoed_in_the_error() -> None:
+    error = refused({"LOG_LEVEL": "chatty"})
+
+    assert "(got 'chatty')" in str(error)
+
+
+def test_the_error_names_a_bad_variable_among_good_ones() -> None:
+    error = refused({"API_WORKERS": "4", "LOG_LEVEL": "DEBUG", "WORKER_THREADS": "0", "JOB_RETENTION": "7d"})
+
+    assert str(error).startswith("WORKER_THREADS:")
+
+
+def test_the_error_does_not_chain_the_underlying_value_error() -> None:
+    """``from None``: a traceback shows no ``ValueError`` that might carry the raw value."""
+    error = refused({"API_KEYS": f"ci:{TOKEN}:root"})
+
+    assert error.__cause__ is None
+    assert error.__suppress_context__ is True
+
+
+@pytest.mark.parametrize("name", ["REDIS_URL", "DATABASE_URL", "RESULT_STORAGE_URL"])
+def test_url_errors_never_show_the_url(name: str) -> None:
+    url = f"http://admin:{PASSWORD}@host.internal:1234/x"
+
+    error = refused({name: url})
+
+    assert str(error).startswith(f"{name}:")
+    assert PASSWORD not in str(error)
+    assert "host.internal" not in str(error)
+    assert "a value that is not shown" in str(error)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"ci:{TOKEN}",  # missing scopes
+        f"ci:{TOKEN}:read:extra",  # too many parts
+        f":{TOKEN}:read",  # empty name
+        f"c/i:{TOKEN}:read",  # bad name
+        f"ci:{TOKEN}:root",  # unknown scope
+        f"ci:{TOKEN}:read ci:{OTHER_TOKEN}:write",  # duplicate name
+        f"ci:{TOKEN}:read ops:short:write",  # short token next to a good one
+        f"ci:{TOKEN}:read+",  # empty scope
+    ],
+)
+def test_api_keys_errors_never_show_tokens(raw: str) -> None:
+    error = refused({"API_KEYS": raw})
+
+    assert str(error).startswith("API_KEYS:")
+    assert TOKEN not in str(error)
+    assert OTHER_TOKEN not in str(error)
+    assert "short" not in str(error)
+    assert "a value that is not shown" in str(error)
+
+
+def test_api_keys_error_never_shows_a_token_written_where_the_scopes_belong() -> None:
+    """``name:scopes:token`` (fields swapped) must not echo the token as an "unknown scope"."""
+    error = refused({"API_KEYS": f"ci:read+write:{TOKEN}"})
+
+    assert str(error).startswith("API_KEYS:")
+    assert TOKEN not in str(error)
+
+
+# --- parse_api_keys -------------------------------------------------------------------------
+
+
+def test_parse_api_keys_reads_name_token_and_scopes() -> None:
+    keys = parse_api_keys(f"ci:{TOKEN}:read+write\nops.team-1:{OTHER_TOKEN}:admin")
+
+    assert [key.name for key in keys] == ["ci", "ops.team-1"]
+    assert [key.token for key in keys] == [TOKEN, OTHER_TOKEN]
+    assert keys[0].scopes == frozenset({"read", "write"})
+    assert keys[1].scopes == frozenset({"admin"})
+
+
+def test_parse_api_keys_of_nothing_is_empty() -> None:
+    assert parse_api_keys("") == ()
+    assert parse_api_keys("  \n ") == ()
+
+
+def test_repeated_scopes_collapse() -> None:
+    [key] = parse_api_keys(f"ci:{TOKEN}:read+read+write")
+
+    assert key.scopes == frozenset({"read", "write"})
+
+
+def test_a_scope_allows_only_itself() -> None:
+    [reader, writer] = parse_api_keys(f"reader:{TOKEN}:read writer:{OTHER_TOKEN}:write")
+
+    assert reader.allows("read")
+    assert not reader.allows("write")
+    assert not reader.allows("admin")
+    assert writer.allows("write")
+    assert not writer.allows("read")
+    assert not writer.allows("admin")
+
+
+def test_admin_implies_every_scope() -> None:
+    [admin] = parse_api_keys(f"ops:{TOKEN}:admin")
+
+    for scope in ("read", "write", "admin", "anything-else"):
+        assert admin.allows(scope)
+
+
+def test_duplicate_names_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"^entry 2: its name appears in an earlier entry too$"):
+        parse_api_keys(f"ci:{TOKEN}:read ci:{OTHER_TOKEN}:write")
+
+
+@pytest.mark.parametrize("token", ["", "a", "1234567"])
+def test_tokens_shorter_than_eight_characters_are_refused(token: str) -> None:
+    with pytest.raises(ValueError, match=r"^entry 1"):
+        parse_api_keys(f"ci:{token}:read")
+
+
+def test_a_token_of_eight_characters_is_enough() -> None:
+    [key] = parse_api_keys("ci:12345678:read")
+
+    assert key.token == "12345678"
+
+
+def test_short_token_error_names_the_entry() -> None:
+    with pytest.raises(ValueError, match=r"^entry 2: token must be at least 8 characters$"):
+        parse_api_keys(f"ci:{TOKEN}:read ops:1234567:write")
+
+
+@pytest.mark.parametrize("scopes", ["root", "read+delete", "READ", "read+"])
+def test_unknown_scopes_are_refused(scopes: str) -> None:
+    with pytest.raises(ValueError, match=r"^entry 1: scopes must be read, write or admin"):
+        parse_api_keys(f"ci:{TOKEN}:{scopes}")
+
+
+@pytest.mark.parametrize("name", ["c i", "c/i", "ci@home", "clé"])
+def test_names_with_other_characters_are_refused(name: str) -> None:
+    # "c i" splits into two malformed entries; the others fail the name check.
+    with pytest.raises(ValueError, match=r"^entry 1"):
+        parse_api_keys(f"{name}:{TOKEN}:read")
+
+
+@pytest.mark.parametrize("entry", ["ci", f"ci:{TOKEN}", f"ci:{TOKEN}:read:x", "ci::read", f":{TOKEN}:read", "::"])
+def test_entries_not_in_three_non_empty_parts_are_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match=r"^entry 1 must be name:token:scopes$"):
+        parse_api_keys(entry)
+
+
+def test_api_key_repr_hides_the_token() -> None:
+    [key] = parse_api_keys(f"ci:{TOKEN}:read")
+
+    assert "ci" in repr(key)
+    assert TOKEN not in repr(key)
+    assert TOKEN not in repr(Settings(api_keys=(key,)))
+
+
+# --- the settings object --------------------------------------------------------------------
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.api_workers = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.redis_url = "redis://x"  # type: ignore[misc]
+
+
+def test_api_keys_are_frozen_and_hashable() -> None:
+    [key] = parse_api_keys(f"ci:{TOKEN}:read")
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        key.scopes = frozenset({"admin"})  # type: ignore[misc]
+    assert hash(key) == hash(ApiKey(name="ci", token=TOKEN, scopes=frozenset({"read"})))
+
+
+def test_with_overrides_returns_a_changed_copy() -> None:
+    settings = Settings.from_env({})
+
+    changed = settings.with_overrides(api_workers=9, log_level="DEBUG")
+
+    assert changed.api_workers == 9
+    assert changed.log_level == "DEBUG"
+    assert settings.api_workers == 2
+    assert settings.log_level == "INFO"
+
+
+def test_effective_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path)})
+
+    assert settings.effective_database_url == f"sqlite:///{tmp_path.resolve() / 'jobrelay.db'}"
+    assert settings.with_overrides(database_url="postgresql://db/jobs").effective_database_url == (
+        "postgresql://db/jobs"
+    )
+
+
+def test_effective_result_storage_url_defaults_to_a_results_directory(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path)})
+
+    assert settings.effective_result_storage_url == f"file://{tmp_path.resolve() / 'results'}"
+    assert settings.with_overrides(result_storage_url="s3://b/p").effective_result_storage_url == "s3://b/p"
+
+
+def test_require_redis_url_names_the_variable_and_service() -> None:
+    with pytest.raises(SettingsError, match=r"^REDIS_URL: scheduler needs it"):
+        Settings.from_env({}).require_redis_url("scheduler")
+
+    url = "redis://localhost:6379/0"
+    assert Settings.from_env({"REDIS_URL": url}).require_redis_url("scheduler") == url
