@@ -21,6 +21,7 @@ from dramatiq.middleware import TimeLimit
 from services.worker.heartbeat import Heartbeat
 from services.worker.middleware.status import JobStatusMiddleware
 from services.worker.middleware.watchdog import Watchdog
+from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
 from shared.broker import build_broker
 from shared.catalog import Catalog, TaskDefinition
@@ -34,6 +35,8 @@ from shared.store.workflows import WorkflowStore
 from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
+#: Messages fetched ahead per worker thread (Dramatiq's default is 2).
+PREFETCH_PER_THREAD = 8
 
 
 def _actor_fn(definition: TaskDefinition) -> Any:
@@ -77,6 +80,7 @@ def build_worker_broker(
         lease_s=settings.job_lease_s,
         inline_max_bytes=settings.result_inline_max_bytes,
         on_final=lambda job: workflows.advance(job.workflow_id) if job.workflow_id else None,
+        writes=StatusWriter(store),
     )
     broker = build_broker(
         redis_url,
@@ -108,6 +112,9 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     )
     heartbeat.beat_once()
     worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=100)
+    # NOTE: Dramatiq's consumer backs off (sleeps) whenever its prefetch is all in flight; with
+    # status writes in the loop a message stays in flight longer, so keep more of them fetched.
+    worker.queue_prefetch = threads * PREFETCH_PER_THREAD
     broker.emit_after("process_boot")
     worker.start()
     heartbeat.start()

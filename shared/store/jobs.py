@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -10,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -177,49 +178,7 @@ class JobStore:
 
     def claim(self, job_id: str, *, owner: str, lease_s: float) -> Claim:
         """Take the job for one attempt, or say why not."""
-        now = utcnow()
-        with write_transaction(self.engine) as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
-            if row is None:
-                return Claim(ClaimOutcome.MISSING, None)
-            job = Job.from_row(row)
-            if job.status in FINAL_STATUSES:
-                return Claim(ClaimOutcome.DUPLICATE, job)
-            if job.cancel_requested:
-                conn.execute(_final(job_id, JobStatus.CANCELLED, now))
-                return Claim(ClaimOutcome.CANCELLED, job)
-            if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
-                return Claim(ClaimOutcome.DUPLICATE, job)
-            waited_since = job.scheduled_for or job.created_at
-            if (
-                job.max_age_s is not None
-                and job.attempts == 0
-                and now - waited_since > timedelta(seconds=job.max_age_s)
-            ):
-                conn.execute(
-                    _final(job_id, JobStatus.EXPIRED, now).values(
-                        error={
-                            "type": "Expired",
-                            "message": f"waited longer than max_age_s={job.max_age_s:g}",
-                            "retryable": False,
-                        }
-                    )
-                )
-                return Claim(ClaimOutcome.EXPIRED, job)
-            values = {
-                "status": JobStatus.RUNNING.value,
-                "attempts": job.attempts + 1,
-                "started_at": now,
-                "next_attempt_at": None,
-                "lease_owner": owner,
-                "lease_expires_at": now + timedelta(seconds=lease_s),
-                "updated_at": now,
-            }
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-        for name, value in values.items():
-            setattr(job, name, value)
-        job.status = JobStatus.RUNNING
-        return Claim(ClaimOutcome.CLAIMED, job)
+        return self.commit_batch([ClaimRequest(job_id, owner, lease_s)], [])[0][0]
 
     def finish(
         self,
@@ -233,33 +192,78 @@ class JobStore:
         next_attempt_at: datetime | None = None,
     ) -> bool:
         """Record the end of an attempt; False when the lease was lost to another worker."""
+        request = FinishRequest(job_id, owner, status, result, result_url, error, next_attempt_at)
+        return self.commit_batch([], [request])[1][0]
+
+    def commit_batch(
+        self, claims: Sequence[ClaimRequest], finishes: Sequence[FinishRequest]
+    ) -> tuple[list[Claim], list[bool]]:
+        """Claims and finishes of many jobs in one transaction (one commit, one fsync).
+
+        The worker's status writer groups the writes of all its threads here.
+        """
         now = utcnow()
-        values: dict[str, Any] = {
-            "status": status.value,
-            "updated_at": now,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "error": error,
-        }
-        if status == JobStatus.RETRYING:
-            values["next_attempt_at"] = next_attempt_at
-        else:
-            values["finished_at"] = now
-        if status == JobStatus.SUCCEEDED:
-            values.update(result=result, result_url=result_url)
-        if status == JobStatus.FAILED:
-            values["dead"] = True
         with write_transaction(self.engine) as conn:
-            done = conn.execute(
+            found: dict[str, Job] = {}
+            ids = [request.job_id for request in claims]
+            if ids:
+                rows = conn.execute(select(jobs).where(jobs.c.id.in_(ids)).with_for_update())
+                found = {job.id: job for job in map(Job.from_row, rows)}
+            outcomes = []
+            claimed_rows: list[dict[str, Any]] = []
+            other_writes: list[tuple[str, dict[str, Any]]] = []
+            for claim_request in claims:
+                claim, values = _decide_claim(found.get(claim_request.job_id), claim_request, now)
+                if claim.outcome is ClaimOutcome.CLAIMED and claim.job is not None:
+                    # A second claim of the same job in this batch must see it taken.
+                    found[claim_request.job_id] = claim.job
+                    claimed_rows.append({"b_id": claim_request.job_id, **{f"b_{k}": v for k, v in values.items()}})
+                elif values:
+                    other_writes.append((claim_request.job_id, values))
+                outcomes.append(claim)
+            if claimed_rows:
+                # NOTE: one executemany for every claim: per-row statements cost more than the commit.
+                conn.execute(_CLAIM_UPDATE, claimed_rows)
+            for job_id, values in other_writes:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            finished = self._finish_many(conn, finishes, now)
+        return outcomes, finished
+
+    @staticmethod
+    def _finish_many(conn: Connection, finishes: Sequence[FinishRequest], now: datetime) -> list[bool]:
+        """Finish rows in groups of the same shape with executemany; say which lost their lease."""
+        if not finishes:
+            return []
+        groups: dict[tuple[str, ...], list[int]] = {}
+        rows = [_finish_values(request, now) for request in finishes]
+        for index, values in enumerate(rows):
+            groups.setdefault(tuple(sorted(values)), []).append(index)
+        done = [True] * len(finishes)
+        for columns, indexes in groups.items():
+            statement = (
                 update(jobs)
                 .where(
-                    jobs.c.id == job_id,
+                    jobs.c.id == bindparam("b_id"),
                     jobs.c.status == JobStatus.RUNNING.value,
-                    jobs.c.lease_owner == owner,
+                    jobs.c.lease_owner == bindparam("b_owner"),
                 )
-                .values(**values)
+                .values(**{column: bindparam(f"b_{column}") for column in columns})
             )
-        return done.rowcount == 1
+            params = [
+                {"b_id": finishes[i].job_id, "b_owner": finishes[i].owner, **{f"b_{k}": v for k, v in rows[i].items()}}
+                for i in indexes
+            ]
+            result = conn.execute(statement, params)
+            if result.rowcount != len(indexes):
+                # Rare: some lease was lost. Find which rows did not take the write.
+                ids = [finishes[i].job_id for i in indexes]
+                written = conn.execute(
+                    select(jobs.c.id, jobs.c.updated_at).where(jobs.c.id.in_(ids), jobs.c.updated_at == now)
+                )
+                ok = {row.id for row in written}
+                for i in indexes:
+                    done[i] = finishes[i].job_id in ok
+        return done
 
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         with write_transaction(self.engine) as conn:
@@ -390,6 +394,94 @@ class JobStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
             return {status: count for status, count in rows}
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    job_id: str
+    owner: str
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class FinishRequest:
+    job_id: str
+    owner: str
+    status: JobStatus
+    result: Any = None
+    result_url: str | None = None
+    error: dict[str, Any] | None = None
+    next_attempt_at: datetime | None = None
+
+
+_CLAIM_COLUMNS = (
+    "status",
+    "attempts",
+    "started_at",
+    "next_attempt_at",
+    "lease_owner",
+    "lease_expires_at",
+    "updated_at",
+)
+_CLAIM_UPDATE = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"))
+    .values(**{column: bindparam(f"b_{column}") for column in _CLAIM_COLUMNS})
+)
+
+
+def _decide_claim(job: Job | None, request: ClaimRequest, now: datetime) -> tuple[Claim, dict[str, Any]]:
+    """What a claim of this row does: its outcome and the column values to write (none: leave it)."""
+    if job is None:
+        return Claim(ClaimOutcome.MISSING, None), {}
+    if job.status in FINAL_STATUSES:
+        return Claim(ClaimOutcome.DUPLICATE, job), {}
+    final = {"finished_at": now, "updated_at": now, "lease_owner": None, "lease_expires_at": None}
+    if job.cancel_requested:
+        return Claim(ClaimOutcome.CANCELLED, job), {
+            **final,
+            "status": JobStatus.CANCELLED.value,
+            "next_attempt_at": None,
+        }
+    if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
+        return Claim(ClaimOutcome.DUPLICATE, job), {}
+    waited_since = job.scheduled_for or job.created_at
+    if job.max_age_s is not None and job.attempts == 0 and now - waited_since > timedelta(seconds=job.max_age_s):
+        error = {"type": "Expired", "message": f"waited longer than max_age_s={job.max_age_s:g}", "retryable": False}
+        return Claim(ClaimOutcome.EXPIRED, job), {**final, "status": JobStatus.EXPIRED.value, "error": error}
+    values = {
+        "status": JobStatus.RUNNING.value,
+        "attempts": job.attempts + 1,
+        "started_at": now,
+        "next_attempt_at": None,
+        "lease_owner": request.owner,
+        "lease_expires_at": now + timedelta(seconds=request.lease_s),
+        "updated_at": now,
+    }
+    claimed = copy.copy(job)
+    for name, value in values.items():
+        setattr(claimed, name, value)
+    claimed.status = JobStatus.RUNNING
+    return Claim(ClaimOutcome.CLAIMED, claimed), values
+
+
+def _finish_values(request: FinishRequest, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "status": request.status.value,
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "error": request.error,
+    }
+    if request.status == JobStatus.RETRYING:
+        values["next_attempt_at"] = request.next_attempt_at
+    else:
+        values["finished_at"] = now
+    if request.status == JobStatus.SUCCEEDED:
+        values.update(result=request.result, result_url=request.result_url)
+    if request.status == JobStatus.FAILED:
+        values["dead"] = True
+    return values
 
 
 def _final(job_id: str, status: JobStatus, now: datetime) -> Any:

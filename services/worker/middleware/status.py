@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.worker.context import JobContext, enter_job, leave_job
 from services.worker.retry_policy import Decision, Retry, decide
+from services.worker.status_writer import StatusWrites
 from shared import metrics
 from shared.catalog import Catalog, TaskDefinition
 from shared.errors import TaskError
@@ -96,8 +97,11 @@ class JobStatusMiddleware(Middleware):
         lease_s: float,
         inline_max_bytes: int,
         on_final: Callable[[Job], None] | None = None,
+        writes: StatusWrites | None = None,
     ) -> None:
         self.store = store
+        #: Claims and finishes go through here: a StatusWriter batches them in a busy process.
+        self.writes: StatusWrites = writes or store
         self.catalog = catalog
         self.results = results
         self.owner = owner
@@ -128,7 +132,7 @@ class JobStatusMiddleware(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         labels = (message.actor_name, message.queue_name)
-        claim = persist(lambda: self.store.claim(message.message_id, owner=self.owner, lease_s=self.lease_s))
+        claim = persist(lambda: self.writes.claim(message.message_id, owner=self.owner, lease_s=self.lease_s))
         if claim.outcome is ClaimOutcome.DUPLICATE:
             metrics.jobs_duplicates_skipped_total.labels(*labels).inc()
             log.info("skipping duplicate delivery of job %s", message.message_id)
@@ -214,7 +218,7 @@ class JobStatusMiddleware(Middleware):
             self.results.put(job.id, body, "application/json")
             result, result_url = None, f"/v1/jobs/{job.id}/result"
         if not persist(
-            lambda: self.store.finish(
+            lambda: self.writes.finish(
                 job.id, owner=self.owner, status=JobStatus.SUCCEEDED, result=result, result_url=result_url
             )
         ):
@@ -245,7 +249,7 @@ class JobStatusMiddleware(Middleware):
         labels = (job.task, job.queue)
         if isinstance(exc, Cancelled):
             persist(
-                lambda: self.store.finish(
+                lambda: self.writes.finish(
                     job.id,
                     owner=self.owner,
                     status=JobStatus.CANCELLED,
@@ -259,7 +263,7 @@ class JobStatusMiddleware(Middleware):
         if decision.retry:
             next_at = utcnow() + timedelta(seconds=decision.delay_s)
             persist(
-                lambda: self.store.finish(
+                lambda: self.writes.finish(
                     job.id, owner=self.owner, status=JobStatus.RETRYING, error=error, next_attempt_at=next_at
                 )
             )
@@ -278,7 +282,7 @@ class JobStatusMiddleware(Middleware):
             if not isinstance(exc, Retry):
                 log.warning("job %s attempt %d failed, retrying in %.2fs", job.id, job.attempts, decision.delay_s)
             return
-        persist(lambda: self.store.finish(job.id, owner=self.owner, status=JobStatus.FAILED, error=error))
+        persist(lambda: self.writes.finish(job.id, owner=self.owner, status=JobStatus.FAILED, error=error))
         metrics.jobs_failed_total.labels(*labels).inc()
         log.error("job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"])
         # Dramatiq nacks failed messages, which moves them to the dead-letter queue.
