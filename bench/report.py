@@ -37,7 +37,7 @@ def machine() -> str:
 
 def summary(values: list[float]) -> str:
     """Median and range: the figure the conclusions use, and how much it moved."""
-    return f"{statistics.median(values):,.0f} (range {min(values):,.0f}–{max(values):,.0f})"
+    return f"{statistics.median(values):,.0f} (range {min(values):,.0f} to {max(values):,.0f})"
 
 
 def write_section(title: str, body: str) -> None:

@@ -52,7 +52,7 @@ def preload_jobrelay(redis_url: str, database_url: str, n: int) -> None:
                 time_limit_s=60,
                 created_at=now,
                 updated_at=now,
-            )  # fmt: skip
+            )
             for _ in range(min(1000, n - start))
         ]
         store.insert(batch)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [a / b for a, b in zip(results["jobrelay"], results["dramatiq"], strict=True)]
     ratio = sorted(ratios)[len(ratios) // 2]
     body = f"""
-No-op task, {args.jobs:,} jobs preloaded, {args.processes} processes × {args.threads} threads, each side on
+No-op task, {args.jobs:,} jobs preloaded, {args.processes} processes x {args.threads} threads, each side on
 a fresh private Redis (jobrelay also on a fresh SQLite job store), {args.runs} interleaved runs.
 Machine: {machine()}.
 
