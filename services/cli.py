@@ -1,10 +1,11 @@
-"""The ``jobrelay`` command: ``up``, ``api``, ``worker``, ``scheduler``."""
+"""The ``jobrelay`` command: ``up``, ``api``, ``worker``, ``scheduler``, and the clients ``submit`` and ``status``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from services import client_cli
 from shared.catalog import QUEUE_NAME
 from shared.errors import JobrelayError
 from shared.settings import Settings
@@ -36,11 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
 
     commands.add_parser("scheduler", help="the scheduler (run two for high availability)")
+    client_cli.add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command in client_cli.COMMANDS:
+        # Client commands talk HTTP only: they need none of the server settings.
+        sys.exit(client_cli.run(args))
     try:
         settings = Settings.from_env()
         if args.command == "up":

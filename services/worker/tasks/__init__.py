@@ -9,7 +9,13 @@ from shared.catalog import Catalog, default_catalog
 from shared.errors import TaskError
 
 #: Modules holding the built-in tasks; ``TASK_MODULES`` adds the user's own.
-BUILTIN_TASK_MODULES = ("services.worker.tasks.diagnostics",)
+BUILTIN_TASK_MODULES = (
+    "services.worker.tasks.diagnostics",
+    "services.worker.tasks.emails",
+    "services.worker.tasks.webhooks",
+    "services.worker.tasks.reports",
+    "services.worker.tasks.exports",
+)
 
 
 def load_task_modules(extra_modules: Iterable[str] = ()) -> Catalog:
