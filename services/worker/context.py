@@ -26,6 +26,8 @@ class JobContext:
     last_report_s: float = field(default=0.0)
     #: Set once the task has written a result file (its content type).
     result_file_type: str | None = None
+    #: What the task returned.
+    result: Any = None
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("current_job", default=None)

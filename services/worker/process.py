@@ -18,6 +18,7 @@ from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 
+from services.worker.context import current_job
 from services.worker.heartbeat import Heartbeat
 from services.worker.middleware.status import JobStatusMiddleware
 from services.worker.middleware.watchdog import Watchdog
@@ -42,8 +43,13 @@ PREFETCH_PER_THREAD = 8
 def _actor_fn(definition: TaskDefinition) -> Any:
     fn = definition.fn
 
-    def run(**kwargs: Any) -> Any:
-        return fn(**kwargs)
+    def run(**kwargs: Any) -> None:
+        # The result goes to the status middleware through the job context, not through
+        # Dramatiq (which would warn on every job that there is no Results middleware).
+        result = fn(**kwargs)
+        context = current_job()
+        if context is not None:
+            context.result = result
 
     run.__name__ = fn.__name__
     return run

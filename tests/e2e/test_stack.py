@@ -80,3 +80,39 @@ def test_sigterm_stops_every_process(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert "jobrelay up: stopped" in stack.log_path.read_text()
+
+
+def test_request_id_follows_the_job_into_the_worker_logs(stack: Stack) -> None:
+    import json as jsonlib
+
+    # Given a request with a request id of the client's
+    req = urllib.request.Request(
+        stack.base_url + "/v1/jobs",
+        data=b'{"task": "diagnostics.echo", "args": {"message": "traced"}}',
+        headers={
+            "Authorization": f"Bearer {stack.token}",
+            "Content-Type": "application/json",
+            "X-Request-ID": "trace-me-42",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["X-Request-ID"] == "trace-me-42"
+        job_id = jsonlib.loads(resp.read())["id"]
+    stack.wait_job(job_id, {"succeeded"})
+    # Then the worker's JSON log line for the job carries it, with the job's context
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [jsonlib.loads(line) for line in stack.log_path.read_text().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line.get("job_id") == job_id and line.get("service") == "worker"]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert mine, "no worker log line for the job"
+    line = next((line for line in mine if line["message"].startswith("job succeeded")), mine[0])
+    assert line["request_id"] == "trace-me-42" and line["task"] == "diagnostics.echo"
+    assert line["queue"] == "default" and line["attempt"] == 1 and line["level"] == "info"
+    # The banner of `jobrelay up` prints the dev key on purpose; no service log line may.
+    assert not [
+        line for line in stack.log_path.read_text().splitlines() if line.startswith("{") and stack.token in line
+    ]

@@ -185,11 +185,13 @@ class JobStatusMiddleware(Middleware):
         labels = (job.task, job.queue)
         leave_job(self._local.job_token)
         metrics.jobs_in_progress.labels(*labels).dec()
-        metrics.job_duration_seconds.labels(*labels).observe(time.perf_counter() - self._local.started)
+        elapsed_s = time.perf_counter() - self._local.started
+        metrics.job_duration_seconds.labels(*labels).observe(elapsed_s)
         try:
             if exception is None:
-                self._succeed(job, result, self._local.context.result_file_type)
+                self._succeed(job, self._local.context.result, self._local.context.result_file_type)
                 metrics.jobs_succeeded_total.labels(*labels).inc()
+                log.info("job succeeded in %.3fs", elapsed_s)
             else:
                 self._fail(broker, message, job, exception)
             self._ended(job)
