@@ -18,6 +18,7 @@ from redis.retry import Retry
 
 from shared.errors import Unavailable
 from shared.job import Job, utcnow
+from shared.waking_broker import WakingRedisBroker
 
 NAMESPACE = "dramatiq"
 #: Dramatiq's Redis broker refuses delays of 7 days or more; the relay holds longer ones.
@@ -45,7 +46,7 @@ def build_broker(
 ) -> RedisBroker:
     """A Redis broker with exactly the middleware given (none by default, as the API needs)."""
     client = redis_client(redis_url)
-    return RedisBroker(
+    return WakingRedisBroker(
         client=client,
         namespace=NAMESPACE,
         middleware=middleware or [],

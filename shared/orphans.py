@@ -17,12 +17,14 @@ import redis
 
 from shared.broker import NAMESPACE
 from shared.store.jobs import JobStore
+from shared.waking_broker import WAKE_TOKENS, is_delay_queue, wake_key
 
 log = logging.getLogger(__name__)
 
 HEARTBEATS = f"{NAMESPACE}:__heartbeats__"
 
-# KEYS: the ack set, the queue list, the queue's message hash. Returns how many went back.
+# KEYS: the ack set, the queue list, the queue's message hash, its wake-up list.
+# ARGV: how many wake tokens to keep at most. Returns how many messages went back.
 _REQUEUE = """
 local ids = redis.call('smembers', KEYS[1])
 local n = 0
@@ -33,6 +35,10 @@ for _, id in ipairs(ids) do
   end
 end
 redis.call('del', KEYS[1])
+if n > 0 and KEYS[4] ~= '' then
+  redis.call('lpush', KEYS[4], 1)
+  redis.call('ltrim', KEYS[4], 0, tonumber(ARGV[1]) - 1)
+end
 return n
 """
 
@@ -55,7 +61,8 @@ def requeue_worker(client: redis.Redis, worker_id: str) -> int:
     for key in client.scan_iter(match=prefix + "*", count=500):
         queue = key.decode()[len(prefix) :]
         queue_key = f"{NAMESPACE}:{queue}"
-        moved += int(script(keys=[key, queue_key, queue_key + ".msgs"]))
+        wake = "" if is_delay_queue(queue) else wake_key(queue)
+        moved += int(script(keys=[key, queue_key, queue_key + ".msgs", wake], args=[WAKE_TOKENS]))
     client.zrem(HEARTBEATS, worker_id)
     if moved:
         log.warning("requeued %d message(s) of dead worker %s", moved, worker_id)

@@ -1,0 +1,101 @@
+"""A Redis broker whose idle workers wake the moment a message arrives, without polling Redis hard.
+
+Dramatiq's Redis consumer polls an empty queue with a backoff of up to its
+worker timeout, which makes an idle worker late by up to that much (a
+second by default). Here every enqueue also pushes a token on
+``jobrelay:wake:<queue>`` (trimmed to a few), and an idle consumer waits in
+``BLPOP`` on that list: it wakes at once when work arrives and costs one
+command per ``WAIT_S`` while nothing does. Delay queues keep Dramatiq's
+polling, since their messages become due by the clock, not by an enqueue.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff, current_millis
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+WAKE_PREFIX = "jobrelay:wake:"
+#: Tokens kept per queue: enough to wake every idle consumer of a burst, never a pile.
+WAKE_TOKENS = 64
+#: Longest an idle consumer blocks before it looks again (and lets a stopping worker go).
+WAIT_S = 1.0
+
+
+def wake_key(queue_name: str) -> str:
+    return WAKE_PREFIX + queue_name
+
+
+def is_delay_queue(queue_name: str) -> bool:
+    return queue_name.endswith(".DQ")
+
+
+class WakingRedisBroker(RedisBroker):
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakingConsumer
+
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
+        """Dramatiq's enqueue script and the wake-up token, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        self.scripts["dispatch"](
+            keys=[self.namespace],
+            args=[
+                "enqueue",
+                current_millis(),
+                queue_name,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                0,
+                self._max_unpack_size(),
+                message_id,
+                data,
+            ],
+            client=pipe,
+        )
+        if not is_delay_queue(queue_name):
+            pipe.lpush(wake_key(queue_name), 1)
+            pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
+        return pipe.execute()[0]
+
+
+class _WakingConsumer(_RedisConsumer):
+    """Dramatiq's consumer, but an idle one waits in BLPOP instead of sleeping.
+
+    NOTE: the fetch path mirrors ``dramatiq.brokers.redis._RedisConsumer.__next__`` (2.x).
+    """
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                messages = []
+                if self.outstanding_message_count < self.prefetch:
+                    self.message_cache = messages = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                if messages:
+                    continue
+                if not is_delay_queue(self.queue_name) and self.outstanding_message_count < self.prefetch:
+                    # Idle: wait for a wake-up token (or the timeout), then fetch again.
+                    self.broker.client.blpop([wake_key(self.queue_name)], timeout=WAIT_S)
+                    return None
+                self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                time.sleep(backoff_ms / 1000)
+                return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
