@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs when they are missing (CI runs as root).
+# Installs the Debian packages the test suite needs when they are missing (CI runs as root):
+# promtool and prometheus for the alert-rule and real-Prometheus tests, kubectl for the manifests.
 set -euo pipefail
 missing=()
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+        echo "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # Debian's prometheus package starts a server on :9090; the tests run their own.
+        if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus >/dev/null 2>&1 || true; fi
+        pkill -x prometheus >/dev/null 2>&1 || true
     else
         echo "missing Debian packages: ${missing[*]} (run as root to install)" >&2
         exit 1
