@@ -87,6 +87,8 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())
+        if self.stopping.is_set():
+            return 0
         for slot in range(self.processes):
             self.children[slot] = self._spawn(slot)
         while not self.stopping.wait(0.2):
@@ -128,6 +130,10 @@ def serve_metrics(bind: str) -> None:
 
 
 def run(settings: Settings, *, queues: list[str] | None, processes: int, threads: int, grace_s: float) -> int:
+    # NOTE: as PID 1 in a container, a process without a handler ignores SIGTERM; take it from the start.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
     catalog = load_task_modules(settings.task_modules)
     engine = create_store_engine(settings.effective_database_url)
@@ -137,4 +143,6 @@ def run(settings: Settings, *, queues: list[str] | None, processes: int, threads
     fresh_multiproc_dir(Path(settings.data_dir) / "metrics" / f"worker-{os.getpid()}")
     serve_metrics(settings.worker_metrics_bind)
     log.info("worker supervisor serving queues %s; metrics on %s", ",".join(chosen), settings.worker_metrics_bind)
-    return Supervisor(settings, queues=chosen, processes=processes, threads=threads, grace_s=grace_s).run()
+    supervisor = Supervisor(settings, queues=chosen, processes=processes, threads=threads, grace_s=grace_s)
+    supervisor.stopping = stopping
+    return supervisor.run()
