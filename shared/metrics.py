@@ -96,3 +96,23 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
+
+
+def start_job_series(tasks: list[tuple[str, str]]) -> None:
+    """Create every worker series at 0 for these (task, queue) pairs.
+
+    NOTE: a counter that appears only on its first increment hides that first
+    event from rate() and increase(); starting at 0 makes it count.
+    """
+    for task, queue in tasks:
+        for metric in (
+            jobs_started_total,
+            jobs_succeeded_total,
+            jobs_failed_total,
+            jobs_retried_total,
+            jobs_cancelled_total,
+            jobs_expired_total,
+            jobs_duplicates_skipped_total,
+            jobs_in_progress,
+        ):
+            metric.labels(task, queue)
