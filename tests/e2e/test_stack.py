@@ -61,14 +61,19 @@ def test_kill_9_of_a_worker_process_reruns_its_job(stack: Stack) -> None:
 
 
 def test_worker_metrics_are_served(stack: Stack) -> None:
-    stack.request("POST", "/v1/jobs", {"task": "diagnostics.echo", "args": {"message": "m"}})
-    deadline = time.monotonic() + 5
-    while True:
+    series = 'jobrelay_jobs_succeeded_total{queue="default",task="diagnostics.echo"}'
+
+    def value() -> float:
         text = urllib.request.urlopen(stack.worker_metrics_url, timeout=5).read().decode()
-        if "jobrelay_jobs_succeeded_total{" in text or time.monotonic() > deadline:
-            break
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
+
+    before = value()
+    _, job = stack.request("POST", "/v1/jobs", {"task": "diagnostics.echo", "args": {"message": "m"}})
+    stack.wait_job(job["id"], {"succeeded"})
+    deadline = time.monotonic() + 5
+    while value() < before + 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert 'jobrelay_jobs_succeeded_total{queue="default",task="diagnostics.echo"}' in text
+    assert value() == before + 1
 
 
 def test_sigterm_stops_every_process(tmp_path: Path) -> None:
