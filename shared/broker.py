@@ -77,22 +77,27 @@ def message_for(job: Job) -> dramatiq.Message[object]:
 def publish(broker: RedisBroker, batch: Sequence[Job]) -> list[str]:
     """Enqueue each job whose time is within the broker's delay horizon; returns the ids sent.
 
-    Raises ``Unavailable`` when Redis cannot be reached; the rows stay unpublished
-    and the outbox relay sends them later.
+    All messages go in one Redis round trip. Raises ``Unavailable`` when Redis
+    cannot be reached; the rows stay unpublished and the outbox relay sends them later.
     """
     now = utcnow()
-    sent: list[str] = []
+    messages: list[tuple[dramatiq.Message[object], int | None]] = []
+    for job in batch:
+        due = job.next_attempt_at or job.scheduled_for
+        delay_ms = None
+        if due is not None and due > now:
+            if due - now > MAX_BROKER_DELAY:
+                continue
+            delay_ms = int((due - now).total_seconds() * 1000)
+        messages.append((message_for(job), delay_ms))
+    if not messages:
+        return []
     try:
-        for job in batch:
-            due = job.next_attempt_at or job.scheduled_for
-            delay_ms = None
-            if due is not None and due > now:
-                if due - now > MAX_BROKER_DELAY:
-                    continue
-                delay_ms = int((due - now).total_seconds() * 1000)
-            broker.enqueue(message_for(job), delay=delay_ms)
-            sent.append(job.id)
+        if isinstance(broker, WakingRedisBroker):
+            broker.enqueue_many(messages)
+        else:
+            for message, delay_ms in messages:
+                broker.enqueue(message, delay=delay_ms)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        if not sent:
-            raise Unavailable(f"Redis cannot be reached: {exc}") from exc
-    return sent
+        raise Unavailable(f"Redis cannot be reached: {exc}") from exc
+    return [message.message_id for message, _ in messages]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 
 from dramatiq.brokers.redis import RedisBroker
@@ -29,3 +31,43 @@ def relay(store: JobStore, broker: RedisBroker, *, grace_s: float, batch: int = 
         log.info("relayed %d unpublished job(s)", len(sent))
         if len(pending) < batch:
             return total
+
+
+class PublishMarks:
+    """Marks published rows in the background, many per UPDATE, off the request's path.
+
+    NOTE: a mark lost to a crash only means the relay publishes that job once more,
+    and the worker's claim skips the duplicate; the 202 never waits for it.
+    """
+
+    def __init__(self, store: JobStore, *, interval_s: float = 0.02, max_batch: int = 5000) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.max_batch = max_batch
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="jobrelay-publish-marks", daemon=True).start()
+
+    def add(self, job_ids: list[str]) -> None:
+        with self._lock:
+            self._pending.extend(job_ids)
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        if batch:
+            try:
+                self.store.mark_published(batch)
+            except Exception as exc:
+                log.warning("could not mark %d job(s) published (the relay will resend them): %s", len(batch), exc)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.interval_s)
+            self._wake.clear()
+            self.flush()
+            if self._pending:
+                self._wake.set()

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from uuid import uuid4
 
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff, current_millis
+from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
@@ -44,6 +45,41 @@ class WakingRedisBroker(RedisBroker):
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
         """Dramatiq's enqueue script and the wake-up token, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
+        self._enqueue_in(pipe, queue_name, message_id, data)
+        self._wake_in(pipe, {queue_name})
+        return pipe.execute()[0]
+
+    def enqueue_many(self, messages: list[tuple[Message[Any], int | None]]) -> None:
+        """``enqueue`` for many messages (with their delays in ms) in one round trip.
+
+        Like ``RedisBroker.enqueue``, each copy gets its own ``redis_message_id``
+        and a delayed one goes to the delay queue with its ``eta``.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        queues: set[str] = set()
+        sent: list[tuple[Message[Any], int | None]] = []
+        for message, delay in messages:
+            queue_name = message.queue_name
+            message = message.copy(options={"redis_message_id": str(uuid4())})
+            if delay is not None:
+                queue_name = dq_name(queue_name)
+                message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+            self.emit_before("enqueue", message, delay)
+            self._enqueue_in(pipe, queue_name, message.options["redis_message_id"], message.encode())
+            queues.add(queue_name)
+            sent.append((message, delay))
+        self._wake_in(pipe, queues)
+        pipe.execute()
+        for message, delay in sent:
+            self.emit_after("enqueue", message, delay)
+
+    def _wake_in(self, pipe: redis.client.Pipeline, queues: set[str]) -> None:
+        for queue_name in queues:
+            if not is_delay_queue(queue_name):
+                pipe.lpush(wake_key(queue_name), 1)
+                pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
+
+    def _enqueue_in(self, pipe: redis.client.Pipeline, queue_name: str, message_id: str, data: bytes) -> None:
         self.scripts["dispatch"](
             keys=[self.namespace],
             args=[
@@ -60,10 +96,6 @@ class WakingRedisBroker(RedisBroker):
             ],
             client=pipe,
         )
-        if not is_delay_queue(queue_name):
-            pipe.lpush(wake_key(queue_name), 1)
-            pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
-        return pipe.execute()[0]
 
 
 class _WakingConsumer(_RedisConsumer):

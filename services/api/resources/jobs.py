@@ -15,6 +15,7 @@ from shared import metrics
 from shared.broker import publish
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound, Unavailable
 from shared.job import Job, JobStatus
+from shared.outbox import PublishMarks
 from shared.queues import drop_dead_letters
 from shared.results import ResultStorage, result_reference
 from shared.store.jobs import JobFilter, JobStore
@@ -30,7 +31,7 @@ def parse_limit(req: falcon.Request, errors: list[FieldError], default: int = 50
     raw = req.params.get("limit")
     if raw is None:
         return default
-    if not isinstance(raw, str) or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not isinstance(raw, str) or not raw.isdecimal() or len(raw) > 9 or not 1 <= int(raw) <= MAX_LIMIT:
         errors.append(FieldError("/query/limit", f"must be an integer from 1 to {MAX_LIMIT}"))
         return default
     return int(raw)
@@ -44,6 +45,7 @@ class Submitter:
         self.registry = registry
         self.broker = broker
         self.max_body_bytes = max_body_bytes
+        self.marks = PublishMarks(store)
 
     def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
         stored = self.store.insert(new_jobs)
@@ -58,7 +60,7 @@ class Submitter:
             for job in committed:
                 metrics.jobs_submitted_total.labels(job.task, job.queue).inc()
         try:
-            self.store.mark_published(publish(self.broker, committed))
+            self.marks.add(publish(self.broker, committed))
         except Unavailable as exc:
             log.warning("broker unavailable, %d job(s) left for the relay: %s", len(committed), exc)
 

@@ -94,7 +94,7 @@ class DeadRequeueResource:
     @staticmethod
     def _ids(body: object) -> list[str] | None:
         """The ids to requeue, or None for all."""
-        if isinstance(body, dict) and body == {"all": True}:
+        if isinstance(body, dict) and body.keys() == {"all"} and body["all"] is True:
             return None
         if isinstance(body, dict) and set(body) == {"ids"} and isinstance(body["ids"], list):
             ids = body["ids"]

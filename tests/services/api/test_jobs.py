@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 from falcon import testing
@@ -34,8 +35,11 @@ def test_submit_answers_202_with_job_and_location(
     assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["task"] == "diagnostics.echo" and job["queue"] == "default"
     assert job["args"] == {"message": "hi"} and job["attempts"] == 0
-    # The row is committed and published; the Dramatiq message id is the job id.
-    assert store.get(job["id"]).published_at is not None
+    # The row is committed and published (marked so in the background); the message id is the job id.
+    deadline = time.monotonic() + 5
+    while store.get(job["id"]).published_at is None:
+        assert time.monotonic() < deadline, "never marked published"
+        time.sleep(0.01)
     [message] = queued_messages(redis_client)
     assert message["message_id"] == job["id"] and message["kwargs"] == {"message": "hi"}
     assert client.simulate_get(f"/v1/jobs/{job['id']}").json["id"] == job["id"]
