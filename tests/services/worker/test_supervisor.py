@@ -183,3 +183,18 @@ def test_whole_worker_killed_is_recovered_by_the_orphan_requeue(worker_run: Work
     assert client.lindex("dramatiq:default", 0) is not None
     assert worker_run.store.get(job.id).lease_expires_at is not None
     assert client.zcard(HEARTBEATS) == 0
+
+
+def test_a_long_job_never_makes_its_live_worker_look_dead(worker_run: WorkerRun, redis_url: str) -> None:
+    # Given a job running far longer than the dead-after time used below
+    job = worker_run.submit({"task": "diagnostics.sleep", "args": {"seconds": 4}})
+    worker_run.wait(job.id, lambda j: j.status is JobStatus.RUNNING, 10)
+    client = redis.Redis.from_url(redis_url)
+    # When the orphan requeue runs again and again while it runs (dead after 1.5 s of silence)
+    moved = 0
+    while not worker_run.store.get(job.id).status.is_final:
+        moved += requeue_orphans(client, worker_run.store, dead_after_s=1.5)
+        time.sleep(0.25)
+    # Then nothing was requeued: the heartbeat thread kept beating, and the job ran once
+    done = worker_run.store.get(job.id)
+    assert moved == 0 and done.status is JobStatus.SUCCEEDED and done.attempts == 1
