@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := shared services tests $(wildcard bench)
 
-.PHONY: run test lint format install system-deps clean
+.PHONY: run test lint format install system-deps bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,25 @@ format: install
 
 test: install system-deps lint
 	$(BIN)/pytest -q
+
+## Benchmarks: write docs/benchmarks.md (wrk from Debian for the API load).
+bench: install system-deps
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.worker_throughput --jobs 20000 --runs 3
+	$(BIN)/python -m bench.latency --jobs 300 --rate 300
+	$(BIN)/python -m bench.api_submit --seconds 10
+	$(BIN)/python -m bench.scheduler_lag
+
+## The same, small enough for two minutes.
+bench-quick: install system-deps
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.worker_throughput --jobs 3000 --runs 2
+	$(BIN)/python -m bench.latency --jobs 100 --rate 100
+	$(BIN)/python -m bench.api_submit --seconds 4
+
+## The long form of the fault-injection suite: writes docs/reliability.md.
+chaos: install system-deps
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

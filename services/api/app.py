@@ -9,7 +9,7 @@ import falcon
 from dramatiq.brokers.redis import RedisBroker
 
 from services.api import errors
-from services.api.middleware import Auth, RequestId
+from services.api.middleware import Auth, RefuseNul, RequestId
 from services.api.resources.health import HealthResource, ReadyResource
 from services.api.resources.jobs import (
     BatchResource,
@@ -20,13 +20,16 @@ from services.api.resources.jobs import (
     JobsResource,
     Submitter,
 )
+from services.api.resources.openapi import OpenApiResource
 from services.api.resources.queues import DeadLettersResource, DeadRequeueResource, QueuesResource
+from services.api.resources.schedules import ScheduleResource, SchedulesResource
 from services.api.resources.tasks import TasksResource
 from services.api.resources.workflows import WorkflowCancelResource, WorkflowResource, WorkflowsResource
 from shared import metrics
 from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.jobs import JobStore
+from shared.store.schedules import ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
 from shared.workflows import WorkflowEngine
@@ -71,7 +74,7 @@ class MetricsResource:
 
 
 def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, broker: RedisBroker) -> falcon.App:
-    middleware: list[Any] = [Metrics(), RequestId(), Auth(settings.api_keys, enabled=settings.api_auth)]
+    middleware: list[Any] = [Metrics(), RequestId(), Auth(settings.api_keys, enabled=settings.api_auth), RefuseNul()]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
@@ -84,6 +87,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(store.engine, broker.client))
     app.add_route("/metrics", MetricsResource())
+    app.add_route("/openapi.json", OpenApiResource(registry))
     app.add_route("/v1/jobs", JobsResource(submitter))
     app.add_route("/v1/jobs/batch", BatchResource(submitter))
     app.add_route("/v1/jobs/{job_id}", JobResource(store))
@@ -98,4 +102,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/queues", QueuesResource(submitter))
     app.add_route("/v1/queues/{name}/dead", DeadLettersResource(submitter))
     app.add_route("/v1/queues/{name}/dead/requeue", DeadRequeueResource(submitter))
+    schedules = ScheduleStore(store.engine)
+    app.add_route("/v1/schedules", SchedulesResource(schedules, registry, settings.api_max_body_bytes))
+    app.add_route("/v1/schedules/{schedule_id}", ScheduleResource(schedules, registry, settings.api_max_body_bytes))
     return app

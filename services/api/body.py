@@ -17,12 +17,22 @@ _ACCEPTED = ("application/json", "", "application/x-www-form-urlencoded")
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > _MAX_DEPTH:
         raise BadRequest(f"JSON nested deeper than {_MAX_DEPTH} levels")
-    if isinstance(value, dict):
-        for item in value.values():
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
             _check_depth(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
             _check_depth(item, depth + 1)
+
+
+def _check_text(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not Unicode") from None
 
 
 def read_json(req: falcon.Request, max_bytes: int) -> Any:

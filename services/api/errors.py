@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import falcon
+import redis
+from sqlalchemy.exc import OperationalError
 
 from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError, NotFound, Unavailable
 
@@ -89,6 +91,14 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
     problem(resp, status, title, detail)
 
 
+def handle_dependency_down(req: falcon.Request, resp: falcon.Response, exc: Exception, _params: Any) -> None:
+    """The job store or Redis did not answer: a clear 503, never a 500 (nothing was half-written)."""
+    which = "Redis" if isinstance(exc, redis.RedisError) else "the job store"
+    log.warning("%s unavailable on %s %s: %s", which, req.method, req.path, type(exc).__name__)
+    resp.set_header("Retry-After", "1")
+    problem(resp, 503, "Service unavailable", f"{which} cannot be reached right now; try again shortly")
+
+
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, _params: Any) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
     problem(resp, 500, "Internal error", "the server failed to handle this request; it has been logged")
@@ -99,3 +109,6 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(JobrelayError, handle_domain_error)
+    app.add_error_handler(OperationalError, handle_dependency_down)
+    app.add_error_handler(redis.ConnectionError, handle_dependency_down)
+    app.add_error_handler(redis.TimeoutError, handle_dependency_down)

@@ -9,6 +9,7 @@ from typing import Any
 import falcon
 
 from services.api.errors import Forbidden, Unauthorized
+from shared.errors import NotFound
 from shared.ids import new_id
 from shared.logs import reset_log_context, set_log_context
 from shared.settings import ApiKey
@@ -29,6 +30,14 @@ class RequestId:
         token = getattr(req.context, "log_token", None)
         if token is not None:
             reset_log_context(token)
+
+
+class RefuseNul:
+    """PostgreSQL text cannot hold U+0000, so a path with one names nothing that can exist."""
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any) -> None:
+        if any("\x00" in str(value) for value in (params or {}).values()):
+            raise NotFound(f"no resource at {req.path!r}")
 
 
 class Auth:

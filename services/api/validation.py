@@ -98,6 +98,11 @@ def _number(body: dict[str, Any], name: str, base: str, errors: list[FieldError]
     return value
 
 
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 3.0 is the integer 3, as JSON Schema's ``integer`` and args validation read it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _parse_eta(value: Any, pointer: str, errors: list[FieldError]) -> datetime | None:
     if value is None:
         return None
@@ -112,7 +117,11 @@ def _parse_eta(value: Any, pointer: str, errors: list[FieldError]) -> datetime |
     if parsed.tzinfo is None:
         errors.append(FieldError(pointer, "needs a time zone offset, such as Z"))
         return None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        errors.append(FieldError(pointer, "is out of range"))
+        return None
 
 
 def build_job(
@@ -154,7 +163,7 @@ def build_job(
     queue = body.get("queue")
     if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue)):
         errors.append(FieldError(f"{base}/queue", "must be a queue name (lowercase letters, digits, '_', '-')"))
-    priority = body.get("priority", 0)
+    priority = _whole(body.get("priority", 0))
     if priority is None:
         priority = 0
     if (
@@ -163,7 +172,7 @@ def build_job(
         or not (PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1])
     ):
         errors.append(FieldError(f"{base}/priority", "must be an integer from 0 to 9"))
-    max_retries = body.get("max_retries")
+    max_retries = _whole(body.get("max_retries"))
     if max_retries is not None and (
         isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES
     ):
@@ -174,7 +183,10 @@ def build_job(
     eta = _parse_eta(body.get("eta"), f"{base}/eta", errors)
     if eta is not None and delay_s:
         errors.append(FieldError(f"{base}/eta", "give either eta or delay_s, not both"))
-    key = body.get("idempotency_key", submission.idempotency_key)
+    header_key = submission.idempotency_key
+    if header_key is not None and not 1 <= len(header_key) <= 200:
+        errors.append(FieldError("/headers/Idempotency-Key", "must be a string of 1 to 200 characters"))
+    key = body.get("idempotency_key", header_key)
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
         errors.append(FieldError(f"{base}/idempotency_key", "must be a string of 1 to 200 characters"))
     if len(errors) > before or spec is None:

@@ -1,4 +1,12 @@
-"""``jobrelay scheduler``: the leader runs housekeeping on APScheduler; standbys wait for the lease."""
+"""``jobrelay scheduler``: sync the schedules at boot, then fire them while this replica holds the lease.
+
+Boot: migrate, sync the built-in housekeeping schedules and ``schedules.toml``
+into the store (a bad entry stops the process with the file, line and
+reason). Then a loop takes or renews the leader lease; the leader keeps
+APScheduler loaded with the enabled schedules, re-reading the table every
+second, and a standby only polls the lease, often enough to take over within
+its TTL.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +14,48 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
+from services.scheduler import housekeeping
+from services.scheduler.housekeeping import QueueNames, builtin_schedules, prune_finished
 from services.scheduler.leader import LeaderLease
+from services.scheduler.metrics import LeaderOnly, scheduler_is_leader
+from services.scheduler.runner import Runner
+from services.scheduler.schedule_file import sync_file
+from services.scheduler.triggers import build_trigger, first_tick_at_or_after
 from shared.broker import build_broker
 from shared.ids import new_id
+from shared.job import utcnow
 from shared.logs import configure_logging
-from shared.metrics import PREFIX
 from shared.orphans import requeue_orphans
 from shared.outbox import relay
+from shared.queues import QueueGauges
+from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
+from shared.store.schedules import ScheduleSource, ScheduleStore
+from shared.store.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
 
-scheduler_is_leader = Gauge(PREFIX + "scheduler_is_leader", "1 while this replica holds the leader lease.")
+#: How long boot waits for the workers to register the tasks schedules.toml names (they may start together).
+TASK_WAIT_S = 30.0
+#: How often the leader re-reads the schedules table; API changes apply within this plus a wake-up.
+SYNC_EVERY_S = 1.0
 
 
-def _guarded(lease: LeaderLease, name: str, work: Callable[[], object]) -> Callable[[], None]:
-    def run() -> None:
-        if not lease.is_leader:
-            return
-        try:
-            work()
-        except Exception:
-            log.exception("housekeeping %s failed; it runs again at its next tick", name)
-
-    return run
+def sync_builtins(schedules: ScheduleStore) -> None:
+    now = utcnow()
+    wanted = builtin_schedules()
+    for schedule in wanted:
+        schedule.next_run_at = first_tick_at_or_after(build_trigger(None, schedule.interval_s, "UTC"), now)
+    schedules.sync(ScheduleSource.BUILTIN, wanted)
 
 
 def run(settings: Settings) -> int:
@@ -44,41 +63,76 @@ def run(settings: Settings) -> int:
     engine = create_store_engine(settings.effective_database_url)
     migrate(engine)
     store = JobStore(engine)
+    schedules = ScheduleStore(engine)
+    registry = TaskRegistry(engine)
     broker = build_broker(settings.require_redis_url("the scheduler"), dead_message_ttl_s=settings.job_retention_s)
+    sync_builtins(schedules)
+    sync_file(schedules, registry, settings.schedules_file, task_wait_s=TASK_WAIT_S)
+
     identity = f"{socket.gethostname()}-{new_id()[-12:]}"
     lease = LeaderLease(broker.client, identity, ttl_s=settings.leader_lease_s)
+    queue_names = QueueNames(registry)
+    queue_names.refresh()
+    REGISTRY.register(LeaderOnly(QueueGauges(broker.client, store, queue_names), lease))
     host, _, port = settings.scheduler_metrics_bind.rpartition(":")
     start_http_server(int(port), addr=host)
 
-    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-    scheduler.add_job(
-        _guarded(lease, "relay", lambda: relay(store, broker, grace_s=settings.relay_grace_s)),
-        "interval",
-        seconds=1,
-        id="maintenance.relay",
-    )
-    scheduler.add_job(
-        _guarded(
-            lease,
-            "orphans",
-            lambda: requeue_orphans(broker.client, store, dead_after_s=settings.worker_dead_after_s),
+    results = build_result_storage(settings.effective_result_storage_url)
+    work: dict[str, Callable[[], object]] = {
+        housekeeping.RELAY: lambda: relay(store, broker, grace_s=settings.relay_grace_s),
+        housekeeping.REQUEUE_ORPHANS: lambda: requeue_orphans(
+            broker.client, store, dead_after_s=settings.worker_dead_after_s
         ),
-        "interval",
-        seconds=2,
-        id="maintenance.requeue_orphans",
+        housekeeping.PRUNE: lambda: prune_finished(
+            engine, results, broker.client, retention_s=settings.job_retention_s
+        ),
+        housekeeping.QUEUE_GAUGES: queue_names.refresh,
+    }
+    scheduler = BackgroundScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(20)})
+    runner = Runner(
+        scheduler=scheduler,
+        schedules=schedules,
+        jobs=store,
+        registry=registry,
+        broker=broker,
+        lease=lease,
+        housekeeping=work,
     )
     scheduler.start()
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    renew_every_s = settings.leader_lease_s / 3
     log.info("scheduler %s started; lease TTL %.1fs", identity, settings.leader_lease_s)
-    while True:
-        scheduler_is_leader.set(1 if lease.refresh() else 0)
-        if stop.wait(renew_every_s if lease.is_leader else min(0.5, renew_every_s)):
-            break
+    _lead_while_running(lease, runner, stop, renew_every_s=settings.leader_lease_s / 3)
+    runner.unload_all()
     scheduler.shutdown(wait=True)
+    # NOTE: released only after in-flight fires finished, so the next leader starts from their records.
     lease.release()
+    scheduler_is_leader.set(0)
     log.info("scheduler %s stopped", identity)
     return 0
+
+
+def _lead_while_running(lease: LeaderLease, runner: Runner, stop: threading.Event, *, renew_every_s: float) -> None:
+    """Take, renew or wait for the lease until ``stop``; while leading, re-read the schedules every second."""
+    renew_at = sync_at = 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        if not lease.is_leader or now >= renew_at:
+            was_leader = lease.is_leader
+            leading = lease.refresh()
+            scheduler_is_leader.set(1 if leading else 0)
+            renew_at = now + renew_every_s
+            if was_leader and not leading:
+                runner.unload_all()
+            elif leading and not was_leader:
+                sync_at = 0.0
+        if lease.is_leader and now >= sync_at:
+            sync_at = now + SYNC_EVERY_S
+            try:
+                runner.sync()
+            except Exception:
+                log.exception("could not read the schedules; trying again in %.0fs", SYNC_EVERY_S)
+        # NOTE: a standby polls at least twice a second, so it takes over well within one lease TTL.
+        stop.wait(0.2 if lease.is_leader else min(0.5, renew_every_s))

@@ -71,7 +71,7 @@ def decode_cursor(cursor: str) -> str:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         before = data["before"]
-        if not isinstance(before, str) or len(before) > 36:
+        if not isinstance(before, str) or len(before) > 36 or "\x00" in before:
             raise ValueError
         return before
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Dialect,
@@ -119,4 +120,30 @@ workflows = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("task", String(200), nullable=False),
+    Column("args", JSON, nullable=False),
+    # Exactly one of cron (5 fields, read in `timezone`) and interval_s (whole seconds).
+    Column("cron", String(200), nullable=True),
+    Column("interval_s", Integer, nullable=True),
+    Column("timezone", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("misfire", String(16), nullable=False),
+    Column("misfire_grace_s", Float, nullable=False),
+    Column("source", String(16), nullable=False),
+    # The first tick not handled yet (None while disabled) and the last tick that made a job.
+    Column("next_run_at", UtcDateTime, nullable=True),
+    Column("last_run_at", UtcDateTime, nullable=True),
+    # Bumped on every change of the definition: the scheduler leader reloads a schedule whose version moved.
+    Column("version", Integer, nullable=False),
+    # Fingerprint of the schedules.toml entry last synced into this row (file schedules only).
+    Column("file_hash", String(64), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("(cron IS NULL) <> (interval_s IS NULL)", name="ck_schedules_one_timing"),
 )

@@ -48,13 +48,31 @@ def overlay(request: pytest.FixtureRequest, rendered_all: dict[str, Rendered]) -
 
 @pytest.fixture(scope="session")
 def task_catalog(rendered_all: dict[str, Rendered]) -> Catalog:
-    """The catalog the workers load: built-in tasks plus the TASK_MODULES of the deployed config, if any."""
-    from services.worker.tasks import load_task_modules
-    from shared.settings import Settings
+    """The catalog the workers load: built-in tasks plus the TASK_MODULES of the deployed config, if any.
 
-    # The catalog is process-global (imports fill it), so one catalog serves every tree: they must agree.
+    NOTE: loaded in a fresh interpreter: in this one, other tests import task modules of their own
+    (the catalog is process-global), and those must not count as deployed queues.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from shared.catalog import TaskDefinition, TaskSpec
+
     configured = {name: tree.config().get("TASK_MODULES", "") for name, tree in rendered_all.items()}
     if len(set(configured.values())) > 1:
         pytest.fail(f"TASK_MODULES differs between kustomizations: {configured}", pytrace=False)
     raw = next(iter(configured.values()))
-    return load_task_modules(Settings.from_env({"TASK_MODULES": raw}).task_modules)
+    script = (
+        "import json, sys\n"
+        "from services.worker.tasks import load_task_modules\n"
+        "from shared.settings import Settings\n"
+        "catalog = load_task_modules(Settings.from_env({'TASK_MODULES': sys.argv[1]}).task_modules)\n"
+        "print(json.dumps([spec.as_dict() for spec in catalog.specs()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, raw], capture_output=True, text=True, check=True).stdout
+    catalog = Catalog()
+    for data in json.loads(out):
+        spec = TaskSpec.from_dict(data)
+        catalog._tasks[spec.name] = TaskDefinition(spec=spec, fn=lambda: None)
+    return catalog

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +94,8 @@ class JobsResource:
         for name, value in values.items():
             if isinstance(value, list):
                 errors.append(FieldError(f"/query/{name}", "give it once"))
+            elif value is not None and "\x00" in value:
+                errors.append(FieldError(f"/query/{name}", "must not contain U+0000"))
         status = None
         if "status" in params:
             try:
@@ -105,7 +108,8 @@ class JobsResource:
                 created_after = datetime.fromisoformat(str(params["created_after"]).replace("Z", "+00:00"))
                 if created_after.tzinfo is None:
                     created_after = created_after.replace(tzinfo=UTC)
-            except ValueError:
+                created_after = created_after.astimezone(UTC)
+            except (ValueError, OverflowError):
                 errors.append(FieldError("/query/created_after", "must be an RFC 3339 date-time"))
         limit = parse_limit(req, errors)
         cursor = params.get("cursor")
@@ -187,7 +191,8 @@ class JobResultResource:
         if job.status != JobStatus.SUCCEEDED:
             raise NotFound(f"job {job_id} has no result yet (it is {job.status.value})")
         if job.result_url is None:
-            resp.media = job.result
+            resp.text = json.dumps(job.result)
+            resp.content_type = falcon.MEDIA_JSON
             return
         try:
             resp.data, resp.content_type = self.results.open(result_reference(job.id))

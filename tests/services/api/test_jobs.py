@@ -213,3 +213,23 @@ def test_submissions_and_rejections_are_counted(client: testing.TestClient) -> N
     assert (value(*submitted), value(*rejected)) == (before[0] + 1, before[1] + 1)
     route = {"method": "POST", "route": "/v1/jobs", "status": "202"}
     assert value("jobrelay_http_requests_total", route) >= 1
+
+
+def test_store_down_is_a_clear_503_not_a_500(settings: Settings, registry: TaskRegistry, tmp_path: object) -> None:
+    from sqlalchemy import create_engine
+
+    from services.api.app import create_app
+    from shared.broker import build_broker
+
+    # Given an API whose job store cannot be opened
+    dead_store = JobStore(
+        create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    )
+    app = create_app(
+        settings, store=dead_store, registry=registry, broker=build_broker(settings.require_redis_url("t"))
+    )
+    client = testing.TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"})
+    # Then reads and writes answer 503 problems
+    for resp in (client.simulate_post("/v1/jobs", json=ECHO), client.simulate_get("/v1/jobs")):
+        assert resp.status_code == 503 and resp.headers["content-type"] == "application/problem+json"
+        assert "job store" in resp.json["detail"]

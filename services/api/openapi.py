@@ -1,0 +1,290 @@
+"""The JSON Schemas of the OpenAPI document: request and response bodies, built from the code that checks them.
+
+Ranges and limits are the validators' own constants, enums the domain
+types'. A job request is a ``oneOf`` over the registered tasks, each variant
+fixing ``task`` with ``const`` and ``args`` to that task's ``args_schema``,
+so a request valid against the document is one the API accepts. The
+operations that use these schemas are in ``services/api/resources/openapi.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from typing import Any
+
+from services.api.resources.jobs import MAX_BATCH
+from services.api.resources.queues import MAX_REQUEUE_IDS
+from services.api.validation import MAX_DELAY_S, MAX_RETRIES, MAX_TIME_LIMIT_S, PRIORITY_RANGE
+from services.scheduler.definition import BUILTIN_PREFIX, MAX_GRACE_S, READ_ONLY_FIELDS, SCHEDULE_ID
+from services.scheduler.triggers import MAX_INTERVAL_S
+from shared.catalog import QUEUE_NAME, TaskSpec
+from shared.job import JobStatus
+from shared.queues import QueueStats
+from shared.store.schedules import Misfire, ScheduleSource
+from shared.store.workflows import WORKFLOW_TYPES, WorkflowStatus
+
+Schema = dict[str, Any]
+#: Mirrors ``validation.build_job``: the smallest time or age limit it takes, the longest idempotency key.
+MIN_LIMIT_S = 0.001
+MAX_IDEMPOTENCY_KEY = 200
+#: The argument a chain step or chord callback gets from its predecessors, so it may be left out there.
+INPUT_ARG = "input"
+#: What the scheduler reads as a cron expression: 5 crontab(5) fields or a macro such as ``@daily``.
+CRON_FORMAT = "cron"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    """``schema`` or null; keywords of one type (minimum, pattern) ignore the null."""
+    if isinstance(schema.get("type"), str):
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def closed(properties: Mapping[str, Schema], required: Iterable[str] = (), **extra: Any) -> Schema:
+    """An object with exactly these properties, as the API refuses unknown fields and answers no others."""
+    schema: Schema = {"type": "object", "properties": dict(properties), "additionalProperties": False}
+    if required := list(required):
+        schema["required"] = required
+    return {**schema, **{key: value for key, value in extra.items() if value is not None}}
+
+
+STRING, NUMBER, BOOLEAN, NULL = ({"type": t} for t in ("string", "number", "boolean", "null"))
+DATE_TIME = {"type": "string", "format": "date-time"}
+ID = {"type": "string", "format": "uuid"}
+COUNT = {"type": "integer", "minimum": 0}
+QUEUE = {"type": "string", "pattern": QUEUE_NAME.pattern}
+PRIORITY = {"type": "integer", "minimum": PRIORITY_RANGE[0], "maximum": PRIORITY_RANGE[1]}
+
+#: The options a job request may carry next to ``task`` and ``args``, with the validator's ranges.
+JOB_OPTIONS: dict[str, Schema] = {
+    "queue": nullable({**QUEUE, "description": "Overrides the task's queue."}),
+    "delay_s": nullable({"type": "number", "minimum": 0, "maximum": MAX_DELAY_S}),
+    "eta": nullable({**DATE_TIME, "description": "RFC 3339 with an offset; not together with delay_s > 0."}),
+    "priority": nullable({**PRIORITY, "description": "null means 0."}),
+    "max_retries": nullable({"type": "integer", "minimum": 0, "maximum": MAX_RETRIES}),
+    "time_limit_s": nullable({"type": "number", "minimum": MIN_LIMIT_S, "maximum": MAX_TIME_LIMIT_S}),
+    "max_age_s": nullable({"type": "number", "minimum": MIN_LIMIT_S, "maximum": MAX_DELAY_S}),
+    "idempotency_key": nullable({"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
+}
+#: An eta and a positive delay together are refused.
+_ETA_AND_DELAY = {
+    "required": ["eta", "delay_s"],
+    "properties": {"eta": STRING, "delay_s": {"type": "number", "exclusiveMinimum": 0}},
+}
+
+
+def _args(spec: TaskSpec, *, held: bool = False) -> tuple[Schema, bool]:
+    """The task's args schema (``input`` optional when ``held``) and whether ``args`` must be given."""
+    args = dict(spec.args_schema)
+    required = [name for name in args.get("required", []) if not (held and name == INPUT_ARG)]
+    if "required" in args:
+        args["required"] = required
+    return args, bool(required)
+
+
+def job_request_variant(spec: TaskSpec, *, step: bool = False, held: bool = False) -> Schema:
+    """The request for one task; a workflow step takes no idempotency key, a held step may omit ``input``."""
+    args, args_required = _args(spec, held=held)
+    options = {**JOB_OPTIONS, "idempotency_key": NULL} if step else JOB_OPTIONS
+    return closed(
+        {"task": {"type": "string", "const": spec.name}, "args": args, **options},
+        ["task", "args"] if args_required else ["task"],
+        title=spec.name,
+        description=spec.description or None,
+        **{"not": _ETA_AND_DELAY},
+    )
+
+
+def _one_of(variants: list[Schema]) -> Schema:
+    # NOTE: oneOf must not be empty; with no task registered no request is valid.
+    return {"oneOf": variants} if variants else {"not": {}, "description": "No task is registered."}
+
+
+def job_request_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
+    """``JobRequest``, ``WorkflowStep`` and ``HeldWorkflowStep``, each a oneOf over the registered tasks."""
+    out: dict[str, Schema] = {}
+    kinds = {"JobRequest": {}, "WorkflowStep": {"step": True}, "HeldWorkflowStep": {"step": True, "held": True}}
+    for kind, flags in kinds.items():
+        for name, spec in sorted(specs.items()):
+            out[f"{kind}.{name}"] = job_request_variant(spec, **flags)
+        out[kind] = _one_of([ref(f"{kind}.{name}") for name in sorted(specs)])
+    return out
+
+
+def _workflow_schemas() -> dict[str, Schema]:
+    steps = {"type": "array", "minItems": 1, "maxItems": MAX_BATCH}
+    chain = {**steps, "prefixItems": [ref("WorkflowStep")], "items": ref("HeldWorkflowStep")}
+    request = {
+        "oneOf": [
+            closed({"type": {"const": "chain"}, "steps": chain, "callback": NULL}, ["type", "steps"]),
+            closed({"type": {"const": "group"}, "steps": {**steps, "items": ref("WorkflowStep")}, "callback": NULL},
+                   ["type", "steps"]),
+            closed({"type": {"const": "chord"}, "steps": {**steps, "items": ref("WorkflowStep")},
+                    "callback": ref("HeldWorkflowStep")}, ["type", "steps", "callback"]),
+        ]
+    }  # fmt: skip
+    statuses = [WorkflowStatus.RUNNING, WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED]
+    workflow: dict[str, Schema] = {
+        "id": ID,
+        "type": {"type": "string", "enum": list(WORKFLOW_TYPES)},
+        "status": {"type": "string", "enum": statuses},
+        "jobs": {"type": "array", "items": ID, "description": "Job ids in step order."},
+        "callback_job": nullable(ID),
+        "created_at": DATE_TIME,
+        "finished_at": nullable(DATE_TIME),
+    }
+    return {"WorkflowRequest": request, "Workflow": closed(workflow, workflow)}
+
+
+def _schedule_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
+    """A new schedule (POST) names its id; a change (PUT) sends only what changes, task and args together."""
+    cron = {"type": "string", "maxLength": 200, "format": CRON_FORMAT, "description": "e.g. '0 2 * * *', '@daily'."}
+    interval = {"type": "integer", "minimum": 1, "maximum": MAX_INTERVAL_S}
+    # NOTE: the names the scheduler's zone() accepts.
+    zones = {"type": "string", "enum": sorted(zoneinfo.available_timezones() | {"UTC"}), "default": "UTC"}
+    definition: dict[str, Schema] = {
+        "timezone": ref("TimeZone"),
+        "enabled": {"type": "boolean", "default": True},
+        "misfire": {"type": "string", "enum": [m.value for m in Misfire], "default": Misfire.COALESCE.value},
+        "misfire_grace_s": {"type": "number", "minimum": 1, "maximum": MAX_GRACE_S, "default": 60},
+        **{name: {"description": "Read-only; ignored when sent back."} for name in sorted(READ_ONLY_FIELDS)},
+    }
+    schedule_id = {
+        "type": "string",
+        "pattern": SCHEDULE_ID.pattern,
+        "not": {"pattern": f"^{re.escape(BUILTIN_PREFIX)}"},
+    }
+    timing = [
+        {"required": ["cron"], "properties": {"cron": cron, "interval_s": NULL}},
+        {"required": ["interval_s"], "properties": {"interval_s": interval, "cron": NULL}},
+    ]
+    no_timing = {"not": {"anyOf": [{"required": ["cron"]}, {"required": ["interval_s"]}]}}
+    out: dict[str, Schema] = {"TimeZone": zones}
+    for name, spec in sorted(specs.items()):
+        args, args_required = _args(spec)
+        props = {"task": {"type": "string", "const": name}, "args": args, "cron": {}, "interval_s": {}, **definition}
+        out[f"NewSchedule.{name}"] = closed(
+            {"id": schedule_id, **props}, ["id", "task", *(["args"] if args_required else [])], title=name
+        )
+        out[f"ScheduleChange.{name}"] = closed(props, ["task", "args"], title=name)
+    no_task = closed({"cron": {}, "interval_s": {}, **definition}, description="Timing or policy only.")
+    out["NewSchedule"] = {"allOf": [_one_of([ref(f"NewSchedule.{n}") for n in sorted(specs)]), {"oneOf": timing}]}
+    out["ScheduleChange"] = {
+        "allOf": [{"oneOf": [no_task, *(ref(f"ScheduleChange.{n}") for n in sorted(specs))]},
+                  {"oneOf": [*timing, no_timing]}],
+        "description": "Fields left out keep their value; task and args go together; giving cron or interval_s "
+                       "replaces the timing.",
+    }  # fmt: skip
+    schedule = {
+        "id": STRING,
+        "task": STRING,
+        "args": {"type": "object"},
+        "cron": nullable(STRING),
+        "interval_s": nullable(interval),
+        "timezone": STRING,
+        "enabled": BOOLEAN,
+        "misfire": definition["misfire"],
+        "misfire_grace_s": NUMBER,
+        "next_run_at": nullable(DATE_TIME),
+        "last_run_at": nullable(DATE_TIME),
+        "source": {"type": "string", "enum": [s.value for s in ScheduleSource]},
+    }
+    out["Schedule"] = closed(schedule, schedule)
+    out["ScheduleList"] = closed({"items": {"type": "array", "items": ref("Schedule")}}, ["items"])
+    return out
+
+
+def _job_schema() -> Schema:
+    error = {
+        "type": "object",
+        "properties": {"type": STRING, "message": STRING, "retryable": BOOLEAN},
+        "required": ["type", "message"],
+    }
+    props: dict[str, Schema] = {
+        "id": ID,
+        "task": STRING,
+        "queue": QUEUE,
+        "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+        "args": {"type": "object"},
+        "progress": nullable({"type": "object"}),
+        "result": {"description": "Any JSON the task returned, or null."},
+        "result_url": nullable(STRING),
+        "error": nullable(error),
+        "attempts": COUNT,
+        "max_retries": COUNT,
+        "priority": PRIORITY,
+        "time_limit_s": nullable(NUMBER),
+        "max_age_s": nullable(NUMBER),
+        "created_at": DATE_TIME,
+        "scheduled_for": nullable(DATE_TIME),
+        "started_at": nullable(DATE_TIME),
+        "finished_at": nullable(DATE_TIME),
+        "next_attempt_at": nullable(DATE_TIME),
+        "workflow_id": nullable(ID),
+        "schedule_id": nullable(STRING),
+    }
+    required = list(props)
+    props["cancel_requested"] = {"const": True, "description": "Present while a running attempt is interrupted."}
+    return closed(props, required)
+
+
+def _problem_schema() -> Schema:
+    error = closed({"path": STRING, "message": STRING}, ["path", "message"])
+    props = {
+        "type": {"type": "string", "format": "uri"},
+        "title": STRING,
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": STRING,
+        "errors": {"type": "array", "items": error, "description": "One entry per problem, at a JSON pointer."},
+    }
+    return {"type": "object", "properties": props, "required": ["type", "title", "status", "detail"]}
+
+
+def _queue_schemas() -> dict[str, Schema]:
+    kinds: dict[str, Schema] = {"int": COUNT, "float": {"type": "number", "minimum": 0}, "str": QUEUE}
+    stats = {f.name: kinds[str(f.type)] for f in fields(QueueStats)}
+    ids = {"type": "array", "items": {"type": "string", "maxLength": 36}, "minItems": 1, "maxItems": MAX_REQUEUE_IDS}
+    return {
+        "QueueStats": closed(stats, stats),
+        "QueueList": closed({"items": {"type": "array", "items": ref("QueueStats")}}, ["items"]),
+        "RequeueRequest": {"oneOf": [closed({"ids": ids}, ["ids"]), closed({"all": {"const": True}}, ["all"])]},
+        "Requeued": closed({"requeued": COUNT}, ["requeued"]),
+        "Purged": closed({"purged": COUNT}, ["purged"]),
+    }
+
+
+def component_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
+    """Every schema of the document, for the tasks registered now."""
+    task: dict[str, Schema] = {
+        "name": STRING,
+        "queue": QUEUE,
+        "args_schema": {"type": "object", "description": "JSON Schema (2020-12) of the task's args."},
+        "max_retries": COUNT,
+        "time_limit_s": nullable(NUMBER),
+        "max_age_s": nullable(NUMBER),
+        "priority": {"type": "integer"},
+        "description": STRING,
+    }
+    jobs = {"type": "array", "items": ref("Job")}
+    return {
+        "Problem": _problem_schema(),
+        "Job": _job_schema(),
+        "JobPage": closed({"items": jobs, "next_cursor": nullable(STRING)}, ["items", "next_cursor"]),
+        "JobBatchRequest": closed(
+            {"jobs": {"type": "array", "items": ref("JobRequest"), "minItems": 1, "maxItems": MAX_BATCH}}, ["jobs"]
+        ),
+        "JobBatch": closed({"jobs": jobs}, ["jobs"]),
+        **job_request_schemas(specs),
+        "Task": closed(task, task),
+        "TaskList": closed({"items": {"type": "array", "items": ref("Task")}}, ["items"]),
+        **_workflow_schemas(),
+        **_queue_schemas(),
+        **_schedule_schemas(specs),
+    }

@@ -1,0 +1,97 @@
+"""``/v1/schedules``: list, create, read, change and delete schedules.
+
+Schedules from schedules.toml may be disabled (and enabled again) over the
+API but not changed otherwise or deleted; the file is their source. The
+built-in housekeeping schedules are read-only. A change reaches the running
+scheduler leader within a couple of seconds (it polls the table's versions).
+"""
+
+from __future__ import annotations
+
+import falcon
+
+from services.api.body import read_json
+from services.scheduler.definition import next_run_after_change, parse_schedule
+from shared.errors import Conflict, FieldError, InvalidInput
+from shared.job import utcnow
+from shared.store.schedules import DEFINITION_FIELDS, ScheduleSource, ScheduleStore
+from shared.store.tasks import TaskRegistry
+
+
+class SchedulesResource:
+    scopes = {"GET": "read", "POST": "admin"}
+
+    def __init__(self, schedules: ScheduleStore, registry: TaskRegistry, max_body_bytes: int) -> None:
+        self.schedules = schedules
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        errors = [FieldError(f"/query/{name}", "is not a filter of this list") for name in sorted(req.params)]
+        if errors:
+            raise InvalidInput("the list query is invalid", errors)
+        resp.media = {"items": [schedule.to_api() for schedule in self.schedules.all()]}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self.max_body_bytes)
+        if isinstance(body, dict) and isinstance(body.get("id"), str) and self.schedules.find(body["id"]) is not None:
+            raise Conflict(f"a schedule with id {body['id']!r} exists already", [FieldError("/id", "is taken")])
+        errors: list[FieldError] = []
+        schedule = parse_schedule(body, registry=self.registry, errors=errors)
+        if schedule is None:
+            raise InvalidInput("the schedule is invalid", errors)
+        schedule.next_run_at = next_run_after_change(schedule, None, utcnow())
+        created = self.schedules.create(schedule)
+        resp.status = falcon.HTTP_201
+        resp.set_header("Location", f"/v1/schedules/{created.id}")
+        resp.media = created.to_api()
+
+
+class ScheduleResource:
+    scopes = {"GET": "read", "PUT": "admin", "DELETE": "admin"}
+
+    def __init__(self, schedules: ScheduleStore, registry: TaskRegistry, max_body_bytes: int) -> None:
+        self.schedules = schedules
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, schedule_id: str) -> None:
+        resp.media = self.schedules.get(schedule_id).to_api()
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, schedule_id: str) -> None:
+        """Change a schedule; fields left out of the body keep their values."""
+        current = self.schedules.get(schedule_id)
+        if current.source == ScheduleSource.BUILTIN:
+            raise Conflict(f"schedule {schedule_id!r} is built in and read-only")
+        body = read_json(req, self.max_body_bytes)
+        errors: list[FieldError] = []
+        updated = parse_schedule(body, registry=self.registry, errors=errors, current=current)
+        if updated is None:
+            raise InvalidInput("the schedule is invalid", errors)
+        if current.source == ScheduleSource.FILE:
+            locked = [
+                FieldError(f"/{name}", "is set by the schedules file; change it there")
+                for name in DEFINITION_FIELDS
+                if name != "enabled" and getattr(updated, name) != getattr(current, name)
+            ]
+            if locked:
+                raise Conflict(
+                    f"schedule {schedule_id!r} comes from the schedules file; over the API it can only be "
+                    "enabled or disabled",
+                    locked,
+                )
+        if updated.definition() == current.definition():
+            resp.media = current.to_api()
+            return
+        updated.next_run_at = next_run_after_change(updated, current, utcnow())
+        resp.media = self.schedules.replace(updated, expected_version=current.version).to_api()
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, schedule_id: str) -> None:
+        current = self.schedules.get(schedule_id)
+        if current.source == ScheduleSource.BUILTIN:
+            raise Conflict(f"schedule {schedule_id!r} is built in and read-only")
+        if current.source == ScheduleSource.FILE or not self.schedules.delete(schedule_id, source=ScheduleSource.API):
+            raise Conflict(
+                f"schedule {schedule_id!r} comes from the schedules file: remove it there, or disable it over the API"
+            )
+        resp.status = falcon.HTTP_204

@@ -1,0 +1,73 @@
+"""Built-in housekeeping: pruning finished jobs past the retention, with their files and dead letters."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import redis
+from sqlalchemy import Engine, update
+
+from services.scheduler.housekeeping import BUILTIN_INTERVALS_S, QueueNames, builtin_schedules, prune_finished
+from services.scheduler.ticks import tick_job_id
+from shared.job import JobStatus, utcnow
+from shared.results import DirectoryStorage, result_reference
+from shared.store.jobs import JobFilter, JobStore
+from shared.store.models import jobs
+from shared.store.tasks import TaskRegistry
+from tests.shared.store.test_jobs import make_job
+
+DAY = timedelta(days=1)
+
+
+def finish(engine: Engine, job_id: str, status: JobStatus, ago: timedelta, **values: object) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs).where(jobs.c.id == job_id).values(status=status.value, finished_at=utcnow() - ago, **values)
+        )
+
+
+def test_prune_deletes_old_finished_jobs_their_files_and_dead_letters(
+    engine: Engine, store: JobStore, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    results = DirectoryStorage(tmp_path / "results")
+    # Given jobs created ten days ago: three finished long ago, one recently, one still running
+    created = utcnow() - 10 * DAY
+    # Job ids are UUIDv7 of their creation time (pruning relies on it): make them ten days old too.
+    old = [make_job(id=tick_job_id(f"old-{i}", created), created_at=created) for i in range(3)]
+    recent = make_job(id=tick_job_id("recent", created), created_at=created)
+    running = make_job(id=tick_job_id("running", created), created_at=created)
+    fresh = make_job()
+    store.insert([*old, recent, running, fresh])
+    with_file, dead, cancelled = old
+    finish(engine, with_file.id, JobStatus.SUCCEEDED, 8 * DAY, result_url=f"/v1/jobs/{with_file.id}/result")
+    results.put(with_file.id, b"a,b\n", "text/csv")
+    finish(engine, dead.id, JobStatus.FAILED, 9 * DAY, dead=True)
+    redis_client.zadd("dramatiq:default.XQ", {"r-dead": 1})
+    redis_client.hset("dramatiq:default.XQ.msgs", "r-dead", json.dumps({"message_id": dead.id}))
+    finish(engine, cancelled.id, JobStatus.CANCELLED, 8 * DAY)
+    finish(engine, recent.id, JobStatus.SUCCEEDED, DAY)
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == running.id).values(status=JobStatus.RUNNING.value))
+
+    # When pruning with a retention of a week, in batches of two
+    pruned = prune_finished(engine, results, redis_client, retention_s=7 * 86400, batch=2)
+
+    # Then only the old finished jobs are gone, with their result file and their dead letter
+    assert pruned == 3
+    left = {job.id for job in store.page(JobFilter(), limit=50).items}
+    assert left == {recent.id, running.id, fresh.id}
+    assert not (tmp_path / "results" / result_reference(with_file.id)).exists()
+    assert redis_client.hlen("dramatiq:default.XQ.msgs") == 0
+    assert prune_finished(engine, results, redis_client, retention_s=7 * 86400) == 0
+
+
+def test_builtin_schedules_and_queue_names(registry: TaskRegistry) -> None:
+    builtins = {s.id: s for s in builtin_schedules()}
+    assert {name: s.interval_s for name, s in builtins.items()} == BUILTIN_INTERVALS_S
+    assert builtins["maintenance.relay"].interval_s == 1 and builtins["maintenance.prune"].interval_s == 3600
+    names = QueueNames(registry)
+    assert names() == []
+    names.refresh()
+    assert "default" in names()

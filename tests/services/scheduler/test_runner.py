@@ -1,0 +1,208 @@
+"""The leader's runner in-process, on a real Redis and store, with a fixed clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import REGISTRY
+from sqlalchemy import Engine
+
+from services.scheduler.leader import LeaderLease
+from services.scheduler.runner import CATCH_UP_SUFFIX, Runner
+from services.scheduler.ticks import tick_job_id
+from shared.broker import build_broker
+from shared.store.jobs import JobFilter, JobStore
+from shared.store.schedules import Misfire, Schedule, ScheduleSource, ScheduleStore
+from shared.store.tasks import TaskRegistry
+
+NOON = datetime(2024, 6, 1, 12, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    now: datetime = NOON
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Replica:
+    runner: Runner
+    lease: LeaderLease
+    clock: Clock
+    calls: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def replicas(
+    engine: Engine, registry: TaskRegistry, redis_url: str, redis_client: redis.Redis
+) -> Iterator[list[Replica]]:
+    """Two replicas that both believe they lead (separate lease keys): the overlap of a failover."""
+    made: list[Replica] = []
+    for index in range(2):
+        broker = build_broker(redis_url)
+        lease = LeaderLease(redis_client, f"replica-{index}", ttl_s=5, key=f"test:leader:{index}")
+        assert lease.refresh()
+        clock = Clock()
+        replica = Replica(runner=None, lease=lease, clock=clock)  # type: ignore[arg-type]
+        replica.runner = Runner(
+            scheduler=BackgroundScheduler(timezone="UTC"),
+            schedules=ScheduleStore(engine),
+            jobs=JobStore(engine),
+            registry=registry,
+            broker=broker,
+            lease=lease,
+            housekeeping={"maintenance.relay": lambda r=replica: r.calls.append("relay")},
+            clock=clock,
+        )
+        # NOTE: started paused: jobs land in APScheduler's job store (and replace each other) but never run.
+        replica.runner.scheduler.start(paused=True)
+        made.append(replica)
+    yield made
+    for replica in made:
+        replica.runner.scheduler.shutdown(wait=False)
+
+
+def every_second(**overrides: object) -> Schedule:
+    values: dict[str, object] = {
+        "id": "tick",
+        "task": "diagnostics.echo",
+        "args": {"message": "tick"},
+        "cron": None,
+        "interval_s": 1,
+        "next_run_at": NOON,
+        "misfire_grace_s": 5.0,
+    }
+    values.update(overrides)
+    return Schedule(**values)  # type: ignore[arg-type]
+
+
+def jobs_of(engine: Engine, schedule_id: str) -> list[str]:
+    return sorted(job.id for job in JobStore(engine).page(JobFilter(schedule_id=schedule_id), limit=500).items)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_fire_inserts_and_publishes_the_tick_job_and_records_the_run(
+    engine: Engine, replicas: list[Replica], redis_client: redis.Redis
+) -> None:
+    schedules = ScheduleStore(engine)
+    schedules.create(every_second())
+    fires_before = sample("jobrelay_schedule_fires_total", schedule="tick")
+    replica = replicas[0]
+    replica.clock.now = NOON + timedelta(milliseconds=3)
+    replica.runner.fire("tick")
+    job = JobStore(engine).get(tick_job_id("tick", NOON))
+    assert job.schedule_id == "tick" and job.task == "diagnostics.echo" and job.args == {"message": "tick"}
+    assert job.queue == "default" and job.published_at is not None
+    [message] = [json.loads(v) for v in redis_client.hgetall("dramatiq:default.msgs").values()]
+    assert message["message_id"] == job.id
+    stored = schedules.get("tick")
+    assert stored.last_run_at == NOON and stored.next_run_at == NOON + timedelta(seconds=1)
+    assert sample("jobrelay_schedule_fires_total", schedule="tick") == fires_before + 1
+    assert sample("jobrelay_schedule_last_fire_timestamp_seconds", schedule="tick") == NOON.timestamp()
+
+
+def test_two_overlapping_leaders_fire_each_tick_once(engine: Engine, replicas: list[Replica]) -> None:
+    schedules = ScheduleStore(engine)
+    schedules.create(every_second())
+    # Both wake up for 12:00:00 and 12:00:01 (the second one a little later, from stale state).
+    for replica in replicas:
+        replica.clock.now = NOON + timedelta(seconds=1, milliseconds=10)
+    replicas[0].runner.fire("tick")
+    # The second replica woke from the state before the first recorded its run: put that state back.
+    current = schedules.get("tick")
+    assert current.next_run_at == NOON + timedelta(seconds=2)
+    schedules.replace(replace(current, next_run_at=NOON), expected_version=current.version)
+    replicas[1].runner.fire("tick")
+    assert jobs_of(engine, "tick") == sorted(tick_job_id("tick", NOON + timedelta(seconds=s)) for s in (0, 1))
+
+
+def test_a_new_leader_catches_up_missed_ticks_by_policy(engine: Engine, replicas: list[Replica]) -> None:
+    schedules = ScheduleStore(engine)
+    schedules.create(every_second(id="coalesced", misfire=Misfire.COALESCE))
+    schedules.create(every_second(id="skipped", misfire=Misfire.SKIP))
+    missed_before = sample("jobrelay_schedule_misfires_total", schedule="skipped", outcome="skipped")
+    # Given nobody fired from 12:00:00 to 12:00:20.5, with a grace time of 5 s
+    replica = replicas[0]
+    replica.clock.now = NOON + timedelta(seconds=20, milliseconds=500)
+    replica.runner.fire("coalesced")
+    replica.runner.fire("skipped")
+    # Then 12:00:16 .. 12:00:20 run normally; 12:00:00 .. 12:00:15 became one catch-up run for 12:00:15, or nothing
+    on_time = [tick_job_id("coalesced", NOON + timedelta(seconds=s)) for s in range(16, 21)]
+    assert jobs_of(engine, "coalesced") == sorted([tick_job_id("coalesced", NOON + timedelta(seconds=15)), *on_time])
+    assert jobs_of(engine, "skipped") == sorted(
+        tick_job_id("skipped", NOON + timedelta(seconds=s)) for s in range(16, 21)
+    )
+    assert sample("jobrelay_schedule_misfires_total", schedule="skipped", outcome="skipped") == missed_before + 16
+    assert schedules.get("skipped").next_run_at == NOON + timedelta(seconds=21)
+
+
+def test_nothing_fires_without_the_lease_or_for_a_disabled_schedule(engine: Engine, replicas: list[Replica]) -> None:
+    schedules = ScheduleStore(engine)
+    schedules.create(every_second())
+    schedules.create(every_second(id="off", enabled=False))
+    replica = replicas[0]
+    replica.lease.release()
+    replica.runner.fire("tick")
+    assert jobs_of(engine, "tick") == []
+    assert replica.lease.refresh()
+    replica.runner.fire("off")
+    assert jobs_of(engine, "off") == []
+
+
+def test_a_tick_of_an_unregistered_task_is_counted_and_the_schedule_moves_on(
+    engine: Engine, replicas: list[Replica]
+) -> None:
+    schedules = ScheduleStore(engine)
+    schedules.create(every_second(task="gone.away"))
+    before = sample("jobrelay_schedule_misfires_total", schedule="tick", outcome="error")
+    replicas[0].runner.fire("tick")
+    assert jobs_of(engine, "tick") == []
+    assert sample("jobrelay_schedule_misfires_total", schedule="tick", outcome="error") == before + 1
+    stored = schedules.get("tick")
+    assert stored.next_run_at == NOON + timedelta(seconds=1) and stored.last_run_at is None
+
+
+def test_builtin_schedules_run_their_function_once_per_wake_up(engine: Engine, replicas: list[Replica]) -> None:
+    schedules = ScheduleStore(engine)
+    relay = every_second(id="maintenance.relay", task="maintenance.relay", args={}, source=ScheduleSource.BUILTIN)
+    schedules.sync(ScheduleSource.BUILTIN, [relay])
+    replica = replicas[0]
+    replica.clock.now = NOON + timedelta(seconds=3)
+    replica.runner.fire("maintenance.relay")
+    assert replica.calls == ["relay"]
+    assert schedules.get("maintenance.relay").last_run_at == NOON + timedelta(seconds=3)
+    assert jobs_of(engine, "maintenance.relay") == []
+
+
+def test_sync_loads_changes_and_unloads(engine: Engine, replicas: list[Replica]) -> None:
+    schedules = ScheduleStore(engine)
+    runner = replicas[0].runner
+    replicas[0].clock.now = NOON - timedelta(seconds=10)
+    schedules.create(every_second())
+    runner.sync()
+    assert runner.scheduler.get_job("tick") is not None
+    assert runner.scheduler.get_job("tick" + CATCH_UP_SUFFIX) is None
+    # Given the schedule changes while ticks are overdue
+    replicas[0].clock.now = NOON + timedelta(seconds=10)
+    current = schedules.get("tick")
+    schedules.replace(replace(current, interval_s=5), expected_version=current.version)
+    runner.sync()
+    # Then it is reloaded with a catch-up wake-up
+    assert str(runner.scheduler.get_job("tick").trigger) == "interval[0:00:05]"
+    assert runner.scheduler.get_job("tick" + CATCH_UP_SUFFIX) is not None
+    # And disabling unloads it
+    current = schedules.get("tick")
+    schedules.replace(replace(current, enabled=False), expected_version=current.version)
+    runner.sync()
+    assert runner.scheduler.get_jobs() == []
