@@ -41,6 +41,8 @@ from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
 from shared.store.schedules import ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
+from shared.store.workflows import WorkflowStore
+from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,14 @@ def run(settings: Settings) -> int:
     start_http_server(int(port), addr=host)
 
     results = build_result_storage(settings.effective_result_storage_url)
+    workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
     work: dict[str, Callable[[], object]] = {
         housekeeping.RELAY: lambda: relay(store, broker, grace_s=settings.relay_grace_s),
-        housekeeping.REQUEUE_ORPHANS: lambda: requeue_orphans(
-            broker.client, store, dead_after_s=settings.worker_dead_after_s
+        # What crashes leave behind: messages of dead workers, and workflows whose worker died
+        # between recording a step and moving the workflow on.
+        housekeeping.REQUEUE_ORPHANS: lambda: (
+            requeue_orphans(broker.client, store, dead_after_s=settings.worker_dead_after_s),
+            workflow_engine.advance_stale(),
         ),
         housekeeping.PRUNE: lambda: prune_finished(
             engine, results, broker.client, retention_s=settings.job_retention_s

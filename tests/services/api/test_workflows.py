@@ -96,3 +96,25 @@ def test_workflow_validation_names_each_problem_and_stores_nothing(client: testi
     assert {e["path"] for e in resp.json["errors"]} == {"/extra", "/callback", "/steps/1/args/add"}
     assert store.page(JobFilter()).items == []
     assert client.simulate_get("/v1/workflows/01a20c37-2245-7190-9508-c8914ae674fd").status_code == 404
+
+
+def test_a_workflow_left_behind_by_a_dead_worker_is_moved_on(client: testing.TestClient, store: JobStore) -> None:
+    from shared.broker import build_broker
+    from shared.store.tasks import TaskRegistry
+    from shared.store.workflows import WorkflowStore
+    from shared.workflows import WorkflowEngine
+
+    # Given a chain whose first step was recorded succeeded by a worker that died before advancing it
+    resp = client.simulate_post("/v1/workflows", json={"type": "chain", "steps": [step(1), step(2)]})
+    first, second = resp.json["jobs"]
+    store.claim(first, owner="dead", lease_s=30)
+    store.finish(first, owner="dead", status=JobStatus.SUCCEEDED, result=1)
+    assert store.get(second).held
+    # When the scheduler's housekeeping looks at workflows that have not moved
+    engine = WorkflowEngine(
+        WorkflowStore(store.engine), store, TaskRegistry(store.engine), build_broker("redis://127.0.0.1:1/0")
+    )
+    assert engine.advance_stale(older_than_s=0) == 1
+    # Then the next step is released with its input
+    released = store.get(second)
+    assert not released.held and released.status is JobStatus.QUEUED and released.args["input"] == 1
