@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import uuid
+from datetime import datetime
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -40,3 +41,9 @@ def is_id(text: str) -> bool:
         return str(uuid.UUID(text)) == text
     except ValueError:
         return False
+
+
+def id_lower_bound(moment: datetime) -> str:
+    """The smallest UUIDv7 of ``moment``'s millisecond: ids made at or after it sort at or after this."""
+    ms = max(0, int(moment.timestamp() * 1000))
+    return str(uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | 0b10 << 62))
