@@ -276,6 +276,25 @@ class JobStore:
                     done[i] = finishes[i].job_id in ok
         return done
 
+    def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
+        """Fail a job whose message could not even be run (unknown task, undecodable): it is dead."""
+        now = utcnow()
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.not_in([s.value for s in FINAL_STATUSES]))
+                .values(
+                    status=JobStatus.FAILED.value,
+                    error=error,
+                    dead=True,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        return done.rowcount == 1
+
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         with write_transaction(self.engine) as conn:
             conn.execute(

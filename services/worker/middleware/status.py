@@ -198,6 +198,19 @@ class JobStatusMiddleware(Middleware):
         finally:
             reset_log_context(self._local.log_token)
 
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        """A message Dramatiq dead-letters on its own (an actor no worker has) fails its job for good."""
+        exc = message._exception
+        if exc is None:
+            return
+        error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "retryable": False}
+        try:
+            if self.store.fail_undelivered(message.message_id, error):
+                metrics.jobs_failed_total.labels(message.actor_name, message.queue_name).inc()
+                log.error("job %s dead-lettered without running: %s", message.message_id, error["message"])
+        except Exception:
+            log.exception("could not record the dead letter of job %s", message.message_id)
+
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         with self._running_lock:
             self._running.pop(message.message_id, None)

@@ -20,3 +20,11 @@ def accumulate(add: float, input: float | list[float] | None = None) -> float:
     if isinstance(input, list):
         return add + sum(input)
     return add + (input or 0)
+
+
+@task(name="testing.retry_later", queue="default", max_retries=5, time_limit_s=10)
+def retry_later(after_s: float) -> None:
+    """Always ask to run again after ``after_s`` seconds."""
+    from services.worker.retry_policy import Retry
+
+    raise Retry(after_s=after_s)

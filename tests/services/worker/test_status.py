@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import redis
 
+import tests.services.worker.tasks_for_tests  # noqa: F401 - registers the testing.* tasks
 from shared.broker import message_for
+from shared.ids import new_id
 from shared.job import JobStatus
 from shared.results import build_result_storage
 from shared.settings import Settings
@@ -74,3 +77,30 @@ def test_cancelled_queued_job_never_runs(harness: Harness) -> None:
     harness.broker.join("default", timeout=5000)
     final = harness.store.get(job.id)
     assert final.status is JobStatus.CANCELLED and final.attempts == 0 and final.result is None
+
+
+def test_cancelled_retrying_job_never_runs_again(harness: Harness) -> None:
+    # Given a job waiting for its retry
+    job = harness.submit({"task": "testing.retry_later", "args": {"after_s": 1.5}})
+    harness.wait(job.id, until=lambda j: j.status is JobStatus.RETRYING)
+    # When it is cancelled before the retry is due
+    harness.store.cancel(job.id)
+    harness.broker.join("default", timeout=10_000)
+    # Then the retry message is skipped: one attempt only, and the job stays cancelled
+    final = harness.store.get(job.id)
+    assert final.status is JobStatus.CANCELLED and final.attempts == 1
+
+
+def test_a_message_for_an_unknown_task_fails_its_job_with_a_clear_error(harness: Harness) -> None:
+    # Given a job whose message names a task no worker has (a task renamed since it was queued)
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "x"}})
+    harness.wait(job.id)
+    ghost = dataclasses.replace(job, id=new_id(), task="renamed.away")
+    harness.store.insert([ghost])
+    harness.broker.enqueue(message_for(ghost))
+    # Then the job fails for good, dead-lettered, naming the problem, and the worker goes on
+    done = harness.wait(ghost.id)
+    assert done.status is JobStatus.FAILED and done.dead and done.error
+    assert done.error["type"] == "ActorNotFound" and "renamed.away" in done.error["message"]
+    again = harness.submit({"task": "diagnostics.echo", "args": {"message": "still here"}})
+    assert harness.wait(again.id).result == "still here"
