@@ -101,9 +101,10 @@ def run_once(kind: str, n: int, processes: int, threads: int) -> float:
         try:
             client = redis.Redis.from_url(server.url)
             env = {**os.environ, "REDIS_URL": server.url, "DATA_DIR": tmp, "LOG_LEVEL": "WARNING"}
-            if kind == "jobrelay":
+            if kind.startswith("jobrelay"):
                 database_url = f"sqlite:///{tmp}/jobs.db"
                 preload_jobrelay(server.url, database_url, n)
+                env.update(WORKER_METRICS="off" if kind == "jobrelay-no-metrics" else "on")
                 env.update(DATABASE_URL=database_url, TASK_MODULES="bench.noop_tasks",
                            WORKER_METRICS_BIND=f"127.0.0.1:{free_port()}")  # fmt: skip
                 cmd = [sys.executable, "-m", "services.cli", "worker", "--queues", QUEUE,
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     kinds: dict[str, Callable[[], float]] = {
         kind: (lambda kind=kind: run_once(kind, args.jobs, args.processes, args.threads))  # type: ignore[misc]
-        for kind in ("jobrelay", "dramatiq")
+        for kind in ("jobrelay", "jobrelay-no-metrics", "dramatiq")
     }
     results: dict[str, list[float]] = {kind: [] for kind in kinds}
     for run in range(args.runs):
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"run {run + 1} {kind}: {rate:,.0f} jobs/s", flush=True)
     ratios = [a / b for a, b in zip(results["jobrelay"], results["dramatiq"], strict=True)]
     ratio = sorted(ratios)[len(ratios) // 2]
+    costs = [1 - a / b for a, b in zip(results["jobrelay"], results["jobrelay-no-metrics"], strict=True)]
+    metrics_cost = sorted(costs)[len(costs) // 2]
     body = f"""
 No-op task, {args.jobs:,} jobs preloaded, {args.processes} processes x {args.threads} threads, each side on
 a fresh private Redis (jobrelay also on a fresh SQLite job store), {args.runs} interleaved runs.
@@ -148,10 +151,14 @@ Machine: {machine()}.
 | worker | jobs/s, median (range) |
 | --- | --- |
 | jobrelay (status tracking, leases, metrics) | {summary(results["jobrelay"])} |
+| jobrelay with `WORKER_METRICS=off` | {summary(results["jobrelay-no-metrics"])} |
 | bare Dramatiq 2 (default middleware) | {summary(results["dramatiq"])} |
 
 Ratio jobrelay / Dramatiq, median of the per-run ratios: **{ratio:.2f}** (target ≥ 0.80:
 {"met" if ratio >= 0.8 else "not met"}).
+
+Cost of the metrics (throughput lost with metrics on, median of the per-run differences):
+**{metrics_cost:.1%}** (target at most 5%: {"met" if metrics_cost <= 0.05 else "not met"}).
 """
     write_section("Worker throughput (no-op task)", body)
     print(body)

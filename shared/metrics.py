@@ -116,3 +116,30 @@ def start_job_series(tasks: list[tuple[str, str]]) -> None:
             jobs_in_progress,
         ):
             metric.labels(task, queue)
+
+
+class _Null:
+    """Stands in for every metric when metrics are off: each call does nothing."""
+
+    def labels(self, *_: object, **__: object) -> _Null:
+        return self
+
+    def inc(self, *_: object) -> None:
+        pass
+
+    def dec(self, *_: object) -> None:
+        pass
+
+    def set(self, *_: object) -> None:
+        pass
+
+    def observe(self, *_: object) -> None:
+        pass
+
+
+def disable() -> None:
+    """Turn this process's job metrics into no-ops (``WORKER_METRICS=off``; the benchmark's baseline)."""
+    module = globals()
+    for name, value in list(module.items()):
+        if isinstance(value, Counter | Gauge | Histogram):
+            module[name] = _Null()

@@ -54,6 +54,7 @@ class Settings:
     result_storage_url: str | None = None
     result_inline_max_bytes: int = 64 * 1024
     worker_metrics_bind: str = "127.0.0.1:9191"
+    worker_metrics: bool = True
     scheduler_metrics_bind: str = "127.0.0.1:9192"
     schedules_file: Path | None = None
     worker_processes: int = 1
@@ -106,6 +107,7 @@ class Settings:
             result_storage_url=_get(env, "RESULT_STORAGE_URL", _url(("file", "s3")), None),
             result_inline_max_bytes=_get(env, "RESULT_INLINE_MAX_BYTES", _int(0, 16 << 20), d.result_inline_max_bytes),
             worker_metrics_bind=_get(env, "WORKER_METRICS_BIND", _bind, d.worker_metrics_bind),
+            worker_metrics=_get(env, "WORKER_METRICS", _on_off, True),
             scheduler_metrics_bind=_get(env, "SCHEDULER_METRICS_BIND", _bind, d.scheduler_metrics_bind),
             schedules_file=_get(env, "SCHEDULES_FILE", _path, None),
             worker_processes=_get(env, "WORKER_PROCESSES", _int(1, 256), d.worker_processes),

@@ -27,6 +27,7 @@ from services.worker.tasks import load_task_modules
 from shared.broker import build_broker
 from shared.catalog import Catalog, TaskDefinition
 from shared.logs import configure_logging
+from shared.metrics import disable as disable_metrics
 from shared.metrics import start_job_series
 from shared.results import build_result_storage
 from shared.settings import Settings
@@ -122,7 +123,10 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     # NOTE: Dramatiq's consumer backs off (sleeps) whenever its prefetch is all in flight; with
     # status writes in the loop a message stays in flight longer, so keep more of them fetched.
     worker.queue_prefetch = threads * PREFETCH_PER_THREAD
-    start_job_series([(spec.name, spec.queue) for spec in catalog.specs() if spec.queue in queues])
+    if settings.worker_metrics:
+        start_job_series([(spec.name, spec.queue) for spec in catalog.specs() if spec.queue in queues])
+    else:
+        disable_metrics()
     broker.emit_after("process_boot")
     worker.start()
     heartbeat.start()
