@@ -22,7 +22,6 @@ from services.worker.context import current_job
 from services.worker.heartbeat import Heartbeat
 from services.worker.middleware.status import JobStatusMiddleware
 from services.worker.middleware.watchdog import Watchdog
-from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
 from shared.broker import build_broker
 from shared.catalog import Catalog, TaskDefinition
@@ -88,7 +87,6 @@ def build_worker_broker(
         lease_s=settings.job_lease_s,
         inline_max_bytes=settings.result_inline_max_bytes,
         on_final=lambda job: workflows.advance(job.workflow_id) if job.workflow_id else None,
-        writes=StatusWriter(store),
     )
     broker = build_broker(
         redis_url,

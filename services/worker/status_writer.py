@@ -13,31 +13,11 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from shared.job import JobStatus
 from shared.store.jobs import Claim, ClaimRequest, FinishRequest, JobStore
 
 log = logging.getLogger(__name__)
-
-
-class StatusWrites(Protocol):
-    """What the status middleware writes through: the store itself, or a ``StatusWriter``."""
-
-    def claim(self, job_id: str, *, owner: str, lease_s: float) -> Claim: ...
-
-    def finish(
-        self,
-        job_id: str,
-        *,
-        owner: str,
-        status: JobStatus,
-        result: Any = None,
-        result_url: str | None = None,
-        error: dict[str, Any] | None = None,
-        next_attempt_at: datetime | None = None,
-    ) -> bool: ...
 
 
 @dataclass
@@ -54,24 +34,13 @@ class StatusWriter:
         self._thread = threading.Thread(target=self._run, name="jobrelay-status-writer", daemon=True)
         self._thread.start()
 
-    def claim(self, job_id: str, *, owner: str, lease_s: float) -> Claim:
-        """As ``JobStore.claim``, committed with the other threads' writes."""
-        result: Claim = self._submit(ClaimRequest(job_id, owner, lease_s))
-        return result
+    def claim(self, request: ClaimRequest) -> Claim:
+        """As ``JobStore.claim``, committed together with the other threads' writes."""
+        claim: Claim = self._submit(request)
+        return claim
 
-    def finish(
-        self,
-        job_id: str,
-        *,
-        owner: str,
-        status: JobStatus,
-        result: Any = None,
-        result_url: str | None = None,
-        error: dict[str, Any] | None = None,
-        next_attempt_at: datetime | None = None,
-    ) -> bool:
-        """As ``JobStore.finish``, committed with the other threads' writes."""
-        request = FinishRequest(job_id, owner, status, result, result_url, error, next_attempt_at)
+    def finish(self, request: FinishRequest) -> bool:
+        """As ``JobStore.finish``: False when the lease passed to another worker."""
         done: bool = self._submit(request)
         return done
 

@@ -24,14 +24,14 @@ from sqlalchemy.exc import DBAPIError
 
 from services.worker.context import JobContext, enter_job, leave_job
 from services.worker.retry_policy import Decision, Retry, decide
-from services.worker.status_writer import StatusWrites
+from services.worker.status_writer import StatusWriter
 from shared import metrics
 from shared.catalog import Catalog, TaskDefinition
 from shared.errors import TaskError
 from shared.job import Job, JobStatus, utcnow
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage, encode_result
-from shared.store.jobs import ClaimOutcome, JobStore
+from shared.store.jobs import ClaimOutcome, ClaimRequest, FinishRequest, JobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,11 +97,11 @@ class JobStatusMiddleware(Middleware):
         lease_s: float,
         inline_max_bytes: int,
         on_final: Callable[[Job], None] | None = None,
-        writes: StatusWrites | None = None,
+        writes: StatusWriter | None = None,
     ) -> None:
         self.store = store
         #: Claims and finishes go through here: a StatusWriter batches them in a busy process.
-        self.writes: StatusWrites = writes or store
+        self.writes = writes or StatusWriter(store)
         self.catalog = catalog
         self.results = results
         self.owner = owner
@@ -132,7 +132,7 @@ class JobStatusMiddleware(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         labels = (message.actor_name, message.queue_name)
-        claim = persist(lambda: self.writes.claim(message.message_id, owner=self.owner, lease_s=self.lease_s))
+        claim = persist(lambda: self.writes.claim(ClaimRequest(message.message_id, self.owner, self.lease_s)))
         if claim.outcome is ClaimOutcome.DUPLICATE:
             metrics.jobs_duplicates_skipped_total.labels(*labels).inc()
             log.info("skipping duplicate delivery of job %s", message.message_id)
@@ -232,12 +232,13 @@ class JobStatusMiddleware(Middleware):
         if result_url is None and len(body) > self.inline_max_bytes:
             self.results.put(job.id, body, "application/json")
             result, result_url = None, f"/v1/jobs/{job.id}/result"
-        if not persist(
-            lambda: self.writes.finish(
-                job.id, owner=self.owner, status=JobStatus.SUCCEEDED, result=result, result_url=result_url
-            )
-        ):
+        if not self._finish(job, JobStatus.SUCCEEDED, result=result, result_url=result_url):
             log.warning("job %s finished after its lease passed to another worker", job.id)
+
+    def _finish(self, job: Job, status: JobStatus, **fields: Any) -> bool:
+        """Record the end of this attempt, waiting out a store outage; False if the lease was lost."""
+        request = FinishRequest(job.id, self.owner, status, **fields)
+        return persist(lambda: self.writes.finish(request))
 
     def _decide(self, job: Job, exc: BaseException) -> tuple[Decision, dict[str, Any]]:
         try:
@@ -263,25 +264,15 @@ class JobStatusMiddleware(Middleware):
     def _fail(self, broker: Broker, message: MessageProxy, job: Job, exc: BaseException) -> None:
         labels = (job.task, job.queue)
         if isinstance(exc, Cancelled):
-            persist(
-                lambda: self.writes.finish(
-                    job.id,
-                    owner=self.owner,
-                    status=JobStatus.CANCELLED,
-                    error={"type": "Cancelled", "message": "cancelled while running", "retryable": False},
-                )
-            )
+            error = {"type": "Cancelled", "message": "cancelled while running", "retryable": False}
+            self._finish(job, JobStatus.CANCELLED, error=error)
             metrics.jobs_cancelled_total.labels(*labels).inc()
             log.info("job %s cancelled while running", job.id)
             return
         decision, error = self._decide(job, exc)
         if decision.retry:
             next_at = utcnow() + timedelta(seconds=decision.delay_s)
-            persist(
-                lambda: self.writes.finish(
-                    job.id, owner=self.owner, status=JobStatus.RETRYING, error=error, next_attempt_at=next_at
-                )
-            )
+            self._finish(job, JobStatus.RETRYING, error=error, next_attempt_at=next_at)
             # A new message for the next attempt; the current one is acked after this hook.
             retry: dramatiq.Message[Any] = dramatiq.Message(
                 queue_name=job.queue,
@@ -297,7 +288,7 @@ class JobStatusMiddleware(Middleware):
             if not isinstance(exc, Retry):
                 log.warning("job %s attempt %d failed, retrying in %.2fs", job.id, job.attempts, decision.delay_s)
             return
-        persist(lambda: self.writes.finish(job.id, owner=self.owner, status=JobStatus.FAILED, error=error))
+        self._finish(job, JobStatus.FAILED, error=error)
         metrics.jobs_failed_total.labels(*labels).inc()
         log.error("job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"])
         # Dramatiq nacks failed messages, which moves them to the dead-letter queue.
