@@ -38,7 +38,7 @@ test: install system-deps lint
 bench: install system-deps
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.worker_throughput --jobs 20000 --runs 3
-	$(BIN)/python -m bench.latency --jobs 300 --rate 300
+	$(BIN)/python -m bench.latency --jobs 300 --rate 200
 	$(BIN)/python -m bench.api_submit --seconds 10
 	$(BIN)/python -m bench.scheduler_lag
 
