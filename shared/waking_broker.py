@@ -11,6 +11,7 @@ polling, since their messages become due by the clock, not by an enqueue.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 from uuid import uuid4
@@ -19,8 +20,10 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
+
+log = logging.getLogger(__name__)
 
 WAKE_PREFIX = "jobrelay:wake:"
 #: Tokens kept per queue: enough to wake every idle consumer of a burst, never a pile.
@@ -112,7 +115,11 @@ class _WakingConsumer(_RedisConsumer):
                     if data is None:
                         continue
                     self.misses = 0
-                    message = Message.decode(data)
+                    try:
+                        message = Message.decode(data)
+                    except DecodeError:
+                        self._dead_letter_undecodable(data)
+                        continue
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
                 messages = []
@@ -131,3 +138,22 @@ class _WakingConsumer(_RedisConsumer):
                 return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
+
+    def _dead_letter_undecodable(self, data: bytes) -> None:
+        """Move a payload that does not decode to the dead-letter queue instead of raising.
+
+        NOTE: raising here (as Dramatiq does, Bogdanp/dramatiq#375) restarts the consumer and
+        strands every message prefetched with the payload in this live worker's ack set, where
+        nothing recovers them until the process dies. The payload's Redis id is not inside it:
+        it is one of this consumer's unacked ids (at most its prefetch).
+        """
+        client = self.broker.client
+        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        stored = f"{self.broker.namespace}:{self.queue_name}.msgs"
+        redis_ids = list(client.smembers(acks))
+        for redis_id, value in zip(redis_ids, client.hmget(stored, redis_ids) if redis_ids else [], strict=True):
+            if value == data:
+                self.broker.do_nack(self.queue_name, redis_id.decode())
+                log.error("message %s of queue %s does not decode; dead-lettered", redis_id.decode(), self.queue_name)
+                return
+        log.error("a message on queue %s does not decode and was not found to dead-letter", self.queue_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import falcon
@@ -54,7 +55,7 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
         raise BadRequest("the body is not valid UTF-8") from None
     try:
         # NOTE: a bracket bomb overflows json's recursion before our depth check can see it.
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise BadRequest(f"JSON nested deeper than {_MAX_DEPTH} levels") from None
     except ValueError as exc:
@@ -65,3 +66,12 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    # NOTE: json reads 1e999 as inf, which no JSON document can hold (PostgreSQL refuses it, and
+    # the job would be echoed back as the non-JSON token Infinity).
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {literal[:40]} is out of range")
+    return value

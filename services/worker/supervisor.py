@@ -91,16 +91,23 @@ class Supervisor:
             return 0
         for slot in range(self.processes):
             self.children[slot] = self._spawn(slot)
+        # NOTE: a slot in a crash loop waits for its restart here, not in a sleep, so the
+        # other slots' deaths are still noticed and recovered at once.
+        restart_at: dict[int, float] = {}
         while not self.stopping.wait(0.2):
             for slot, child in list(self.children.items()):
+                if slot in restart_at:
+                    continue
                 code = child.process.poll()
                 if code is None:
                     continue
                 log.error("worker process %d exited with %s; recovering its messages", child.process.pid, code)
                 self._recover(child)
-                if time.monotonic() - child.started < CRASH_LOOP_WINDOW_S:
-                    self.stopping.wait(CRASH_LOOP_WINDOW_S)
-                if not self.stopping.is_set():
+                young = time.monotonic() - child.started < CRASH_LOOP_WINDOW_S
+                restart_at[slot] = time.monotonic() + (CRASH_LOOP_WINDOW_S if young else 0.0)
+            for slot, due in list(restart_at.items()):
+                if time.monotonic() >= due and not self.stopping.is_set():
+                    del restart_at[slot]
                     self.children[slot] = self._spawn(slot)
         return self._shutdown()
 

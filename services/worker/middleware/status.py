@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import dramatiq
+import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
@@ -51,6 +52,23 @@ def persist(write: Callable[[], T]) -> T:
             return write()
         except DBAPIError as exc:
             log.warning("job store unavailable (%s); retrying in %.2fs", type(exc.orig).__name__, delay_s)
+            time.sleep(delay_s)
+            delay_s = min(MAX_STORE_RETRY_S, delay_s * 2)
+
+
+def deliver(send: Callable[[], T]) -> T:
+    """Run a broker call until Redis answers: the worker pauses while Redis is down.
+
+    NOTE: a retry's row already says ``retrying`` when its message is sent, and the
+    current message is acked after the hook; giving up here would leave the job
+    with no message to run it, for good.
+    """
+    delay_s = 0.05
+    while True:
+        try:
+            return send()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("Redis unavailable (%s); retrying in %.2fs", type(exc).__name__, delay_s)
             time.sleep(delay_s)
             delay_s = min(MAX_STORE_RETRY_S, delay_s * 2)
 
@@ -189,9 +207,16 @@ class JobStatusMiddleware(Middleware):
         metrics.job_duration_seconds.labels(*labels).observe(elapsed_s)
         try:
             if exception is None:
-                self._succeed(job, self._local.context.result, self._local.context.result_file_type)
-                metrics.jobs_succeeded_total.labels(*labels).inc()
-                log.info("job succeeded in %.3fs", elapsed_s)
+                try:
+                    self._succeed(job, self._local.context.result, self._local.context.result_file_type)
+                except Exception as exc:
+                    # NOTE: the task ran but its result could not be stored (result storage full or
+                    # away); left alone, the row would stay running with its message acked.
+                    log.error("job %s: storing its result failed: %s", job.id, exc)
+                    self._fail(broker, message, job, exc)
+                else:
+                    metrics.jobs_succeeded_total.labels(*labels).inc()
+                    log.info("job succeeded in %.3fs", elapsed_s)
             else:
                 self._fail(broker, message, job, exception)
             self._ended(job)
@@ -283,7 +308,7 @@ class JobStatusMiddleware(Middleware):
                 message_id=job.id,
                 message_timestamp=message.message_timestamp,
             )
-            broker.enqueue(retry, delay=int(decision.delay_s * 1000))
+            deliver(lambda: broker.enqueue(retry, delay=int(decision.delay_s * 1000)))
             metrics.jobs_retried_total.labels(*labels).inc()
             if not isinstance(exc, Retry):
                 log.warning("job %s attempt %d failed, retrying in %.2fs", job.id, job.attempts, decision.delay_s)
