@@ -36,41 +36,39 @@ from shared.store.jobs import ClaimOutcome, ClaimRequest, FinishRequest, JobStor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: Longest pause between attempts to reach the job store while it is down.
-MAX_STORE_RETRY_S = 5.0
+#: Longest pause between attempts to reach the job store or Redis while it is down.
+MAX_OUTAGE_RETRY_S = 5.0
+
+
+def until_up(call: Callable[[], T], errors: tuple[type[Exception], ...], what: str) -> T:
+    """Run ``call`` until ``what`` answers: the worker pauses while it is down."""
+    delay_s = 0.05
+    while True:
+        try:
+            return call()
+        except errors as exc:
+            log.warning("%s unavailable (%s); retrying in %.2fs", what, type(exc).__name__, delay_s)
+            time.sleep(delay_s)
+            delay_s = min(MAX_OUTAGE_RETRY_S, delay_s * 2)
 
 
 def persist(write: Callable[[], T]) -> T:
-    """Run a store call until it succeeds: the worker pauses while the store is down.
+    """A store call that outlasts a store outage.
 
     NOTE: Dramatiq swallows errors raised in middleware hooks and acks the
     message anyway, so giving up here would lose the job's outcome.
     """
-    delay_s = 0.05
-    while True:
-        try:
-            return write()
-        except DBAPIError as exc:
-            log.warning("job store unavailable (%s); retrying in %.2fs", type(exc.orig).__name__, delay_s)
-            time.sleep(delay_s)
-            delay_s = min(MAX_STORE_RETRY_S, delay_s * 2)
+    return until_up(write, (DBAPIError,), "job store")
 
 
 def deliver(send: Callable[[], T]) -> T:
-    """Run a broker call until Redis answers: the worker pauses while Redis is down.
+    """A broker call that outlasts a Redis outage.
 
     NOTE: a retry's row already says ``retrying`` when its message is sent, and the
     current message is acked after the hook; giving up here would leave the job
     with no message to run it, for good.
     """
-    delay_s = 0.05
-    while True:
-        try:
-            return send()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("Redis unavailable (%s); retrying in %.2fs", type(exc).__name__, delay_s)
-            time.sleep(delay_s)
-            delay_s = min(MAX_STORE_RETRY_S, delay_s * 2)
+    return until_up(send, (redis.ConnectionError, redis.TimeoutError), "Redis")
 
 
 def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
