@@ -43,8 +43,9 @@ def kubectl() -> str:
     path = os.environ.get("KUBECTL") or shutil.which("kubectl")
     if not path:
         raise RuntimeError(
-            "kubectl not found on PATH (set KUBECTL to use another binary). Install kubectl >= 1.27, e.g. the "
-            "`kubectl` package of pkgs.k8s.io; Debian's `kubernetes-client` (1.20) bundles kustomize v2, too old."
+            "kubectl not found on PATH (set KUBECTL to use another binary). Install kubectl >= 1.27, e.g. "
+            "the Kubernetes project's `kubectl` package; Debian's `kubernetes-client` (1.20) bundles kustomize v2, "
+            "too old."
         )
     if not Path(path).is_file():
         raise RuntimeError(f"kubectl {path!r} does not exist (KUBECTL)")
