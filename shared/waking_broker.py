@@ -107,8 +107,19 @@ class _WakingConsumer(_RedisConsumer):
     NOTE: the fetch path mirrors ``dramatiq.brokers.redis._RedisConsumer.__next__`` (2.x).
     """
 
+    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        # NOTE: after a connection error Dramatiq's consumer thread drops the delayed messages it
+        # held in memory (it resets its delay queue) and starts a new consumer; their ids stay in
+        # this live worker's ack set, where nothing recovers them until the process dies. A new
+        # delay-queue consumer puts them back first (empty on a process's first start).
+        self._reclaim_delayed = is_delay_queue(queue_name)
+
     def __next__(self) -> MessageProxy | None:
         try:
+            if self._reclaim_delayed:
+                self._requeue_own_unacked()
+                self._reclaim_delayed = False
             while True:
                 if self.message_cache:
                     data = self.message_cache.pop(0)
@@ -157,3 +168,13 @@ class _WakingConsumer(_RedisConsumer):
                 log.error("message %s of queue %s does not decode; dead-lettered", redis_id.decode(), self.queue_name)
                 return
         log.error("a message on queue %s does not decode and was not found to dead-letter", self.queue_name)
+
+    def _requeue_own_unacked(self) -> None:
+        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        redis_ids = sorted(member.decode() for member in self.broker.client.smembers(acks))
+        for start in range(0, len(redis_ids), 1000):
+            self.broker.do_requeue(self.queue_name, *redis_ids[start : start + 1000])
+        if redis_ids:
+            log.warning(
+                "put back %d delayed message(s) of queue %s dropped by a reconnect", len(redis_ids), self.queue_name
+            )
