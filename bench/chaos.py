@@ -216,38 +216,41 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   slot (`services/worker/supervisor.py`).
 - **`1e999` was accepted as infinity.** JSON numbers out of float range became `inf`, stored and echoed back as
   the non-JSON token `Infinity` (PostgreSQL refuses it outright). `services/api/body.py` now answers 400.
+- **A Redis crash could lose messages of accepted jobs.** In one long run with SIGKILLs of Redis, 3 jobs
+  accepted within a millisecond of a kill stayed `queued`: their rows were marked published and their
+  messages were in no queue, ack set or message hash. With `appendfsync everysec` Redis answers writes it
+  has not yet written to its AOF, so a crash loses them, and the outbox relay only sends rows that were
+  never published. The scheduler leader now runs `maintenance.reconcile` every 30 s
+  (`shared/reconcile.py`): a waiting job older than a minute whose message is in no queue of Redis on two
+  runs in a row, its row unchanged, is published again (the worker's claim skips any duplicate), counted
+  in `jobrelay_jobs_republished_total`.
+- **A locked SQLite store made submissions wait 30 s.** A lock held by another program made writes wait
+  out SQLite's busy timeout. Writes now give up after `STORE_TIMEOUT_S` (5 s), on SQLite's lock and on the
+  store's own write lock, and the API answers 503 (`shared/store/engine.py`).
+- **Sustained kills kept capacity down.** Every replacement process killed young waited out a 5 s
+  crash-loop pause, so jobs interrupted by a kill waited up to a minute for a process (none was lost). A
+  slot now restarts at once after one young death and backs off (1 s, 2 s, 4 s, ... 30 s) only after more
+  in a row (`services/worker/supervisor.py`).
+- **A chunked body read as empty.** Falcon's `bounded_stream` needs a Content-Length; a body sent with
+  `Transfer-Encoding: chunked` is now read from the server's decoded stream, within the size limit
+  (`services/api/body.py`).
+- **A silent PostgreSQL connection could hang a worker.** A network path that drops packets rather than
+  closing left the status writer in `COMMIT` for as long as the kernel kept the socket. Connections now
+  carry libpq keepalives, a connect timeout and `tcp_user_timeout` (30 s), so such a call fails and the
+  worker pauses and tries again (`shared/store/engine.py`).
+- **A 1 MiB body of 60,000 unknown arguments answered a 4 MB 422.** A problem now lists the first 100
+  errors and says how many there were.
 
 Still open:
 
-- **A Redis crash can lose messages of accepted jobs.** In one long run with SIGKILLs of Redis (before the
-  crash variant was split out; not seen again in later runs), 3 jobs accepted within a millisecond of a kill
-  stayed `queued`: their rows were marked published and their messages were in no queue, ack set or message
-  hash. The likely cause: with `appendfsync everysec` Redis answers writes it has not yet written to its AOF
-  while a background fsync is slow (it postpones the write for up to 2 s), so a crash loses them, and the
-  outbox relay only sends rows that were never published. A restart with SIGTERM loses nothing (the fast
-  form checks that on every run); the audit now also says where in Redis a lost job's message is. Either
-  run Redis with `appendfsync always` (the embedded one: `shared/redis_server.py`; production Redis: its
-  config, or `WAIT` for a replica), or add a housekeeping pass that publishes again `queued` rows older
-  than the oldest message of their queue (the worker's claim skips the duplicates).
-- Sustained kills keep every replacement process *young*, and each young death costs its slot the 5 s
-  crash-loop pause: in the kill scenario above jobs interrupted by a kill waited up to a minute for a process
-  (none was lost; their messages were back on the queue at once). A pause only after repeated young deaths
-  would keep capacity up.
-- A PostgreSQL connection that goes silent (a network path that drops packets, rather than closing) hangs
-  the worker's status writer in `COMMIT` for as long as the kernel keeps the socket; the worker's heartbeat
-  thread goes on beating, so its prefetched messages are not recovered. Set libpq keepalives and
-  `tcp_user_timeout` in `create_store_engine` and tie the heartbeat to the writer making progress.
-  (The suite's proxy closes connections when it cuts PostgreSQL off; an early version that left them open
-  found this.)
-- A job body sent with `Transfer-Encoding: chunked` reads as empty (400, nothing stored): Falcon's
-  `bounded_stream` needs a Content-Length.
+- The worker's heartbeat thread beats while its status writer waits on the store, so during a store
+  outage its prefetched messages stay with it (they run when the store is back; none is lost). Tying the
+  heartbeat to the writer's progress would let another worker take them, but would also requeue every
+  worker's messages in a store-wide outage.
 - Gunicorn's gthread workers give each slow body a thread, and a keep-alive client stays on one gunicorn
   worker: once about one worker's 8 threads hold slow bodies, requests on that worker wait (see the slow
   clients above). Run the API behind a proxy that buffers request bodies (ingress-nginx does by default).
-- With SQLite, a lock held by another process makes writes wait (busy timeout 30 s) rather than answer 503;
-  the 503 path is the PostgreSQL variant's, where every answer other than 202 was a problem+json 503.
-- A 1 MiB body of 60,000 unknown arguments costs about a second of CPU and answers a 4 MB 422 (one error
-  per argument); capping `errors` would bound that.
+- A 1 MiB body of 60,000 unknown arguments still costs about a second of CPU to check.
 
 ## Static checks
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from shared.errors import SettingsError
 
@@ -25,6 +27,10 @@ class ResultStorage(Protocol):
 
     def writer(self, job_id: str, content_type: str) -> AbstractContextManager[BinaryIO]:
         """A file to stream a result into; it becomes visible only when the block succeeds."""
+        ...
+
+    def delete(self, reference: str) -> None:
+        """Remove a stored body; nothing happens when it is already gone."""
         ...
 
 
@@ -73,11 +79,68 @@ class DirectoryStorage:
         return path.read_bytes(), content_type
 
 
+#: Bucket names S3 and its look-alikes accept, legacy ones (capitals, underscores) included.
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where results go in an S3-compatible store: a bucket and a key prefix (empty, or ending in ``/``)."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        """``s3://BUCKET[/prefix]``; ``ValueError`` saying what is wrong.
+
+        Only the place is in the URL. The endpoint, region and credentials come
+        from the standard AWS configuration (``AWS_ENDPOINT_URL_S3``,
+        ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``, a profile or a role), so
+        no secret ever sits in a URL that gets logged.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "s3":
+            raise ValueError("must be a URL with scheme s3://")
+        if "@" in parts.netloc:
+            raise ValueError(
+                "s3:// takes no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or use a profile or role)"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(
+                "s3:// takes no query parameters; set the endpoint and region with AWS_ENDPOINT_URL_S3 and "
+                "AWS_DEFAULT_REGION"
+            )
+        if not parts.netloc:
+            raise ValueError("s3:// needs a bucket: s3://BUCKET[/prefix]")
+        if ":" in parts.netloc:
+            raise ValueError("s3://BUCKET takes a bucket name, not a host and port; set AWS_ENDPOINT_URL_S3 for that")
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise ValueError("the bucket name must be 3 to 255 letters, digits, dots, hyphens or underscores")
+        prefix = parts.path.removeprefix("/").removesuffix("/")
+        if "//" in prefix or prefix.startswith("/"):
+            raise ValueError("the key prefix after the bucket must not have empty segments (//)")
+        return cls(parts.netloc, f"{prefix}/" if prefix else "")
+
+    def key(self, reference: str) -> str:
+        return self.prefix + reference
+
+
 def build_result_storage(url: str) -> ResultStorage:
+    """The storage ``RESULT_STORAGE_URL`` names; ``SettingsError`` when it cannot work."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return DirectoryStorage(Path(parsed.path))
-    raise SettingsError(f"RESULT_STORAGE_URL: scheme {parsed.scheme!r} is not supported yet; use file://")
+    if parsed.scheme == "s3":
+        try:
+            location = S3Location.parse(url)
+        except ValueError as exc:
+            raise SettingsError(f"RESULT_STORAGE_URL: {exc}") from None
+        # NOTE: imported here, so a deployment on file:// never loads boto3 (about 0.15 s per process).
+        from shared.results_s3 import S3Storage
+
+        return S3Storage.connect(location)
+    raise SettingsError(f"RESULT_STORAGE_URL: scheme {parsed.scheme!r} is not supported; use file:// or s3://")
 
 
 def encode_result(value: Any) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shared.errors import SettingsError
+from shared.results import S3Location
 
 T = TypeVar("T")
 
@@ -65,6 +66,7 @@ class Settings:
     job_retention_s: float = 7 * 86400.0
     leader_lease_s: float = 10.0
     relay_grace_s: float = 2.0
+    store_timeout_s: float = 5.0
 
     @property
     def effective_database_url(self) -> str:
@@ -104,7 +106,7 @@ class Settings:
             task_modules=_get(env, "TASK_MODULES", _modules, ()),
             log_level=_get(env, "LOG_LEVEL", _choice(LOG_LEVELS), d.log_level),
             log_json=_get(env, "LOG_JSON", _on_off, True),
-            result_storage_url=_get(env, "RESULT_STORAGE_URL", _url(("file", "s3")), None),
+            result_storage_url=_get(env, "RESULT_STORAGE_URL", _result_storage_url, None),
             result_inline_max_bytes=_get(env, "RESULT_INLINE_MAX_BYTES", _int(0, 16 << 20), d.result_inline_max_bytes),
             worker_metrics_bind=_get(env, "WORKER_METRICS_BIND", _bind, d.worker_metrics_bind),
             worker_metrics=_get(env, "WORKER_METRICS", _on_off, True),
@@ -118,6 +120,7 @@ class Settings:
             job_retention_s=_get(env, "JOB_RETENTION", _duration, d.job_retention_s),
             leader_lease_s=_get(env, "LEADER_LEASE_S", _float(1, 600), d.leader_lease_s),
             relay_grace_s=_get(env, "RELAY_GRACE_S", _float(0, 3600), d.relay_grace_s),
+            store_timeout_s=_get(env, "STORE_TIMEOUT_S", _float(0.1, 600), d.store_timeout_s),
         )
 
 
@@ -203,6 +206,14 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
         return raw
 
     return parse
+
+
+def _result_storage_url(raw: str) -> str:
+    """``file://PATH`` or ``s3://BUCKET[/prefix]``, the bucket checked here so every service refuses it at start."""
+    _url(("file", "s3"))(raw)
+    if raw.startswith("s3"):
+        S3Location.parse(raw)
+    return raw
 
 
 def _path(raw: str) -> Path:

@@ -2,6 +2,7 @@
 
 PostgreSQL tests run when a server answers at ``TEST_DATABASE_URL`` (default
 127.0.0.1:5432, trust auth); each session makes its own database and drops it.
+S3 tests talk to moto's S3-compatible server on a free loopback port, one per session.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
@@ -131,3 +134,68 @@ def catalog() -> Catalog:
     from services.worker.tasks import load_task_modules
 
     return load_task_modules()
+
+
+#: Standard AWS variables a developer's shell may hold; S3 tests must not pick them up.
+FOREIGN_AWS_VARIABLES = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
+)
+
+
+def aws_environment(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables that point boto3 (in this process or a child) at ``endpoint``."""
+    return {
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def s3_client(endpoint: str) -> Any:
+    """A client of its own for a test to look at the bucket directly (not through ``S3Storage``)."""
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing").client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1"
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto's) on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process's AWS variables pointed at the test server; returned for child processes too."""
+    for name in FOREIGN_AWS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    env = aws_environment(s3_endpoint)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3_bucket(s3_env: dict[str, str], s3_endpoint: str) -> str:
+    """A fresh, empty bucket for one test."""
+    name = f"results-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
+    return name

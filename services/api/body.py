@@ -44,7 +44,7 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"the body is {length} bytes; the limit is {max_bytes}")
-    raw = req.bounded_stream.read(max_bytes + 1)
+    raw = req.bounded_stream.read(max_bytes + 1) if length is not None else _read_unsized(req, max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
     if not raw.strip():
@@ -62,6 +62,22 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     _check_depth(value)
     return value
+
+
+def _read_unsized(req: falcon.Request, limit: int) -> bytes:
+    """A body sent without Content-Length (``Transfer-Encoding: chunked``), up to ``limit`` bytes.
+
+    NOTE: Falcon's ``bounded_stream`` reads such a body as empty; the WSGI server (gunicorn)
+    decodes the chunks and ends the stream at the last one.
+    """
+    if "chunked" not in (req.get_header("Transfer-Encoding") or "").lower():
+        return b""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit and (part := req.stream.read(min(65536, limit - size))):
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def _refuse_constant(name: str) -> Any:

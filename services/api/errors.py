@@ -8,11 +8,13 @@ from typing import Any
 
 import falcon
 import redis
-from sqlalchemy.exc import OperationalError
 
 from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError, NotFound, Unavailable
+from shared.store.engine import STORE_DOWN
 
 PROBLEM = "application/problem+json"
+#: A problem lists at most this many errors (a 1 MiB body can hold 60,000 wrong arguments).
+MAX_ERRORS = 100
 log = logging.getLogger(__name__)
 
 _STATUS = {
@@ -63,7 +65,9 @@ def problem(
         "detail": detail,
     }
     if errors:
-        body["errors"] = [{"path": e.path, "message": e.message} for e in errors]
+        if len(errors) > MAX_ERRORS:
+            body["detail"] = f"{detail} (the first {MAX_ERRORS} of {len(errors)} errors are listed)"
+        body["errors"] = [{"path": e.path, "message": e.message} for e in errors[:MAX_ERRORS]]
     body.update(extra)
     resp.status = falcon.code_to_http_status(status)
     resp.content_type = PROBLEM
@@ -109,6 +113,7 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(JobrelayError, handle_domain_error)
-    app.add_error_handler(OperationalError, handle_dependency_down)
+    for store_down in STORE_DOWN:
+        app.add_error_handler(store_down, handle_dependency_down)
     app.add_error_handler(redis.ConnectionError, handle_dependency_down)
     app.add_error_handler(redis.TimeoutError, handle_dependency_down)

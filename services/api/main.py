@@ -23,7 +23,7 @@ def build_app(settings: Settings | None = None) -> falcon.App:
     """The app for one gunicorn worker process."""
     settings = settings or Settings.from_env()
     configure_logging("api", settings.log_level, json_lines=settings.log_json)
-    engine = create_store_engine(settings.effective_database_url)
+    engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     broker = build_broker(settings.require_redis_url("the API"))
     return create_app(settings, store=JobStore(engine), registry=TaskRegistry(engine), broker=broker)
 
@@ -37,7 +37,7 @@ def run(settings: Settings, *, workers: int | None = None) -> None:
     """Migrate, then exec gunicorn (so it gets the signals) with a fresh metrics directory."""
     check_auth(settings)
     settings.require_redis_url("the API")
-    migrate(create_store_engine(settings.effective_database_url))
+    migrate(create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s))
     fresh_multiproc_dir(Path(settings.data_dir) / "metrics" / f"api-{os.getpid()}")
     args = [
         sys.executable, "-m", "gunicorn",

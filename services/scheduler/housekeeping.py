@@ -9,9 +9,7 @@ instead of creating a job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import redis
 from sqlalchemy import Engine, and_, delete, exists, or_, select
@@ -31,8 +29,9 @@ RELAY = "maintenance.relay"
 REQUEUE_ORPHANS = "maintenance.requeue_orphans"
 PRUNE = "maintenance.prune"
 QUEUE_GAUGES = "maintenance.queue_gauges"
+RECONCILE = "maintenance.reconcile"
 #: Built-in schedule id -> interval in seconds (epoch-aligned: prune runs on the hour, UTC).
-BUILTIN_INTERVALS_S = {RELAY: 1, REQUEUE_ORPHANS: 2, PRUNE: 3600, QUEUE_GAUGES: 15}
+BUILTIN_INTERVALS_S = {RELAY: 1, REQUEUE_ORPHANS: 2, PRUNE: 3600, QUEUE_GAUGES: 15, RECONCILE: 30}
 
 _FINISHED = sorted(status.value for status in FINAL_STATUSES)
 
@@ -97,7 +96,6 @@ def prune_finished(
     too. Steps of a workflow still running are kept.
     """
     cutoff = (now or utcnow()) - timedelta(seconds=retention_s)
-    delete_file: Callable[[str], Any] | None = getattr(results, "delete", None)
     running_workflow = exists().where(
         workflows.c.id == jobs.c.workflow_id, workflows.c.status == WorkflowStatus.RUNNING
     )
@@ -121,10 +119,10 @@ def prune_finished(
         if not rows:
             break
         # Files and dead letters first: a crash in between leaves rows the next run deletes, never orphan files.
-        if delete_file is not None:
-            for row in rows:
-                if row.result_url is not None:
-                    delete_file(result_reference(row.id))
+        # A storage outage stops the run here (``Unavailable``); the next tick takes the same rows again.
+        for row in rows:
+            if row.result_url is not None:
+                results.delete(result_reference(row.id))
         dead: dict[str, list[str]] = {}
         for row in rows:
             if row.dead:

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, start_http_server
 from services.scheduler import housekeeping
 from services.scheduler.housekeeping import QueueNames, builtin_schedules, prune_finished
 from services.scheduler.leader import LeaderLease
-from services.scheduler.metrics import LeaderOnly, scheduler_is_leader
+from services.scheduler.metrics import LeaderOnly, jobs_republished_total, scheduler_is_leader
 from services.scheduler.runner import Runner
 from services.scheduler.schedule_file import sync_file
 from services.scheduler.triggers import build_trigger, first_tick_at_or_after
@@ -35,6 +35,7 @@ from shared.logs import configure_logging
 from shared.orphans import requeue_orphans
 from shared.outbox import relay
 from shared.queues import QueueGauges
+from shared.reconcile import LostMessages
 from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
@@ -62,7 +63,7 @@ def sync_builtins(schedules: ScheduleStore) -> None:
 
 def run(settings: Settings) -> int:
     configure_logging("scheduler", settings.log_level, json_lines=settings.log_json)
-    engine = create_store_engine(settings.effective_database_url)
+    engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     migrate(engine)
     store = JobStore(engine)
     schedules = ScheduleStore(engine)
@@ -80,6 +81,7 @@ def run(settings: Settings) -> int:
     start_http_server(int(port), addr=host)
 
     results = build_result_storage(settings.effective_result_storage_url)
+    lost_messages = LostMessages(store, broker)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
     work: dict[str, Callable[[], object]] = {
         housekeeping.RELAY: lambda: relay(store, broker, grace_s=settings.relay_grace_s),
@@ -93,6 +95,7 @@ def run(settings: Settings) -> int:
             engine, results, broker.client, retention_s=settings.job_retention_s
         ),
         housekeeping.QUEUE_GAUGES: queue_names.refresh,
+        housekeeping.RECONCILE: lambda: jobs_republished_total.inc(lost_messages.run()),
     }
     scheduler = BackgroundScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(20)})
     runner = Runner(

@@ -32,6 +32,9 @@ schedule_lag_seconds = Histogram(
 schedule_last_fire_timestamp_seconds = Gauge(
     PREFIX + "schedule_last_fire_timestamp_seconds", "Unix time of the last tick fired.", ("schedule",)
 )
+jobs_republished_total = Counter(
+    PREFIX + "jobs_republished_total", "Jobs published again because Redis lost their message (maintenance.reconcile)."
+)
 scheduler_is_leader = Gauge(PREFIX + "scheduler_is_leader", "1 while this replica holds the leader lease.")
 
 

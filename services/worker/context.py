@@ -69,8 +69,9 @@ def report_progress(current: float, total: float | None = None, message: str | N
 def result_file(content_type: str) -> Iterator[BinaryIO]:
     """Stream the job's result body (a CSV, a PDF, an export) into result storage.
 
-    The file appears only when the block ends without error (written to a
-    temporary name, then renamed), and the job's ``result_url`` points at it.
+    The file appears only when the block ends without error (a temporary file
+    renamed, or an upload to S3 when the block ends), and the job's
+    ``result_url`` points at it.
     What the task returns stays in the row as its JSON result.
     """
     context = _current.get()

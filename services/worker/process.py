@@ -75,7 +75,7 @@ def declare_actors(broker: RedisBroker, catalog: Catalog) -> None:
 def build_worker_broker(
     settings: Settings, catalog: Catalog, *, owner: str
 ) -> tuple[RedisBroker, JobStatusMiddleware, JobStore]:
-    engine = create_store_engine(settings.effective_database_url)
+    engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     store = JobStore(engine)
     redis_url = settings.require_redis_url("the worker")
     workflows = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))

@@ -38,6 +38,19 @@ from shared.store.tasks import TaskRegistry
 log = logging.getLogger(__name__)
 #: A child that dies sooner than this after its start counts towards a crash loop.
 CRASH_LOOP_WINDOW_S = 5.0
+#: The longest a slot in a crash loop waits before its next start.
+MAX_RESTART_DELAY_S = 30.0
+
+
+def restart_delay_s(young_deaths: int) -> float:
+    """How long a slot waits to start again after ``young_deaths`` young deaths in a row.
+
+    The first is restarted at once (a process killed or replaced by the hard time limit soon
+    after its start is not a crash loop); from the second on the wait doubles from 1 s.
+    """
+    if young_deaths <= 1:
+        return 0.0
+    return min(MAX_RESTART_DELAY_S, 2.0 ** (young_deaths - 2))
 
 
 @dataclass
@@ -58,7 +71,7 @@ class Supervisor:
         self.children: dict[int, Child] = {}
         self.stopping = threading.Event()
         self.client = redis.Redis.from_url(settings.require_redis_url("the worker"), socket_timeout=10)
-        self.store = JobStore(create_store_engine(settings.effective_database_url))
+        self.store = JobStore(create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s))
         self.host = socket.gethostname()
 
     def _spawn(self, slot: int) -> Child:
@@ -94,6 +107,7 @@ class Supervisor:
         # NOTE: a slot in a crash loop waits for its restart here, not in a sleep, so the
         # other slots' deaths are still noticed and recovered at once.
         restart_at: dict[int, float] = {}
+        young_deaths: dict[int, int] = {}
         while not self.stopping.wait(0.2):
             for slot, child in list(self.children.items()):
                 if slot in restart_at:
@@ -104,7 +118,8 @@ class Supervisor:
                 log.error("worker process %d exited with %s; recovering its messages", child.process.pid, code)
                 self._recover(child)
                 young = time.monotonic() - child.started < CRASH_LOOP_WINDOW_S
-                restart_at[slot] = time.monotonic() + (CRASH_LOOP_WINDOW_S if young else 0.0)
+                young_deaths[slot] = young_deaths.get(slot, 0) + 1 if young else 0
+                restart_at[slot] = time.monotonic() + restart_delay_s(young_deaths[slot])
             for slot, due in list(restart_at.items()):
                 if time.monotonic() >= due and not self.stopping.is_set():
                     del restart_at[slot]
@@ -143,7 +158,7 @@ def run(settings: Settings, *, queues: list[str] | None, processes: int, threads
         signal.signal(signum, lambda *_: stopping.set())
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
     catalog = load_task_modules(settings.task_modules)
-    engine = create_store_engine(settings.effective_database_url)
+    engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     migrate(engine)
     TaskRegistry(engine).register(catalog.specs(), registered_by=socket.gethostname())
     chosen = queues or catalog.queues()

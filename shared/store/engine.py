@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,46 +16,80 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as StoreTimeout
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Execution option marking a connection that will write (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "jobrelay_write"
 #: A fixed key for PostgreSQL's advisory lock around migrations.
 _MIGRATION_LOCK_KEY = 0x6A6F6272
+#: The default of ``STORE_TIMEOUT_S``.
+DEFAULT_TIMEOUT_S = 5.0
+#: What a store call raises when the database cannot be reached or stays locked: callers
+#: answer 503 (API) or wait and try again (worker, scheduler).
+STORE_DOWN = (OperationalError, InterfaceError, StoreTimeout)
 
 
-def create_store_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+def create_store_engine(url: str, *, pool_size: int = 5, timeout_s: float = DEFAULT_TIMEOUT_S) -> Engine:
+    """An engine for ``url`` whose operations give up after about ``timeout_s`` of waiting.
+
+    SQLite gets WAL, foreign keys and a busy timeout of ``timeout_s``; PostgreSQL gets a
+    connect timeout and TCP keepalives, so a dead server or a silent network path ends in an
+    error (the API answers 503, a worker retries) instead of a hang.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # NOTE: pysqlite's own transaction handling issues BEGIN lazily, which
-            # lets two writers deadlock on lock upgrade; we issue BEGIN ourselves.
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # NOTE: in WAL mode NORMAL keeps every commit across a process crash (kill -9), not
-            # across power loss; production runs PostgreSQL (README: Settings).
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # Writers take the write lock up front (no upgrade deadlocks); readers stay concurrent.
-            immediate = conn.get_execution_options().get(WRITE_OPTION)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
+        return _sqlite_engine(url, timeout_s)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+    connect_args = {
+        "connect_timeout": max(1, math.ceil(timeout_s)),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        # Unacknowledged data (a COMMIT sent into a dead path) fails the socket after this.
+        "tcp_user_timeout": 30_000,
+    }
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size * 2,
+        pool_pre_ping=True,
+        pool_timeout=timeout_s,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(url: str, timeout_s: float) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # sqlite3's ``timeout`` is SQLite's busy timeout: how long a write waits for another's lock.
+    engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
+    if database and database != ":memory:":
+        _write_locks[engine] = _WriteLock(Path(database + ".write.lock"), timeout_s)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # NOTE: pysqlite's own transaction handling issues BEGIN lazily, which
+        # lets two writers deadlock on lock upgrade; we issue BEGIN ourselves.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NOTE: in WAL mode NORMAL keeps every commit across a process crash (kill -9), not
+        # across power loss; production runs PostgreSQL (README: Settings).
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        # Writers take the write lock up front (no upgrade deadlocks); readers stay concurrent.
+        immediate = conn.get_execution_options().get(WRITE_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
 
 
 @contextlib.contextmanager
@@ -97,32 +135,55 @@ def migrate(engine: Engine) -> None:
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: on SQLite it takes the write lock at BEGIN.
 
-    NOTE: SQLite's own busy handler sleeps in steps of up to 100 ms while
-    another process writes; an flock on a side file makes waiting writers
-    queue in the kernel instead, and wake the moment the lock is free.
+    ``StoreTimeout`` when the SQLite write lock stays taken past the engine's timeout.
     """
-    lock_path = _sqlite_lock_path(engine)
-    if lock_path is None:
-        with engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
-        return
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    lock = _write_locks.get(engine)
+    with lock.held() if lock is not None else contextlib.nullcontext(), engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
+class _WriteLock:
+    """One SQLite writer at a time across threads and processes, waiting at most ``timeout_s``.
+
+    NOTE: SQLite's own busy handler sleeps in steps of up to 100 ms while another process
+    writes. Threads of one process queue on a thread lock (woken the moment it is free); the
+    one at its head takes an flock on a side file, polling in steps of at most 2 ms while
+    another process holds it.
+    """
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self._threads = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        deadline = time.monotonic() + self.timeout_s
+        if not self._threads.acquire(timeout=self.timeout_s):
+            raise StoreTimeout(f"the job store's write lock stayed taken for {self.timeout_s:g} s")
         try:
-            with engine.connect() as conn:
-                conn.execution_options(**{WRITE_OPTION: True})
-                with conn.begin():
-                    yield conn
+            with self.path.open("a") as handle:
+                self._flock(handle.fileno(), deadline)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            self._threads.release()
+
+    def _flock(self, fd: int, deadline: float) -> None:
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreTimeout(f"the job store's write lock stayed taken for {self.timeout_s:g} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
 
 
-def _sqlite_lock_path(engine: Engine) -> Path | None:
-    if engine.dialect.name != "sqlite":
-        return None
-    database = engine.url.database
-    if not database or database == ":memory:":
-        return None
-    return Path(database + ".write.lock")
+_write_locks: weakref.WeakKeyDictionary[Engine, _WriteLock] = weakref.WeakKeyDictionary()

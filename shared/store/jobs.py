@@ -142,6 +142,22 @@ class JobStore:
             )
             return [Job.from_row(row) for row in rows]
 
+    def waiting_published(self, *, older_than: datetime, limit: int = 5000) -> list[Job]:
+        """Oldest first: published jobs created before ``older_than`` still waiting for a worker."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs)
+                .where(
+                    jobs.c.status.in_([status.value for status in WAITING_STATUSES]),
+                    jobs.c.id < id_lower_bound(older_than),
+                    jobs.c.published_at.is_not(None),
+                    jobs.c.held.is_(False),
+                )
+                .order_by(jobs.c.id)
+                .limit(limit)
+            )
+            return [Job.from_row(row) for row in rows]
+
     # -- reading ---------------------------------------------------------
 
     def get(self, job_id: str) -> Job:

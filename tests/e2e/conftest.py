@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.redis_server import free_port
+from shared.redis_server import free_ports
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Stack:
 
 def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
     data_dir = (tmp / "data").resolve()
-    port, worker_port, scheduler_port = free_port(), free_port(), free_port()
+    port, worker_port, scheduler_port = free_ports(3)
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "API_KEYS")},
         "DATA_DIR": str(data_dir),

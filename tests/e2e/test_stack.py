@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -121,3 +124,18 @@ def test_request_id_follows_the_job_into_the_worker_logs(stack: Stack) -> None:
     assert not [
         line for line in stack.log_path.read_text().splitlines() if line.startswith("{") and stack.token in line
     ]
+
+
+def test_a_chunked_body_is_read_whole(stack: Stack) -> None:
+    # Given a job body sent with Transfer-Encoding: chunked (no Content-Length), in small pieces
+    body = json.dumps({"task": "diagnostics.echo", "args": {"message": "chunked"}}).encode()
+    pieces = iter([body[i : i + 7] for i in range(0, len(body), 7)])
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(stack.base_url).netloc, timeout=10)
+    headers = {"Authorization": f"Bearer {stack.token}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/jobs", body=pieces, headers=headers, encode_chunked=True)
+    resp = conn.getresponse()
+    # Then the API reads the whole body and accepts the job
+    assert resp.status == 202, resp.read()
+    job = json.loads(resp.read())
+    assert stack.wait_job(job["id"], {"succeeded"})["result"] == "chunked"
+    conn.close()

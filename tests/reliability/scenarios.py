@@ -372,7 +372,7 @@ def store_lock(cluster: Cluster, size: Size) -> Report:
     report.recovery_s = finished_after(cluster, job_ids, released)
     report.recovery_what = "from the lock's release to the first job finished after it (workers resumed)"
     report.notes.append(
-        f"slowest submission {load.slowest_s():.2f}s (writes wait out the lock in SQLite's 30 s busy timeout); "
+        f"slowest submission {load.slowest_s():.2f}s (a write waits STORE_TIMEOUT_S for the lock, then answers 503); "
         f"slowest read during the lock {max((d for _, d in reads), default=0):.2f}s"
     )
     report.runtime_s = time.monotonic() - started

@@ -363,6 +363,7 @@ FLOAT_RANGES = [
     ("JOB_LEASE_S", "job_lease_s", 1.0, 3600.0),
     ("LEADER_LEASE_S", "leader_lease_s", 1.0, 600.0),
     ("RELAY_GRACE_S", "relay_grace_s", 0.0, 3600.0),
+    ("STORE_TIMEOUT_S", "store_timeout_s", 0.1, 600.0),
 ]
 
 

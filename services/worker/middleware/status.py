@@ -21,7 +21,6 @@ import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
-from sqlalchemy.exc import DBAPIError
 
 from services.worker.context import JobContext, enter_job, leave_job
 from services.worker.retry_policy import Decision, Retry, decide
@@ -32,6 +31,7 @@ from shared.errors import TaskError
 from shared.job import Job, JobStatus, utcnow
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage, encode_result
+from shared.store.engine import STORE_DOWN
 from shared.store.jobs import ClaimOutcome, ClaimRequest, FinishRequest, JobStore
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def persist(write: Callable[[], T]) -> T:
     NOTE: Dramatiq swallows errors raised in middleware hooks and acks the
     message anyway, so giving up here would lose the job's outcome.
     """
-    return until_up(write, (DBAPIError,), "job store")
+    return until_up(write, STORE_DOWN, "job store")
 
 
 def deliver(send: Callable[[], T]) -> T:

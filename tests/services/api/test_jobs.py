@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import redis
 from falcon import testing
 
+from services.api.app import create_app
+from services.worker.tasks import load_task_modules
+from shared.broker import build_broker
 from shared.job import JobStatus
 from shared.settings import Settings
+from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.tasks import TaskRegistry
 from tests.services.api.conftest import ADMIN, READER
@@ -233,3 +238,44 @@ def test_store_down_is_a_clear_503_not_a_500(settings: Settings, registry: TaskR
     for resp in (client.simulate_post("/v1/jobs", json=ECHO), client.simulate_get("/v1/jobs")):
         assert resp.status_code == 503 and resp.headers["content-type"] == "application/problem+json"
         assert "job store" in resp.json["detail"]
+
+
+def test_a_locked_sqlite_store_answers_503_within_the_timeout_and_stores_nothing(
+    settings: Settings, sqlite_url: str
+) -> None:
+    # Given an API on a SQLite store with a 0.3 s store timeout
+    engine = create_store_engine(sqlite_url, timeout_s=0.3)
+    migrate(engine)
+    registry = TaskRegistry(engine, cache_s=0)
+    registry.register(load_task_modules().specs(), registered_by="tests")
+    store = JobStore(engine)
+    app = create_app(settings, store=store, registry=registry, broker=build_broker(settings.require_redis_url("t")))
+    client = testing.TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"})
+    # When another program holds the database locked
+    foreign = sqlite3.connect(engine.url.database or "", isolation_level=None)
+    foreign.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        resp = client.simulate_post("/v1/jobs", json=ECHO)
+        # Then a submission answers a clear 503 after about the timeout, not 30 s later
+        assert resp.status_code == 503, resp.text
+        assert "job store" in resp.json["detail"] and resp.headers["retry-after"] == "1"
+        assert time.monotonic() - started < 3
+        # And reads still answer
+        assert client.simulate_get("/v1/jobs").status_code == 200
+    finally:
+        foreign.execute("ROLLBACK")
+        foreign.close()
+    # And nothing was stored; once the lock is gone submissions are accepted again
+    assert store.page(JobFilter(), limit=10, cursor=None).items == []
+    assert client.simulate_post("/v1/jobs", json=ECHO).status_code == 202
+
+
+def test_a_problem_lists_at_most_100_errors_and_says_how_many_there_were(client: testing.TestClient) -> None:
+    # Given a job with 500 arguments its task does not take
+    args = {"message": "hi", **{f"extra{i}": i for i in range(500)}}
+    resp = client.simulate_post("/v1/jobs", json={"task": "diagnostics.echo", "args": args})
+    # Then the 422 lists the first 100 and its detail says there were 500
+    assert resp.status_code == 422
+    assert len(resp.json["errors"]) == 100
+    assert "the first 100 of 500 errors are listed" in resp.json["detail"]

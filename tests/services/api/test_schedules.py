@@ -65,6 +65,7 @@ def test_list_shows_builtin_file_and_api_schedules(client: testing.TestClient, s
     assert items["maintenance.requeue_orphans"]["interval_s"] == 2
     assert items["maintenance.prune"]["interval_s"] == 3600
     assert items["maintenance.queue_gauges"]["interval_s"] == 15
+    assert items["maintenance.reconcile"]["interval_s"] == 30
     assert items["z-api"]["source"] == "api"
     assert client.simulate_get("/v1/schedules?bogus=1", headers=AS_READER).status_code == 422
 

@@ -16,6 +16,7 @@ import redis
 
 from services.api.resources.jobs import Submitter
 from services.api.validation import Submission, build_job
+from services.worker.supervisor import MAX_RESTART_DELAY_S, restart_delay_s
 from shared.broker import build_broker
 from shared.errors import FieldError
 from shared.job import Job, JobStatus
@@ -198,3 +199,10 @@ def test_a_long_job_never_makes_its_live_worker_look_dead(worker_run: WorkerRun,
     # Then nothing was requeued: the heartbeat thread kept beating, and the job ran once
     done = worker_run.store.get(job.id)
     assert moved == 0 and done.status is JobStatus.SUCCEEDED and done.attempts == 1
+
+
+def test_a_slot_restarts_at_once_after_one_young_death_and_backs_off_after_more() -> None:
+    assert restart_delay_s(0) == 0.0
+    assert restart_delay_s(1) == 0.0
+    assert [restart_delay_s(n) for n in range(2, 6)] == [1.0, 2.0, 4.0, 8.0]
+    assert restart_delay_s(50) == MAX_RESTART_DELAY_S

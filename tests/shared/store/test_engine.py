@@ -1,0 +1,112 @@
+"""The store engines give up after STORE_TIMEOUT_S instead of hanging on a lock or a dead server."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from shared.store.engine import STORE_DOWN, create_store_engine, migrate, write_transaction
+
+
+def test_a_write_waits_out_a_short_lock_held_by_another_process(sqlite_url: str) -> None:
+    # Given two engines on one SQLite file (as two processes have) and one writing for 0.3 s
+    engine, other = create_store_engine(sqlite_url), create_store_engine(sqlite_url)
+    migrate(engine)
+    holding = threading.Event()
+
+    def hold() -> None:
+        with write_transaction(other) as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            holding.set()
+            time.sleep(0.3)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    # When the first writes, it waits its turn and succeeds
+    with write_transaction(engine) as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    holder.join()
+
+
+def test_a_write_gives_up_on_our_write_lock_after_the_timeout(sqlite_url: str) -> None:
+    # Given another engine (process) holding the write lock for longer than our timeout
+    engine = create_store_engine(sqlite_url, timeout_s=0.3)
+    other = create_store_engine(sqlite_url)
+    migrate(engine)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with write_transaction(other):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        started = time.monotonic()
+        # Then the write fails with a store-down error naming the lock, after about the timeout
+        with pytest.raises(STORE_DOWN, match=r"write lock stayed taken for 0\.3 s"), write_transaction(engine):
+            pass
+        assert 0.25 < time.monotonic() - started < 3
+    finally:
+        release.set()
+        holder.join()
+    # And once the lock is free, writes go through again
+    with write_transaction(engine):
+        pass
+
+
+def test_a_write_gives_up_on_a_foreign_sqlite_lock_after_the_timeout(sqlite_url: str, tmp_path: Path) -> None:
+    # Given a foreign program holding SQLite's own lock (BEGIN EXCLUSIVE), not our side lock
+    engine = create_store_engine(sqlite_url, timeout_s=0.3)
+    migrate(engine)
+    foreign = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    foreign.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(STORE_DOWN, match="locked"), write_transaction(engine) as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        assert 0.25 < time.monotonic() - started < 3
+    finally:
+        foreign.execute("ROLLBACK")
+        foreign.close()
+
+
+def test_threads_of_one_process_queue_for_the_write_lock(sqlite_url: str) -> None:
+    # Given one engine shared by 8 threads, each incrementing a counter 25 times
+    engine = create_store_engine(sqlite_url)
+    with write_transaction(engine) as conn:
+        conn.execute(text("CREATE TABLE counter (n INTEGER)"))
+        conn.execute(text("INSERT INTO counter VALUES (0)"))
+
+    def bump() -> None:
+        for _ in range(25):
+            with write_transaction(engine) as conn:
+                n = conn.execute(text("SELECT n FROM counter")).scalar_one()
+                conn.execute(text("UPDATE counter SET n = :n"), {"n": n + 1})
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then no increment was lost (one writer at a time)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 200
+
+
+def test_an_unreachable_postgresql_fails_within_the_connect_timeout() -> None:
+    # Given a PostgreSQL URL whose port answers nothing
+    engine = create_store_engine("postgresql://nobody@127.0.0.1:1/none", timeout_s=1)
+    started = time.monotonic()
+    # Then connecting fails with a store-down error, promptly
+    with pytest.raises(STORE_DOWN), engine.connect():
+        pass
+    assert time.monotonic() - started < 5

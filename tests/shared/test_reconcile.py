@@ -1,0 +1,79 @@
+"""Jobs whose message Redis lost are published again, once, and only those."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from dramatiq import Message
+from sqlalchemy import Engine, update
+
+from shared.broker import build_broker, message_for
+from shared.job import JobStatus
+from shared.reconcile import LostMessages
+from shared.store.jobs import JobStore
+from shared.store.models import jobs
+from tests.shared.store.test_jobs import make_job
+
+
+def messages_of(redis_client: redis.Redis, queue: str) -> list[str]:
+    return sorted(Message.decode(data).message_id for data in redis_client.hvals(f"dramatiq:{queue}.msgs"))
+
+
+def test_a_job_without_a_message_twice_is_published_again_once(
+    redis_url: str, redis_client: redis.Redis, store: JobStore
+) -> None:
+    broker = build_broker(redis_url)
+    # Given published waiting jobs: one queued, one delayed, one whose message Redis lost,
+    # one never published (the relay's) and one running (its message acked or in flight elsewhere)
+    queued, delayed, lost, unpublished, running = (make_job() for _ in range(5))
+    store.insert([queued, delayed, lost, unpublished, running])
+    store.mark_published([queued.id, delayed.id, lost.id, running.id])
+    broker.enqueue(message_for(queued))
+    broker.enqueue(message_for(delayed), delay=60_000)
+    with store.engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == running.id).values(status=JobStatus.RUNNING.value))
+    time.sleep(0.01)
+    reconcile = LostMessages(store, broker, min_age_s=0)
+
+    # When the pass runs once, the lost job is only a suspect
+    assert reconcile.run() == 0
+    assert messages_of(redis_client, "default") == [queued.id]
+
+    # Then on the second run it is published again, and nothing else is
+    assert reconcile.run() == 1
+    assert messages_of(redis_client, "default") == sorted([queued.id, lost.id])
+    assert messages_of(redis_client, "default.DQ") == [delayed.id]
+    # And the next run finds its message and publishes nothing more
+    assert reconcile.run() == 0
+    assert reconcile.run() == 0
+    assert len(messages_of(redis_client, "default")) == 2
+
+
+def test_a_suspect_whose_row_moved_on_is_left_alone(redis_url: str, redis_client: redis.Redis, engine: Engine) -> None:
+    store = JobStore(engine)
+    broker = build_broker(redis_url)
+    # Given a published job with no message in Redis, seen once by the pass
+    job = make_job()
+    store.insert([job])
+    store.mark_published([job.id])
+    time.sleep(0.01)
+    reconcile = LostMessages(store, broker, min_age_s=0)
+    assert reconcile.run() == 0
+    # When a worker claims it and records a failed attempt (its retry message in motion)
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(status=JobStatus.RETRYING.value, attempts=1))
+    # Then the next pass does not publish it: the row changed since it was first missed
+    assert reconcile.run() == 0
+    assert messages_of(redis_client, "default") == []
+
+
+def test_young_jobs_are_not_suspects(redis_url: str, redis_client: redis.Redis, store: JobStore) -> None:
+    # Given a published job created just now, its message not yet in Redis
+    job = make_job()
+    store.insert([job])
+    store.mark_published([job.id])
+    reconcile = LostMessages(store, build_broker(redis_url), min_age_s=60)
+    # Then however often the pass runs, it waits for the job to be a minute old
+    assert reconcile.run() == 0 and reconcile.run() == 0
+    assert messages_of(redis_client, "default") == []
