@@ -43,7 +43,7 @@ def build_broker(
     middleware: list[Middleware] | None = None,
     heartbeat_timeout_s: float = 60.0,
     dead_message_ttl_s: float = 7 * 86400.0,
-) -> RedisBroker:
+) -> WakingRedisBroker:
     """A Redis broker with exactly the middleware given (none by default, as the API needs)."""
     client = redis_client(redis_url)
     return WakingRedisBroker(

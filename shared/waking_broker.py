@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
@@ -30,6 +31,10 @@ WAKE_PREFIX = "jobrelay:wake:"
 WAKE_TOKENS = 64
 #: Longest an idle consumer blocks before it looks again (and lets a stopping worker go).
 WAIT_S = 1.0
+#: A middleware that sets this attribute on a ``MessageProxy`` to a callable takes over the
+#: message's ack: the consumer calls it with the queue name and the Redis message id instead
+#: of acking (the status middleware acks once the job's final status is committed).
+DEFERRED_ACK = "jobrelay_deferred_ack"
 
 
 def wake_key(queue_name: str) -> str:
@@ -82,11 +87,22 @@ class WakingRedisBroker(RedisBroker):
                 pipe.lpush(wake_key(queue_name), 1)
                 pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
 
+    def ack_many(self, acks: list[tuple[str, str]]) -> None:
+        """Dramatiq's ack of many ``(queue name, redis message id)`` pairs, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for queue_name, redis_message_id in acks:
+            self._dispatch_in(pipe, "ack", queue_name, redis_message_id)
+        pipe.execute()
+
     def _enqueue_in(self, pipe: redis.client.Pipeline, queue_name: str, message_id: str, data: bytes) -> None:
+        self._dispatch_in(pipe, "enqueue", queue_name, message_id, data)
+
+    def _dispatch_in(self, pipe: redis.client.Pipeline, command: str, queue_name: str, *args: str | bytes) -> None:
+        """Dramatiq's dispatch script (``RedisBroker._dispatch``), queued on ``pipe``."""
         self.scripts["dispatch"](
             keys=[self.namespace],
             args=[
-                "enqueue",
+                command,
                 current_millis(),
                 queue_name,
                 self.broker_id,
@@ -94,8 +110,7 @@ class WakingRedisBroker(RedisBroker):
                 self.dead_message_ttl,
                 0,
                 self._max_unpack_size(),
-                message_id,
-                data,
+                *args,
             ],
             client=pipe,
         )
@@ -114,6 +129,17 @@ class _WakingConsumer(_RedisConsumer):
         # this live worker's ack set, where nothing recovers them until the process dies. A new
         # delay-queue consumer puts them back first (empty on a process's first start).
         self._reclaim_delayed = is_delay_queue(queue_name)
+
+    def ack(self, message: MessageProxy) -> None:
+        """Ack now, or hand the ack to whoever set ``DEFERRED_ACK`` on the message (after a commit)."""
+        deferred: Callable[[str, str], None] | None = getattr(message, DEFERRED_ACK, None)
+        if deferred is None:
+            super().ack(message)
+            return
+        # The message leaves this consumer's prefetch count now; its ack set entry stays in
+        # Redis until the deferred ack is done, so a crash before then still recovers it.
+        self.queued_message_ids.discard(message.message_id)
+        deferred(self.queue_name, message.options["redis_message_id"])
 
     def __next__(self) -> MessageProxy | None:
         try:

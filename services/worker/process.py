@@ -94,6 +94,7 @@ def build_worker_broker(
         dead_message_ttl_s=settings.job_retention_s,
     )
     broker.broker_id = owner
+    status.defer_acks(broker)
     declare_actors(broker, catalog)
     return broker, status, store
 
@@ -132,6 +133,7 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     stop.wait()
     log.info("worker %s stopping: finishing in-flight work within %.0fs", owner, grace_s)
     worker.stop(timeout=int(grace_s * 1000))
+    status.close()
     heartbeat.stop()
     broker.close()
 

@@ -2,8 +2,11 @@
 
 Eight threads each committing their own claim fight over the SQLite write
 lock (and PostgreSQL round trips add up); gathered into one transaction,
-a busy process pays one commit for many jobs. A caller blocks until the
-commit that holds its write is done, so "durable before ack" still holds.
+a busy process pays one commit for many jobs. A claim's caller blocks until
+the commit that holds its write is done; a successful finish is handed over
+with ``finish_later`` and its message acked only once that commit is done
+(``services/worker/acker.py``), so "durable before ack" still holds without
+the worker thread waiting for it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +24,16 @@ from shared.store.jobs import Claim, ClaimRequest, FinishRequest, JobStore
 log = logging.getLogger(__name__)
 
 
+#: The longest a write handed over with ``finish_later`` waits between tries while the store is down.
+MAX_RETRY_DELAY_S = 5.0
+
+
 @dataclass
 class _Pending:
     request: ClaimRequest | FinishRequest
     future: Future[Any]
+    #: Tried again until it commits (nobody waits to retry it).
+    keep_trying: bool = False
 
 
 class StatusWriter:
@@ -44,6 +54,15 @@ class StatusWriter:
         done: bool = self._submit(request)
         return done
 
+    def finish_later(self, request: FinishRequest) -> Future[bool]:
+        """Queue a finish without waiting: the future is done once it is committed.
+
+        A store outage does not fail it: it is tried again, with a growing pause, until it commits.
+        """
+        future: Future[bool] = Future()
+        self._queue.put(_Pending(request, future, keep_trying=True))
+        return future
+
     def _submit(self, request: ClaimRequest | FinishRequest) -> Any:
         future: Future[Any] = Future()
         self._queue.put(_Pending(request, future))
@@ -54,6 +73,7 @@ class StatusWriter:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        self._retry_delay_s = 0.05
         while True:
             first = self._queue.get()
             if first is None:
@@ -79,10 +99,25 @@ class StatusWriter:
                 [p.request for p in finishes],  # type: ignore[misc]
             )
         except BaseException as exc:
-            # Every caller sees the failure and retries (the store may be down).
+            # A waiting caller sees the failure and retries (the store may be down); the writes
+            # nobody waits for go back in the queue after a pause.
+            kept = [pending for pending in batch if pending.keep_trying]
             for pending in batch:
-                pending.future.set_exception(exc)
+                if not pending.keep_trying:
+                    pending.future.set_exception(exc)
+            if kept:
+                log.warning(
+                    "could not commit %d finished job(s) (%s); trying again in %.2fs",
+                    len(kept),
+                    type(exc).__name__,
+                    self._retry_delay_s,
+                )
+                time.sleep(self._retry_delay_s)
+                self._retry_delay_s = min(MAX_RETRY_DELAY_S, self._retry_delay_s * 2)
+                for pending in kept:
+                    self._queue.put(pending)
             return
+        self._retry_delay_s = 0.05
         for pending, claim in zip(claims, claimed, strict=True):
             pending.future.set_result(claim)
         for pending, done in zip(finishes, finished, strict=True):

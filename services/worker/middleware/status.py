@@ -14,15 +14,16 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
+from services.worker.acker import Acker
 from services.worker.context import JobContext, enter_job, leave_job
+from services.worker.outages import deliver, persist
 from services.worker.retry_policy import Decision, Retry, decide
 from services.worker.status_writer import StatusWriter
 from shared import metrics
@@ -31,44 +32,10 @@ from shared.errors import TaskError
 from shared.job import Job, JobStatus, utcnow
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage, encode_result
-from shared.store.engine import STORE_DOWN
 from shared.store.jobs import ClaimOutcome, ClaimRequest, FinishRequest, JobStore
+from shared.waking_broker import DEFERRED_ACK, WakingRedisBroker
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-#: Longest pause between attempts to reach the job store or Redis while it is down.
-MAX_OUTAGE_RETRY_S = 5.0
-
-
-def until_up(call: Callable[[], T], errors: tuple[type[Exception], ...], what: str) -> T:
-    """Run ``call`` until ``what`` answers: the worker pauses while it is down."""
-    delay_s = 0.05
-    while True:
-        try:
-            return call()
-        except errors as exc:
-            log.warning("%s unavailable (%s); retrying in %.2fs", what, type(exc).__name__, delay_s)
-            time.sleep(delay_s)
-            delay_s = min(MAX_OUTAGE_RETRY_S, delay_s * 2)
-
-
-def persist(write: Callable[[], T]) -> T:
-    """A store call that outlasts a store outage.
-
-    NOTE: Dramatiq swallows errors raised in middleware hooks and acks the
-    message anyway, so giving up here would lose the job's outcome.
-    """
-    return until_up(write, STORE_DOWN, "job store")
-
-
-def deliver(send: Callable[[], T]) -> T:
-    """A broker call that outlasts a Redis outage.
-
-    NOTE: a retry's row already says ``retrying`` when its message is sent, and the
-    current message is acked after the hook; giving up here would leave the job
-    with no message to run it, for good.
-    """
-    return until_up(send, (redis.ConnectionError, redis.TimeoutError), "Redis")
 
 
 def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
@@ -125,9 +92,21 @@ class JobStatusMiddleware(Middleware):
         self.inline_max_bytes = inline_max_bytes
         #: Called once a job's final status is committed (workflows advance from here).
         self.on_final = on_final
+        #: Set by ``defer_acks``: succeeded jobs are then acked after their commit, off the worker thread.
+        self.acker: Acker | None = None
         self._running: dict[str, Running] = {}
         self._running_lock = threading.Lock()
         self._local = threading.local()
+
+    def defer_acks(self, broker: WakingRedisBroker) -> None:
+        """Let worker threads move on without waiting for a succeeded job's commit and ack."""
+        self.acker = Acker(broker, on_final=self._ended)
+
+    def close(self) -> None:
+        """Commit and ack what is still pending (after the worker stopped)."""
+        self.writes.stop()
+        if self.acker is not None:
+            self.acker.stop()
 
     # -- what other parts of the worker read -------------------------------
 
@@ -206,18 +185,23 @@ class JobStatusMiddleware(Middleware):
         try:
             if exception is None:
                 try:
-                    self._succeed(job, self._local.context.result, self._local.context.result_file_type)
+                    deferred = self._succeed(
+                        message, job, self._local.context.result, self._local.context.result_file_type
+                    )
                 except Exception as exc:
                     # NOTE: the task ran but its result could not be stored (result storage full or
                     # away); left alone, the row would stay running with its message acked.
                     log.error("job %s: storing its result failed: %s", job.id, exc)
                     self._fail(broker, message, job, exc)
+                    self._ended(job)
                 else:
                     metrics.jobs_succeeded_total.labels(*labels).inc()
                     log.info("job succeeded in %.3fs", elapsed_s)
+                    if not deferred:
+                        self._ended(job)
             else:
                 self._fail(broker, message, job, exception)
-            self._ended(job)
+                self._ended(job)
         finally:
             reset_log_context(self._local.log_token)
 
@@ -249,14 +233,20 @@ class JobStatusMiddleware(Middleware):
         except Exception:
             log.exception("advancing workflow %s failed; housekeeping will retry", job.workflow_id)
 
-    def _succeed(self, job: Job, result: Any, result_file_type: str | None) -> None:
+    def _succeed(self, message: MessageProxy, job: Job, result: Any, result_file_type: str | None) -> bool:
+        """Record the success; True when its commit, ack and ``on_final`` are left to the acker."""
         body = encode_result(result)
         result_url = f"/v1/jobs/{job.id}/result" if result_file_type else None
         if result_url is None and len(body) > self.inline_max_bytes:
             self.results.put(job.id, body, "application/json")
             result, result_url = None, f"/v1/jobs/{job.id}/result"
+        if self.acker is not None:
+            request = FinishRequest(job.id, self.owner, JobStatus.SUCCEEDED, result=result, result_url=result_url)
+            setattr(message, DEFERRED_ACK, self.acker.after(self.writes.finish_later(request), job))
+            return True
         if not self._finish(job, JobStatus.SUCCEEDED, result=result, result_url=result_url):
             log.warning("job %s finished after its lease passed to another worker", job.id)
+        return False
 
     def _finish(self, job: Job, status: JobStatus, **fields: Any) -> bool:
         """Record the end of this attempt, waiting out a store outage; False if the lease was lost."""

@@ -1,0 +1,84 @@
+"""Acks of succeeded jobs, sent once their final status is committed, many per Redis round trip.
+
+A worker thread hands a succeeded job's finish to the status writer (``finish_later``) and moves on
+to its next message; this thread waits for those commits, acks their messages in one pipeline
+and lets their workflows move on. A crash before the ack leaves the message in the worker's ack
+set, so it is recovered and its delivery skipped as a duplicate of a finished job.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import redis
+
+from services.worker.outages import until_up
+from shared.job import Job
+from shared.waking_broker import WakingRedisBroker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Ack:
+    queue_name: str
+    redis_message_id: str
+    job: Job
+    committed: Future[bool]
+
+
+class Acker:
+    def __init__(self, broker: WakingRedisBroker, *, on_final: Callable[[Job], None], max_batch: int = 512) -> None:
+        self.broker = broker
+        self.on_final = on_final
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Ack | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="jobrelay-acker", daemon=True)
+        self._thread.start()
+
+    def after(self, committed: Future[bool], job: Job) -> Callable[[str, str], None]:
+        """The deferred ack of ``job``'s message: done once ``committed`` is."""
+
+        def ack(queue_name: str, redis_message_id: str) -> None:
+            item = _Ack(queue_name, redis_message_id, job, committed)
+            committed.add_done_callback(lambda _: self._queue.put(item))
+
+        return ack
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Send the acks already committed, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._send(batch)
+            if stopping:
+                return
+
+    def _send(self, batch: list[_Ack]) -> None:
+        pairs = [(item.queue_name, item.redis_message_id) for item in batch]
+        until_up(lambda: self.broker.ack_many(pairs), (redis.ConnectionError, redis.TimeoutError), "Redis")
+        for item in batch:
+            if not item.committed.result():
+                log.warning("job %s finished after its lease passed to another worker", item.job.id)
+            self.on_final(item.job)

@@ -1,0 +1,97 @@
+"""A succeeded job's message is acked only after its final status is committed, off the worker thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from services.worker.acker import Acker
+from services.worker.status_writer import StatusWriter
+from shared.broker import build_broker, message_for
+from shared.job import Job, JobStatus
+from shared.store.engine import create_store_engine, migrate, write_transaction
+from shared.store.jobs import FinishRequest, JobStore
+from shared.waking_broker import DEFERRED_ACK
+from tests.shared.store.test_jobs import make_job
+
+OWNER = "worker-under-test"
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_ack_waits_for_the_commit_through_a_store_outage(
+    sqlite_url: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given a job claimed by this worker, its message fetched (in the worker's ack set)
+    engine = create_store_engine(sqlite_url, timeout_s=0.2)
+    migrate(engine)
+    store = JobStore(engine)
+    job = make_job()
+    store.insert([job])
+    broker = build_broker(redis_url)
+    broker.broker_id = OWNER
+    broker.enqueue(message_for(job))
+    consumer = broker.consume("default", prefetch=1, timeout=100)
+    message = next(message for message in consumer if message is not None)
+    claimed = store.claim(job.id, owner=OWNER, lease_s=30)
+    assert claimed.job is not None
+    acks = f"dramatiq:__acks__.{OWNER}.default"
+    assert redis_client.scard(acks) == 1
+    finals: list[Job] = []
+    writer, acker = StatusWriter(store), Acker(broker, on_final=finals.append)
+
+    # And another process holding the store's write lock
+    other = create_store_engine(sqlite_url)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with write_transaction(other):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        # When the job's success is handed over and the consumer is told to ack
+        request = FinishRequest(job.id, OWNER, JobStatus.SUCCEEDED, result="done")
+        setattr(message, DEFERRED_ACK, acker.after(writer.finish_later(request), claimed.job))
+        consumer.ack(message)
+        # Then while the store cannot commit, the message stays unacked and the row running
+        time.sleep(0.6)
+        assert redis_client.scard(acks) == 1
+        assert store.get(job.id).status is JobStatus.RUNNING
+        assert finals == []
+    finally:
+        release.set()
+        holder.join()
+    # And once the store is back the row is final, then the message acked and the workflow told
+    assert wait_for(lambda: redis_client.scard(acks) == 0)
+    assert store.get(job.id).status is JobStatus.SUCCEEDED and store.get(job.id).result == "done"
+    assert redis_client.hlen("dramatiq:default.msgs") == 0
+    assert wait_for(lambda: [final.id for final in finals] == [job.id])
+    writer.stop()
+    acker.stop()
+    consumer.close()
+
+
+def test_a_message_without_a_deferred_ack_is_acked_at_once(redis_url: str, redis_client: redis.Redis) -> None:
+    broker = build_broker(redis_url)
+    broker.broker_id = OWNER
+    broker.enqueue(message_for(make_job()))
+    consumer = broker.consume("default", prefetch=1, timeout=100)
+    message = next(message for message in consumer if message is not None)
+    consumer.ack(message)
+    assert redis_client.scard(f"dramatiq:__acks__.{OWNER}.default") == 0
+    assert redis_client.hlen("dramatiq:default.msgs") == 0
+    consumer.close()
