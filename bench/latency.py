@@ -21,7 +21,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from bench.report import machine, write_section
+from bench.report import Output, add_output_argument, machine
 from tests.e2e.conftest import Stack, start_stack, stop_stack
 
 
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rate", type=float, default=200.0, help="jobs per second for the loaded run")
+    add_output_argument(parser)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="jobrelay-latency-") as tmp:
         stack = start_stack(Path(tmp))
@@ -106,6 +107,22 @@ def main(argv: list[str] | None = None) -> None:
             loaded_started, loaded_finished = latencies(stack, paced_run(stack, args.jobs, args.rate))
         finally:
             stop_stack(stack)
+    out = Output(args.out)
+    runs = {
+        "idle_started": idle_started,
+        "idle_finished": idle_finished,
+        f"{args.rate:.0f}/s_started": loaded_started,
+        f"{args.rate:.0f}/s_finished": loaded_finished,
+    }
+    link = out.publish(
+        "latency",
+        {
+            "machine": machine(),
+            "settings": {"jobs": args.jobs, "rate": args.rate, "api_workers": 2, "worker": "2 processes x 4 threads"},
+            "ms": {name: [v * 1000 for v in values] for name, values in runs.items()},
+            "targets_ms": [(5, "idle p50 target"), (25, "idle p99 target"), (50, "loaded p99 target")],
+        },
+    )
     body = f"""
 `diagnostics.echo` through `jobrelay up` (gunicorn 2 workers, 2 worker processes x 4 threads, embedded
 Redis, SQLite), {args.jobs} jobs per run. Idle: one job at a time, 50 ms apart. Loaded: {args.rate:.0f}
@@ -125,9 +142,10 @@ stack sustains end to end): p99 under 50 ms ({"met" if percentile(loaded_started
 Idle workers wait in `BLPOP` on a wake-up list that every enqueue pushes to
 (`shared/waking_broker.py`), so they start a job as soon as it is published instead of on their
 next poll, at one Redis command per second per idle consumer.
+
+{link}
 """
-    write_section("End-to-end latency", body)
-    print(body)
+    out.write_section("End-to-end latency", body)
 
 
 if __name__ == "__main__":

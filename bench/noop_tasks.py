@@ -1,8 +1,9 @@
-"""The no-op task the benchmarks drain, for jobrelay (``TASK_MODULES``) and for bare Dramatiq."""
+"""The tasks the benchmarks run: a no-op for jobrelay (``TASK_MODULES``) and for bare Dramatiq, and a sleep."""
 
 from __future__ import annotations
 
 import os
+import time
 
 from shared.catalog import task
 
@@ -10,6 +11,12 @@ from shared.catalog import task
 @task(name="bench.noop", queue="bench", max_retries=0, time_limit_s=60)
 def noop() -> None:
     """Do nothing: the benchmark measures the platform, not the task."""
+
+
+@task(name="bench.sleep", queue="bench", max_retries=0, time_limit_s=600)
+def sleep(seconds: float) -> None:
+    """Hold a worker thread for ``seconds``: the redelivery benchmark kills workers in the middle."""
+    time.sleep(seconds)
 
 
 def bare_broker() -> object:

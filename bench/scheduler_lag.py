@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.report import machine, write_section
+from bench.report import Output, add_output_argument, machine
 from services.scheduler.ticks import id_time
 from services.worker.tasks import load_task_modules
 from shared.redis_server import RedisServer, free_port
@@ -98,7 +98,12 @@ def measure(seconds: float) -> tuple[list[float], tuple[float, float], float]:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
             jobs = JobStore(engine).page(JobFilter(schedule_id="bench-tick"), limit=500).items
-            lags = [(job.published_at - id_time(job.id)).total_seconds() * 1000 for job in jobs if job.published_at]
+            # The page is newest first; the lags go in tick order.
+            lags = [
+                (job.published_at - id_time(job.id)).total_seconds() * 1000
+                for job in reversed(jobs)
+                if job.published_at
+            ]
             engine.dispose()
             return lags, histogram_share_within(metrics_text, "bench-tick"), load_1m
         finally:
@@ -108,6 +113,7 @@ def measure(seconds: float) -> tuple[list[float], tuple[float, float], float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the scheduler runs")
+    add_output_argument(parser)
     args = parser.parse_args(argv)
     lags, (within, total), load_1m = measure(args.seconds)
     if not lags:
@@ -115,6 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     p50, p95, p99 = (percentile(lags, q) for q in (50, 95, 99))
     worst, mean = max(lags), statistics.fmean(lags)
     met = worst <= TARGET_MS
+    out = Output(args.out)
+    link = out.publish(
+        "scheduler_lag",
+        {
+            "machine": machine(),
+            "settings": {"seconds": args.seconds},
+            "lags_ms": lags,
+            "load_1m": load_1m,
+            "target_ms": TARGET_MS,
+        },
+    )
     body = f"""
 One `jobrelay scheduler` process, a schedule every second (`diagnostics.echo`) next to the built-in
 housekeeping, a private Redis and a SQLite job store, for {args.seconds:.0f} s ({len(lags)} ticks).
@@ -129,9 +146,10 @@ Machine: {machine()}.
 The scheduler's own `jobrelay_schedule_lag_seconds` histogram counted {within:.0f} of {total:.0f} fires
 within 100 ms. Target: every fire published within {TARGET_MS:.0f} ms of its scheduled time on an
 idle machine: **{"met" if met else "not met"}**.
+
+{link}
 """
-    write_section("Scheduler fire lag", body)
-    print(body)
+    out.write_section("Scheduler fire lag", body)
 
 
 if __name__ == "__main__":
