@@ -45,7 +45,23 @@ def is_delay_queue(queue_name: str) -> bool:
     return queue_name.endswith(".DQ")
 
 
+#: Dramatiq's "ack" (dispatch.lua) for many messages of one queue: out of the worker's ack set, then
+#: out of the queue's message hash. KEYS: the ack set, the message hash; ARGV: redis message ids.
+_ACK_MANY = """
+local acked = 0
+for _, message_id in ipairs(ARGV) do
+    if redis.call("srem", KEYS[1], message_id) > 0 then
+        redis.call("hdel", KEYS[2], message_id)
+        acked = acked + 1
+    end
+end
+return acked
+"""
+
+
 class WakingRedisBroker(RedisBroker):
+    _ack_script: Any = None
+
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _WakingConsumer
@@ -88,11 +104,15 @@ class WakingRedisBroker(RedisBroker):
                 pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
 
     def ack_many(self, acks: list[tuple[str, str]]) -> None:
-        """Dramatiq's ack of many ``(queue name, redis message id)`` pairs, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        """Dramatiq's ack of many ``(queue name, redis message id)`` pairs, one script call per queue."""
+        by_queue: dict[str, list[str]] = {}
         for queue_name, redis_message_id in acks:
-            self._dispatch_in(pipe, "ack", queue_name, redis_message_id)
-        pipe.execute()
+            by_queue.setdefault(queue_name, []).append(redis_message_id)
+        if self._ack_script is None:
+            self._ack_script = self.client.register_script(_ACK_MANY)
+        for queue_name, ids in by_queue.items():
+            keys = [f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}", f"{self.namespace}:{queue_name}.msgs"]
+            self._ack_script(keys=keys, args=ids)
 
     def _enqueue_in(self, pipe: redis.client.Pipeline, queue_name: str, message_id: str, data: bytes) -> None:
         self._dispatch_in(pipe, "enqueue", queue_name, message_id, data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Update, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -234,7 +235,7 @@ class JobStore:
             found: dict[str, Job] = {}
             ids = [request.job_id for request in claims]
             if ids:
-                rows = conn.execute(select(jobs).where(jobs.c.id.in_(ids)).with_for_update())
+                rows = conn.execute(_CLAIM_SELECT, {"ids": ids})
                 found = {job.id: job for job in map(Job.from_row, rows)}
             outcomes = []
             claimed_rows: list[dict[str, Any]] = []
@@ -267,15 +268,7 @@ class JobStore:
             groups.setdefault(tuple(sorted(values)), []).append(index)
         done = [True] * len(finishes)
         for columns, indexes in groups.items():
-            statement = (
-                update(jobs)
-                .where(
-                    jobs.c.id == bindparam("b_id"),
-                    jobs.c.status == JobStatus.RUNNING.value,
-                    jobs.c.lease_owner == bindparam("b_owner"),
-                )
-                .values(**{column: bindparam(f"b_{column}") for column in columns})
-            )
+            statement = _finish_update(columns)
             params = [
                 {"b_id": finishes[i].job_id, "b_owner": finishes[i].owner, **{f"b_{k}": v for k, v in rows[i].items()}}
                 for i in indexes
@@ -474,6 +467,24 @@ _CLAIM_UPDATE = (
     .where(jobs.c.id == bindparam("b_id"))
     .values(**{column: bindparam(f"b_{column}") for column in _CLAIM_COLUMNS})
 )
+
+
+#: The rows of a batch of claims, locked (PostgreSQL) until the batch commits.
+_CLAIM_SELECT = select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+
+
+@functools.cache
+def _finish_update(columns: tuple[str, ...]) -> Update:
+    """The finish UPDATE writing ``columns``, built once per shape (building costs more than running it)."""
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("b_id"),
+            jobs.c.status == JobStatus.RUNNING.value,
+            jobs.c.lease_owner == bindparam("b_owner"),
+        )
+        .values(**{column: bindparam(f"b_{column}") for column in columns})
+    )
 
 
 def _decide_claim(job: Job | None, request: ClaimRequest, now: datetime) -> tuple[Claim, dict[str, Any]]:
