@@ -54,9 +54,14 @@ class PublishMarks:
             self._pending.extend(job_ids)
         self._wake.set()
 
-    def flush(self) -> None:
+    def take(self) -> list[str]:
+        """Hand over the pending ids (at most ``max_batch``) to a caller that marks them in its own write."""
         with self._lock:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        return batch
+
+    def flush(self) -> None:
+        batch = self.take()
         if batch:
             try:
                 self.store.mark_published(batch)

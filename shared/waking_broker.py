@@ -61,6 +61,8 @@ return acked
 
 class WakingRedisBroker(RedisBroker):
     _ack_script: Any = None
+    #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
+    _dispatch_loaded = False
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -68,10 +70,12 @@ class WakingRedisBroker(RedisBroker):
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
         """Dramatiq's enqueue script and the wake-up token, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        self._enqueue_in(pipe, queue_name, message_id, data)
-        self._wake_in(pipe, {queue_name})
-        return pipe.execute()[0]
+
+        def fill(pipe: redis.client.Pipeline) -> None:
+            self._enqueue_in(pipe, queue_name, message_id, data)
+            self._wake_in(pipe, {queue_name})
+
+        return self._execute(fill)[0]
 
     def enqueue_many(self, messages: list[tuple[Message[Any], int | None]]) -> None:
         """``enqueue`` for many messages (with their delays in ms) in one round trip.
@@ -79,23 +83,47 @@ class WakingRedisBroker(RedisBroker):
         Like ``RedisBroker.enqueue``, each copy gets its own ``redis_message_id``
         and a delayed one goes to the delay queue with its ``eta``.
         """
-        pipe = self.client.pipeline(transaction=False)
-        queues: set[str] = set()
         sent: list[tuple[Message[Any], int | None]] = []
         for message, delay in messages:
-            queue_name = message.queue_name
             message = message.copy(options={"redis_message_id": str(uuid4())})
             if delay is not None:
-                queue_name = dq_name(queue_name)
-                message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+                message = message.copy(
+                    queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay}
+                )
             self.emit_before("enqueue", message, delay)
-            self._enqueue_in(pipe, queue_name, message.options["redis_message_id"], message.encode())
-            queues.add(queue_name)
             sent.append((message, delay))
-        self._wake_in(pipe, queues)
-        pipe.execute()
+
+        def fill(pipe: redis.client.Pipeline) -> None:
+            for message, _delay in sent:
+                self._enqueue_in(pipe, message.queue_name, message.options["redis_message_id"], message.encode())
+            self._wake_in(pipe, {message.queue_name for message, _delay in sent})
+
+        self._execute(fill)
         for message, delay in sent:
             self.emit_after("enqueue", message, delay)
+
+    def _execute(self, fill: Callable[[redis.client.Pipeline], None]) -> list[Any]:
+        """Run a pipeline of dispatch script calls in one round trip.
+
+        NOTE: redis-py sends ``SCRIPT EXISTS`` before every pipeline that calls a script,
+        a second round trip per publish. Once the script is known to be loaded it is
+        called by its digest directly; if Redis lost it (a restart), no enqueue of the
+        pipeline ran, so it runs again the redis-py way, which loads the script (a
+        repeated wake-up token is harmless).
+        """
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                results: list[Any] = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._dispatch_loaded = False
+                continue
+            self._dispatch_loaded = True
+            return results
+        raise AssertionError("unreachable")
 
     def _wake_in(self, pipe: redis.client.Pipeline, queues: set[str]) -> None:
         for queue_name in queues:
@@ -119,21 +147,22 @@ class WakingRedisBroker(RedisBroker):
 
     def _dispatch_in(self, pipe: redis.client.Pipeline, command: str, queue_name: str, *args: str | bytes) -> None:
         """Dramatiq's dispatch script (``RedisBroker._dispatch``), queued on ``pipe``."""
-        self.scripts["dispatch"](
-            keys=[self.namespace],
-            args=[
-                command,
-                current_millis(),
-                queue_name,
-                self.broker_id,
-                self.heartbeat_timeout,
-                self.dead_message_ttl,
-                0,
-                self._max_unpack_size(),
-                *args,
-            ],
-            client=pipe,
-        )
+        script = self.scripts["dispatch"]
+        argv = [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            0,
+            self._max_unpack_size(),
+            *args,
+        ]
+        if self._dispatch_loaded:
+            pipe.evalsha(script.sha, 1, self.namespace, *argv)
+        else:
+            script(keys=[self.namespace], args=argv, client=pipe)
 
 
 class _WakingConsumer(_RedisConsumer):

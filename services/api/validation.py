@@ -51,9 +51,25 @@ def _validator(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema_json))
 
 
+#: The validator of each schema object the registry handed out, by ``id`` (the schema is kept
+#: alongside, so its id is not reused): encoding the schema as a cache key costs more than a lookup.
+_by_schema: dict[int, tuple[object, Draft202012Validator]] = {}
+
+
+def _schema_validator(schema: Any) -> Draft202012Validator:
+    hit = _by_schema.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if len(_by_schema) >= 512:
+        _by_schema.clear()
+    _by_schema[id(schema)] = (schema, validator)
+    return validator
+
+
 def args_errors(spec: TaskSpec, args: Any, base: str) -> list[FieldError]:
     """Every way ``args`` fails the task's schema, each at a JSON pointer under ``base``."""
-    validator = _validator(json.dumps(spec.args_schema, sort_keys=True))
+    validator = _schema_validator(spec.args_schema)
     found: list[FieldError] = []
     for error in sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path))):
         pointer = base + "".join(f"/{_escape(part)}" for part in error.absolute_path)

@@ -94,43 +94,75 @@ class JobStore:
         A job whose idempotency key exists already gives the stored job
         (created False) when the request hash matches, else ``Conflict``.
         """
-        keys = [job.idempotency_key for job in new_jobs if job.idempotency_key]
-        if len(keys) != len(set(keys)):
-            raise Conflict("the same idempotency key appears twice in one request")
+        [outcome] = self.insert_groups([new_jobs])
+        if isinstance(outcome, Conflict):
+            raise outcome
+        return outcome
+
+    def insert_groups(
+        self, groups: Sequence[Sequence[Job]], *, published: Sequence[str] = ()
+    ) -> list[list[tuple[Job, bool]] | Conflict]:
+        """``insert`` for the jobs of many requests in one transaction (one commit).
+
+        Each group is all or nothing: a group with an idempotency conflict stores
+        none of its rows and gets its ``Conflict`` back, and the other groups are
+        unaffected. The API's submit writer groups concurrent requests here, and
+        marks the jobs it published since its last commit (``published``) in the
+        same transaction instead of a write of their own.
+        """
+        outcomes: list[list[tuple[Job, bool]] | Conflict | None] = [None] * len(groups)
+        group_keys: list[list[str]] = []
+        for index, group in enumerate(groups):
+            keys = [job.idempotency_key for job in group if job.idempotency_key]
+            group_keys.append(keys)
+            if len(keys) != len(set(keys)):
+                outcomes[index] = Conflict("the same idempotency key appears twice in one request")
+        all_keys = sorted({key for keys in group_keys for key in keys})
+        # A group reusing a key another group of this transaction inserts goes in a later one,
+        # where it finds that row as a repeat request would.
+        later: list[int] = []
         try:
             with write_transaction(self.engine) as conn:
                 existing: dict[str, Job] = {}
-                if keys:
-                    rows = conn.execute(select(jobs).where(jobs.c.idempotency_key.in_(keys)))
+                if all_keys:
+                    rows = conn.execute(_BY_KEYS_SELECT, {"keys": all_keys})
                     existing = {job.idempotency_key or "": job for job in map(Job.from_row, rows)}
-                out: list[tuple[Job, bool]] = []
+                inserting: set[str] = set()
                 to_insert: list[dict[str, Any]] = []
-                for job in new_jobs:
-                    found = existing.get(job.idempotency_key or "") if job.idempotency_key else None
-                    if found is not None:
-                        if found.request_hash != job.request_hash:
-                            raise Conflict(f"idempotency key {job.idempotency_key!r} was used with a different request")
-                        out.append((found, False))
-                    else:
-                        to_insert.append(row_values(job))
-                        out.append((job, True))
+                for index, group in enumerate(groups):
+                    if outcomes[index] is not None:
+                        continue
+                    if inserting.intersection(group_keys[index]):
+                        later.append(index)
+                        continue
+                    decided = outcomes[index] = _decide_group(group, existing)
+                    if isinstance(decided, Conflict):
+                        continue
+                    inserting.update(group_keys[index])
+                    to_insert.extend(row_values(job) for job, created in decided if created)
                 if to_insert:
-                    conn.execute(jobs.insert(), to_insert)
-                return out
+                    conn.execute(_INSERT, to_insert)
+                if published:
+                    _mark_published(conn, published)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer as a repeat would.
-            if not keys:
+            if not all_keys:
                 raise
-            return self.insert(new_jobs)
+            return self.insert_groups(groups, published=published)
+        if later:
+            for index, outcome in zip(later, self.insert_groups([groups[i] for i in later]), strict=True):
+                outcomes[index] = outcome
+        answered = [outcome for outcome in outcomes if outcome is not None]
+        if len(answered) != len(groups):
+            raise RuntimeError("a request of the group commit was left undecided")
+        return answered
 
     def mark_published(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)
         if not ids:
             return
         with write_transaction(self.engine) as conn:
-            conn.execute(
-                update(jobs).where(jobs.c.id.in_(ids), jobs.c.published_at.is_(None)).values(published_at=utcnow())
-            )
+            _mark_published(conn, ids)
 
     def unpublished(self, *, older_than: datetime, limit: int = 500) -> list[Job]:
         """Jobs committed but never handed to the broker (the outbox)."""
@@ -469,6 +501,15 @@ _CLAIM_UPDATE = (
 )
 
 
+# NOTE: the statements of the submit path are built once: building one costs more than running it.
+_INSERT = jobs.insert()
+_BY_KEYS_SELECT = select(jobs).where(jobs.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_MARK_PUBLISHED = (
+    update(jobs)
+    .where(jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.published_at.is_(None))
+    .values(published_at=bindparam("now"))
+)
+
 #: The rows of a batch of claims, locked (PostgreSQL) until the batch commits.
 _CLAIM_SELECT = select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
 
@@ -485,6 +526,24 @@ def _finish_update(columns: tuple[str, ...]) -> Update:
         )
         .values(**{column: bindparam(f"b_{column}") for column in columns})
     )
+
+
+def _mark_published(conn: Connection, job_ids: Sequence[str]) -> None:
+    conn.execute(_MARK_PUBLISHED, {"ids": list(job_ids), "now": utcnow()})
+
+
+def _decide_group(group: Sequence[Job], existing: dict[str, Job]) -> list[tuple[Job, bool]] | Conflict:
+    """(job, created) pairs of one request's jobs, or its conflict: a key found with another request."""
+    out: list[tuple[Job, bool]] = []
+    for job in group:
+        found = existing.get(job.idempotency_key) if job.idempotency_key else None
+        if found is None:
+            out.append((job, True))
+        elif found.request_hash != job.request_hash:
+            return Conflict(f"idempotency key {job.idempotency_key!r} was used with a different request")
+        else:
+            out.append((found, False))
+    return out
 
 
 def _decide_claim(job: Job | None, request: ClaimRequest, now: datetime) -> tuple[Claim, dict[str, Any]]:

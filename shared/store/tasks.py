@@ -48,18 +48,22 @@ class TaskRegistry:
         self._cached_at = float("-inf")
 
     def all(self) -> dict[str, TaskSpec]:
+        return dict(self._current())
+
+    def _current(self) -> dict[str, TaskSpec]:
+        """The cached specs (never mutated: a refresh replaces the dict), read again when stale."""
         with self._lock:
             if time.monotonic() - self._cached_at > self.cache_s:
                 with self.engine.connect() as conn:
                     rows = conn.execute(select(tasks.c.spec).order_by(tasks.c.name))
                     self._cached = {row.spec["name"]: TaskSpec.from_dict(row.spec) for row in rows}
                 self._cached_at = time.monotonic()
-            return dict(self._cached)
+            return self._cached
 
     def get(self, name: str) -> TaskSpec | None:
-        spec = self.all().get(name)
+        spec = self._current().get(name)
         if spec is None and self.cache_s:
             # A worker may have registered it a moment ago.
             self._cached_at = float("-inf")
-            spec = self.all().get(name)
+            spec = self._current().get(name)
         return spec

@@ -11,6 +11,7 @@ import falcon
 from dramatiq.brokers.redis import RedisBroker
 
 from services.api.body import read_json
+from services.api.submit_writer import SubmitWriter
 from services.api.validation import Submission, build_job
 from shared import metrics
 from shared.broker import publish
@@ -47,11 +48,16 @@ class Submitter:
         self.broker = broker
         self.max_body_bytes = max_body_bytes
         self.marks = PublishMarks(store)
+        self.writer = SubmitWriter(store, self.publish, self.marks)
 
     def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
         stored = self.store.insert(new_jobs)
         self.publish([job for job, created in stored if created and not job.held])
         return stored
+
+    def submit_grouped(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
+        """As ``submit``, committed and published together with the concurrent requests of this process."""
+        return self.writer.insert(new_jobs)
 
     def publish(self, committed: list[Job], *, new: bool = True) -> None:
         """Hand committed jobs to Redis; if it is down, the outbox relay does it later."""
@@ -79,7 +85,7 @@ class JobsResource:
         job = build_job(body, "", self.submitter.registry, submission, errors)
         if job is None:
             raise InvalidInput("the job request is invalid", errors)
-        [(stored, created)] = self.submitter.submit([job])
+        [(stored, created)] = self.submitter.submit_grouped([job])
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         resp.set_header("Location", f"/v1/jobs/{stored.id}")
         resp.media = stored.to_api()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from falcon import testing
@@ -144,6 +145,28 @@ def test_idempotency_key_header_and_body(client: testing.TestClient, store: JobS
     )
     assert other.status_code == 409
     assert stored_count(store) == 1
+
+
+def test_concurrent_submits_are_committed_and_published_each(
+    client: testing.TestClient, store: JobStore, redis_client: redis.Redis
+) -> None:
+    # Given many threads submitting at once (their inserts share group commits), half with one key
+    def post(index: int) -> testing.Result:
+        headers = {"Idempotency-Key": "shared"} if index % 2 else {}
+        body = ECHO if index % 4 != 3 else {"task": "diagnostics.echo", "args": {"message": "other"}}
+        return client.simulate_post("/v1/jobs", json=body, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(post, range(32)))
+    # Then every keyless request got its own job, the key made one job, and each answer is as alone
+    assert all(r.status_code == 202 for i, r in enumerate(results) if i % 2 == 0)
+    winners = [i for i in range(1, 32, 2) if results[i].status_code == 202]
+    assert len(winners) == 1
+    for index in set(range(1, 32, 2)) - set(winners):
+        expected = 200 if index % 4 == winners[0] % 4 else 409
+        assert results[index].status_code == expected, index
+    assert stored_count(store) == 17
+    assert len(queued_messages(redis_client)) == 17
 
 
 def test_delay_makes_a_scheduled_job(client: testing.TestClient, redis_client: redis.Redis) -> None:

@@ -63,6 +63,38 @@ def test_idempotency_key_returns_original_or_conflicts(store: JobStore) -> None:
         store.insert([make_job(idempotency_key="k1", request_hash="other")])
 
 
+def test_insert_groups_answers_each_request_on_its_own(store: JobStore) -> None:
+    # Given a stored job with key k1
+    stored = make_job(idempotency_key="k1", request_hash="h1")
+    store.insert([stored])
+    # When four requests are committed together: a fresh one, a repeat, a conflict
+    # (whose other job must not be stored) and a request repeating a key within itself
+    fresh, repeat = make_job(), make_job(idempotency_key="k1", request_hash="h1")
+    refused = [make_job(), make_job(idempotency_key="k1", request_hash="other")]
+    doubled = [make_job(idempotency_key="k2"), make_job(idempotency_key="k2")]
+    outcomes = store.insert_groups([[fresh], [repeat], refused, doubled])
+    # Then each gets its own answer and only the fresh job is new
+    assert outcomes[0] == [(fresh, True)]
+    assert not isinstance(outcomes[1], Conflict) and [(j.id, c) for j, c in outcomes[1]] == [(stored.id, False)]
+    assert isinstance(outcomes[2], Conflict) and isinstance(outcomes[3], Conflict)
+    store.get(fresh.id)
+    for job in [*refused, *doubled]:
+        with pytest.raises(NotFound):
+            store.get(job.id)
+
+
+def test_insert_groups_with_one_new_key_twice_stores_it_once(store: JobStore) -> None:
+    # Given two concurrent requests with the same new key, one a repeat, one different
+    first = make_job(idempotency_key="k", request_hash="h")
+    outcomes = store.insert_groups(
+        [[first], [make_job(idempotency_key="k", request_hash="h")], [make_job(idempotency_key="k", request_hash="x")]]
+    )
+    # Then the first creates it, the repeat gets it back, the different one conflicts
+    assert outcomes[0] == [(first, True)]
+    assert not isinstance(outcomes[1], Conflict) and [(j.id, c) for j, c in outcomes[1]] == [(first.id, False)]
+    assert isinstance(outcomes[2], Conflict)
+
+
 def test_list_is_newest_first_and_cursor_is_stable_under_inserts(store: JobStore) -> None:
     # Given five jobs
     ids = [job.id for job, _ in store.insert([make_job() for _ in range(5)])]

@@ -1,0 +1,138 @@
+"""Group commit for submissions: one thread per API process inserts and publishes for all its threads.
+
+Each single submit committing its own row queues on the SQLite write lock (and pays a
+PostgreSQL round trip and commit), then makes its own Redis round trip. The request
+threads of a gunicorn worker hand their jobs here instead: the writer inserts every
+pending request's jobs in one transaction, a publisher thread sends the new ones in
+one Redis round trip (while the writer commits the next batch), and only then is each
+waiting request answered, so the row is still committed (and published, unless Redis
+is down) before the 202. The same design as the worker's ``services/worker/status_writer.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TypeVar
+
+from shared.errors import Conflict
+from shared.job import Job
+from shared.outbox import PublishMarks
+from shared.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+Stored = list[tuple[Job, bool]]
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Pending:
+    jobs: Sequence[Job]
+    future: Future[Stored]
+
+
+@dataclass
+class _Committed:
+    items: list[_Pending]
+    outcomes: list[Stored | Conflict]
+
+
+class SubmitWriter:
+    """Insert (and then publish) the jobs of concurrent requests together.
+
+    ``publish`` is called by the publisher thread with every job its batches created
+    that is not held; if it raises, the requests still succeed (their rows are
+    committed) and the outbox relay publishes the jobs later.
+    """
+
+    def __init__(
+        self, store: JobStore, publish: Callable[[list[Job]], None], marks: PublishMarks, *, max_batch: int = 64
+    ) -> None:
+        self.store = store
+        self.publish = publish
+        self.marks = marks
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._start_lock = threading.Lock()
+        self._owner_pid: int | None = None
+
+    def insert(self, new_jobs: Sequence[Job]) -> Stored:
+        """As ``JobStore.insert`` followed by the publish, committed with other threads' requests."""
+        self._ensure_threads()
+        future: Future[Stored] = Future()
+        self._queue.put(_Pending(new_jobs, future))
+        return future.result()
+
+    def _ensure_threads(self) -> None:
+        # NOTE: started on first use, in the process that serves requests: gunicorn may
+        # build the app before it forks, and a thread does not survive a fork.
+        if self._owner_pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._owner_pid != os.getpid():
+                self._queue = queue.SimpleQueue()
+                committed: queue.SimpleQueue[_Committed] = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._commit_loop, args=(self._queue, committed), name="jobrelay-submit-writer", daemon=True
+                ).start()
+                # NOTE: a second thread publishes, so one batch's Redis round trip overlaps
+                # the next batch's commit instead of delaying it.
+                threading.Thread(
+                    target=self._publish_loop, args=(committed,), name="jobrelay-submit-publisher", daemon=True
+                ).start()
+                self._owner_pid = os.getpid()
+
+    def _commit_loop(self, pending: queue.SimpleQueue[_Pending], committed: queue.SimpleQueue[_Committed]) -> None:
+        while True:
+            batch = _drain(pending, self.max_batch)
+            # NOTE: the published marks ride along in this commit instead of taking the write lock again.
+            published = self.marks.take()
+            try:
+                outcomes = self.store.insert_groups([item.jobs for item in batch], published=published)
+            except BaseException as exc:
+                # The store is down or locked: every waiting request answers 503, nothing was stored.
+                self.marks.add(published)
+                for item in batch:
+                    item.future.set_exception(exc)
+                continue
+            committed.put(_Committed(batch, outcomes))
+
+    def _publish_loop(self, committed: queue.SimpleQueue[_Committed]) -> None:
+        while True:
+            done = _drain(committed, self.max_batch)
+            created = [
+                job
+                for batch in done
+                for outcome in batch.outcomes
+                if not isinstance(outcome, Conflict)
+                for job, is_new in outcome
+                if is_new and not job.held
+            ]
+            try:
+                self.publish(created)
+            except Exception:
+                # The rows are committed, so the requests still succeed; the relay sends them.
+                log.exception("could not publish %d committed job(s); the outbox relay will", len(created))
+            finally:
+                for batch in done:
+                    for item, outcome in zip(batch.items, batch.outcomes, strict=True):
+                        if isinstance(outcome, Conflict):
+                            item.future.set_exception(outcome)
+                        else:
+                            item.future.set_result(outcome)
+
+
+def _drain(source: queue.SimpleQueue[_T], limit: int) -> list[_T]:
+    """The next item (waiting for it), then whatever else is already there, up to ``limit``."""
+    items = [source.get()]
+    while len(items) < limit:
+        try:
+            items.append(source.get_nowait())
+        except queue.Empty:
+            break
+    return items
