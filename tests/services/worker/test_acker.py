@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -12,9 +11,10 @@ from services.worker.acker import Acker
 from services.worker.status_writer import StatusWriter
 from shared.broker import build_broker, message_for
 from shared.job import Job, JobStatus
-from shared.store.engine import create_store_engine, migrate, write_transaction
+from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import FinishRequest, JobStore
 from shared.waking_broker import DEFERRED_ACK
+from tests.shared.store.test_engine import write_lock_held_elsewhere
 from tests.shared.store.test_jobs import make_job
 
 OWNER = "worker-under-test"
@@ -51,18 +51,7 @@ def test_the_ack_waits_for_the_commit_through_a_store_outage(
     writer, acker = StatusWriter(store), Acker(broker, on_final=finals.append)
 
     # And another process holding the store's write lock
-    other = create_store_engine(sqlite_url)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with write_transaction(other):
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert holding.wait(5)
-    try:
+    with write_lock_held_elsewhere(sqlite_url):
         # When the job's success is handed over and the consumer is told to ack
         request = FinishRequest(job.id, OWNER, JobStatus.SUCCEEDED, result="done")
         setattr(message, DEFERRED_ACK, acker.after(writer.finish_later(request), claimed.job))
@@ -72,9 +61,6 @@ def test_the_ack_waits_for_the_commit_through_a_store_outage(
         assert redis_client.scard(acks) == 1
         assert store.get(job.id).status is JobStatus.RUNNING
         assert finals == []
-    finally:
-        release.set()
-        holder.join()
     # And once the store is back the row is final, then the message acked and the workflow told
     assert wait_for(lambda: redis_client.scard(acks) == 0)
     assert store.get(job.id).status is JobStatus.SUCCEEDED and store.get(job.id).result == "done"

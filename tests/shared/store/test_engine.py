@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from shared.store.engine import STORE_DOWN, create_store_engine, migrate, write_transaction
+
+
+@contextlib.contextmanager
+def write_lock_held_elsewhere(url: str) -> Iterator[None]:
+    """The store's write lock held by another engine (as another process would) until the block ends."""
+    other = create_store_engine(url)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with write_transaction(other):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+        other.dispose()
 
 
 def test_a_write_waits_out_a_short_lock_held_by_another_process(sqlite_url: str) -> None:
@@ -37,27 +61,13 @@ def test_a_write_waits_out_a_short_lock_held_by_another_process(sqlite_url: str)
 def test_a_write_gives_up_on_our_write_lock_after_the_timeout(sqlite_url: str) -> None:
     # Given another engine (process) holding the write lock for longer than our timeout
     engine = create_store_engine(sqlite_url, timeout_s=0.3)
-    other = create_store_engine(sqlite_url)
     migrate(engine)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with write_transaction(other):
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert holding.wait(5)
-    try:
+    with write_lock_held_elsewhere(sqlite_url):
         started = time.monotonic()
         # Then the write fails with a store-down error naming the lock, after about the timeout
         with pytest.raises(STORE_DOWN, match=r"write lock stayed taken for 0\.3 s"), write_transaction(engine):
             pass
         assert 0.25 < time.monotonic() - started < 3
-    finally:
-        release.set()
-        holder.join()
     # And once the lock is free, writes go through again
     with write_transaction(engine):
         pass
