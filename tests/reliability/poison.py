@@ -226,11 +226,16 @@ def stuck_tasks(cluster: Cluster, size: Size) -> Report:
     (results / f".{big['id']}.tmp").unlink(missing_ok=True)
     if full:
         # Space is back: an operator's retry stores the result.
-        cluster.call("POST", f"/v1/jobs/{big['id']}/retry")
+        answer, _ = cluster.call("POST", f"/v1/jobs/{big['id']}/retry")
         again = wait_for("the retried job final", lambda: _final(cluster, big["id"]), timeout_s=20, report=report)
         status, stored = cluster.call("GET", f"/v1/jobs/{big['id']}/result")
         if not again or again.status is not JobStatus.SUCCEEDED or stored != "x" * 5000:
-            report.violations.append(f"after space came back the retry did not store the result ({status})")
+            seen = cluster.store.get(big["id"])
+            report.violations.append(
+                f"after space came back the retry (answered {answer}) did not store the result ({status}): "
+                f"the job is {seen.status.value} after {seen.attempts} attempt(s), lease {seen.lease_owner}, "
+                f"published {seen.published_at}, error {(seen.error or {}).get('message')}"
+            )
     load.join()
     report.submitted = len(load.submissions) + 2
     report.accepted = len(load.accepted()) + 2
