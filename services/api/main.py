@@ -43,7 +43,7 @@ def run(settings: Settings, *, workers: int | None = None) -> None:
         sys.executable, "-m", "gunicorn",
         "--bind", settings.api_bind,
         "--workers", str(workers or settings.api_workers),
-        "--worker-class", "gthread",
+        "--worker-class", "services.api.gunicorn_worker.ThreadWorker",
         "--threads", "8",
         "--graceful-timeout", "20",
         "--timeout", "60",

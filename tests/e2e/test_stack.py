@@ -6,10 +6,13 @@ import http.client
 import json
 import os
 import signal
+import socket
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.conftest import Stack, start_stack, stop_stack
 
@@ -139,3 +142,18 @@ def test_a_chunked_body_is_read_whole(stack: Stack) -> None:
     job = json.loads(resp.read())
     assert stack.wait_job(job["id"], {"succeeded"})["result"] == "chunked"
     conn.close()
+
+
+@pytest.mark.parametrize("coding", ["", "gzip", "chunked, br"])
+def test_a_transfer_coding_the_api_cannot_read_is_a_400(stack: Stack, coding: str) -> None:
+    # Given a request whose Transfer-Encoding is empty or one gunicorn does not decode (it answers 501)
+    host, port = urllib.parse.urlsplit(stack.base_url).netloc.split(":")
+    request = (
+        f"GET /v1/queues HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {stack.token}\r\n"
+        f"Transfer-Encoding: {coding}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request.encode())
+        answer = sock.recv(4096).decode(errors="replace")
+    # Then the answer is a client error, not a server error
+    assert answer.split("\r\n", 1)[0].startswith("HTTP/1.1 400"), answer
