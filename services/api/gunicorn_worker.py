@@ -1,19 +1,47 @@
-"""Gunicorn's threaded worker, but a request it cannot parse is never answered with a 5xx.
+"""Gunicorn's threaded worker, answering the requests gunicorn itself refuses as the API does.
 
-Gunicorn answers a ``Transfer-Encoding`` it does not know (even an empty one)
-with 501; the API's contract is that no content of a request causes a 5xx,
-so that answer is a 400 naming the header.
+Gunicorn answers a request it cannot parse in HTML, and a ``Transfer-Encoding``
+it does not know (even an empty one) with 501. The API's contract is
+problem+json for every error and no 5xx for any content of a request, so
+those answers are problem+json, and the transfer coding is a 400 naming the
+header.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from gunicorn import util
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
 
+from services.api.errors import PROBLEM
+
+
+def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """Gunicorn's ``util.write_error``, in problem+json."""
+    body = json.dumps(
+        {
+            "type": f"https://jobrelay.dev/problems/{reason.lower().replace(' ', '-')}",
+            "title": reason,
+            "status": status_int,
+            "detail": mesg or reason,
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: {PROBLEM}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
 
 class ThreadWorker(GunicornThreadWorker):
+    def init_process(self) -> None:
+        # NOTE: gunicorn's worker calls ``util.write_error`` for every request it refuses itself.
+        util.write_error = write_problem
+        super().init_process()
+
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, UnsupportedTransferCoding):
             exc = InvalidHeader(f"Transfer-Encoding ({exc or 'empty'}): only chunked is supported")

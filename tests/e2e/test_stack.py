@@ -155,5 +155,7 @@ def test_a_transfer_coding_the_api_cannot_read_is_a_400(stack: Stack, coding: st
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request.encode())
         answer = sock.recv(4096).decode(errors="replace")
-    # Then the answer is a client error, not a server error
-    assert answer.split("\r\n", 1)[0].startswith("HTTP/1.1 400"), answer
+    # Then the answer is a client error in problem+json, not a server error
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400") and "Content-Type: application/problem+json" in head, answer
+    assert json.loads(body)["status"] == 400

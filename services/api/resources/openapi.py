@@ -154,7 +154,10 @@ def _problem(description: str, **extra: Any) -> Schema:
 
 
 RESPONSES: dict[str, Schema] = {
-    "BadRequest": _problem("The body is not JSON (or not UTF-8, empty, or nested too deep)."),
+    "BadRequest": _problem(
+        "The request is malformed: its body is not JSON (or not UTF-8, empty, or nested too deep), "
+        "or a header or transfer coding cannot be read."
+    ),
     "Unauthorized": _problem(
         "No token, or an unknown one.", headers={"WWW-Authenticate": {"schema": STRING, "required": True}}
     ),
@@ -192,6 +195,8 @@ def _response(code: int, spec: str | Schema, op: Operation) -> Schema:
 
 def operation_object(op: Operation) -> Schema:
     responses = {str(code): _response(code, spec, op) for code, spec in op.responses.items()}
+    # Any request can be malformed on the wire (a header or transfer coding the server cannot read).
+    responses.setdefault("400", _response(400, "BadRequest", op))
     if op.scope is not None:
         responses.update({"401": _response(401, "Unauthorized", op), "403": _response(403, "Forbidden", op)})
     out: Schema = {
