@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 from uuid import uuid4
 
 import redis
@@ -59,10 +59,29 @@ return acked
 """
 
 
+class ClaimsAhead(Protocol):
+    """What a consumer asks before handing out fetched messages (``services/worker/reservations.py``)."""
+
+    def ready(self, candidates: Sequence[Message[Any] | None]) -> int:
+        """How many leading messages may go out now (``None``: one that needs no claim)."""
+
+    def wait(self, timeout_s: float) -> None:
+        """Until more may go out, or ``timeout_s``."""
+
+    def give_back(self, redis_message_ids: Sequence[str]) -> None:
+        """Undo the claims of messages going back to their queue; raises if it cannot."""
+
+
+#: Longest a consumer holding claimable messages waits for room before it looks again (acks go out meanwhile).
+ROOM_WAIT_S = 0.01
+
+
 class WakingRedisBroker(RedisBroker):
     _ack_script: Any = None
     #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
     _dispatch_loaded = False
+    #: Set by a worker that claims jobs before its consumers hand their messages out.
+    claims_ahead: ClaimsAhead | None = None
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -93,12 +112,18 @@ class WakingRedisBroker(RedisBroker):
             self.emit_before("enqueue", message, delay)
             sent.append((message, delay))
 
-        def fill(pipe: redis.client.Pipeline) -> None:
-            for message, _delay in sent:
-                self._enqueue_in(pipe, message.queue_name, message.options["redis_message_id"], message.encode())
-            self._wake_in(pipe, {message.queue_name for message, _delay in sent})
-
-        self._execute(fill)
+        # NOTE: what Dramatiq's dispatch script does per enqueue (an HSET of the message and an
+        # RPUSH of its id), done per queue for all the messages at once: one command per queue
+        # instead of one script call per message, in one MULTI/EXEC round trip.
+        by_queue: dict[str, dict[str, bytes]] = {}
+        for message, _delay in sent:
+            by_queue.setdefault(message.queue_name, {})[message.options["redis_message_id"]] = message.encode()
+        pipe = self.client.pipeline(transaction=True)
+        for queue_name, encoded in by_queue.items():
+            pipe.hset(f"{self.namespace}:{queue_name}.msgs", mapping=encoded)  # type: ignore[arg-type]
+            pipe.rpush(f"{self.namespace}:{queue_name}", *encoded)
+        self._wake_in(pipe, set(by_queue))
+        pipe.execute()
         for message, delay in sent:
             self.emit_after("enqueue", message, delay)
 
@@ -178,6 +203,8 @@ class _WakingConsumer(_RedisConsumer):
         # this live worker's ack set, where nothing recovers them until the process dies. A new
         # delay-queue consumer puts them back first (empty on a process's first start).
         self._reclaim_delayed = is_delay_queue(queue_name)
+        #: Leading cached messages that may be handed out (claimed ahead, or needing no claim).
+        self._ready = 0
 
     def ack(self, message: MessageProxy) -> None:
         """Ack now, or hand the ack to whoever set ``DEFERRED_ACK`` on the message (after a commit)."""
@@ -197,15 +224,25 @@ class _WakingConsumer(_RedisConsumer):
                 self._reclaim_delayed = False
             while True:
                 if self.message_cache:
+                    claims = None if is_delay_queue(self.queue_name) else self.broker.claims_ahead
+                    if claims is not None and self._ready == 0:
+                        self._ready = claims.ready(self._candidates())
+                        if self._ready == 0:
+                            claims.wait(ROOM_WAIT_S)
+                            return None
                     data = self.message_cache.pop(0)
+                    self._ready = max(0, self._ready - 1)
                     if data is None:
                         continue
                     self.misses = 0
-                    try:
-                        message = Message.decode(data)
-                    except DecodeError:
-                        self._dead_letter_undecodable(data)
-                        continue
+                    if isinstance(data, Message):
+                        message = data
+                    else:
+                        try:
+                            message = Message.decode(data)
+                        except DecodeError:
+                            self._dead_letter_undecodable(data)
+                            continue
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
                 messages = []
@@ -224,6 +261,45 @@ class _WakingConsumer(_RedisConsumer):
                 return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
+
+    def _candidates(self) -> list[Message[Any] | None]:
+        """The cached messages, decoded in place: each one a worker thread will run, else None."""
+        candidates: list[Message[Any] | None] = []
+        for index, data in enumerate(self.message_cache):
+            message = data
+            if not isinstance(data, Message):
+                try:
+                    message = self.message_cache[index] = Message.decode(data)
+                except DecodeError:
+                    candidates.append(None)  # dead-lettered when its turn comes
+                    continue
+            due = "eta" not in message.options and message.actor_name in self.broker.actors
+            candidates.append(message if due else None)
+        return candidates
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Dramatiq's requeue, after ``on_requeue`` gave back what was claimed for the messages."""
+        messages = list(messages)
+        claims = self.broker.claims_ahead
+        if claims is not None and messages:
+            try:
+                claims.give_back([message.options["redis_message_id"] for message in messages])
+            except Exception:
+                log.exception("could not give back %d claimed job(s); their messages wait for recovery", len(messages))
+                return
+        super().requeue(messages)
+
+    def close(self) -> None:
+        """Give back the claims of messages still in the prefetch (they stay in the ack set until the
+        process is gone, then the supervisor requeues them)."""
+        claims = self.broker.claims_ahead
+        held = [m.options["redis_message_id"] for m in self.message_cache if isinstance(m, Message)]
+        if claims is not None and held:
+            try:
+                claims.give_back(held)
+            except Exception:
+                log.exception("could not give back the claims of %d prefetched message(s)", len(held))
+        super().close()
 
     def _dead_letter_undecodable(self, data: bytes) -> None:
         """Move a payload that does not decode to the dead-letter queue instead of raising.

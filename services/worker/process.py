@@ -34,6 +34,7 @@ from shared.store.engine import create_store_engine
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
+from shared.waking_broker import WakingRedisBroker
 from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     # NOTE: Dramatiq's consumer backs off (sleeps) whenever its prefetch is all in flight; with
     # status writes in the loop a message stays in flight longer, so keep more of them fetched.
     worker.queue_prefetch = threads * PREFETCH_PER_THREAD
+    if isinstance(broker, WakingRedisBroker):
+        status.claim_ahead(broker, threads)
     if settings.worker_metrics:
         start_job_series([(spec.name, spec.queue) for spec in catalog.specs() if spec.queue in queues])
     else:
@@ -145,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--owner", required=True)
     parser.add_argument("--grace", type=float, default=30.0)
     args = parser.parse_args(argv)
+    import os
+    import sys
+
+    sys.setswitchinterval(float(os.environ.get("X_SWITCH", "0.005")))
     run(
         Settings.from_env(),
         queues=[q for q in args.queues.split(",") if q],

@@ -19,7 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from shared.store.jobs import Claim, ClaimRequest, FinishRequest, JobStore
+from shared.store.attempts import Claim, ClaimRequest, FinishRequest
+from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ MAX_RETRY_DELAY_S = 5.0
 
 @dataclass
 class _Pending:
-    request: ClaimRequest | FinishRequest
+    #: A list of claims commits together (all or none), so its caller knows what was written.
+    request: ClaimRequest | FinishRequest | list[ClaimRequest]
     future: Future[Any]
     #: Tried again until it commits (nobody waits to retry it).
     keep_trying: bool = False
@@ -49,6 +51,11 @@ class StatusWriter:
         claim: Claim = self._submit(request)
         return claim
 
+    def claim_many(self, requests: list[ClaimRequest]) -> list[Claim]:
+        """Several claims, committed together (raises what the commit raised)."""
+        claims: list[Claim] = self._submit(list(requests))
+        return claims
+
     def finish(self, request: FinishRequest) -> bool:
         """As ``JobStore.finish``: False when the lease passed to another worker."""
         done: bool = self._submit(request)
@@ -63,7 +70,7 @@ class StatusWriter:
         self._queue.put(_Pending(request, future, keep_trying=True))
         return future
 
-    def _submit(self, request: ClaimRequest | FinishRequest) -> Any:
+    def _submit(self, request: ClaimRequest | FinishRequest | list[ClaimRequest]) -> Any:
         future: Future[Any] = Future()
         self._queue.put(_Pending(request, future))
         return future.result()
@@ -91,13 +98,19 @@ class StatusWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        claims = [p for p in batch if isinstance(p.request, ClaimRequest)]
-        finishes = [p for p in batch if isinstance(p.request, FinishRequest)]
+        claims: list[_Pending] = []
+        requests: list[ClaimRequest] = []
+        finishes: list[_Pending] = []
+        finish_requests: list[FinishRequest] = []
+        for pending in batch:
+            if isinstance(pending.request, FinishRequest):
+                finishes.append(pending)
+                finish_requests.append(pending.request)
+            else:
+                claims.append(pending)
+                requests.extend(pending.request if isinstance(pending.request, list) else [pending.request])
         try:
-            claimed, finished = self.store.commit_batch(
-                [p.request for p in claims],  # type: ignore[misc]
-                [p.request for p in finishes],  # type: ignore[misc]
-            )
+            claimed, finished = self.store.commit_batch(requests, finish_requests)
         except BaseException as exc:
             # A waiting caller sees the failure and retries (the store may be down); the writes
             # nobody waits for go back in the queue after a pause.
@@ -118,7 +131,11 @@ class StatusWriter:
                     self._queue.put(pending)
             return
         self._retry_delay_s = 0.05
-        for pending, claim in zip(claims, claimed, strict=True):
-            pending.future.set_result(claim)
+        answers = iter(claimed)
+        for pending in claims:
+            if isinstance(pending.request, list):
+                pending.future.set_result([next(answers) for _ in pending.request])
+            else:
+                pending.future.set_result(next(answers))
         for pending, done in zip(finishes, finished, strict=True):
             pending.future.set_result(done)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import base64
-import copy
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, Update, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.ids import id_lower_bound
 from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, utcnow
+from shared.store.attempts import Claim, ClaimRequest, FinishRequest, commit_attempts, unclaim
 from shared.store.engine import write_transaction
 from shared.store.models import jobs
 
@@ -25,20 +23,6 @@ from shared.store.models import jobs
 RETRYABLE_FINAL = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
 _COLUMNS = {f.name for f in fields(Job)} - {"extra"}
-
-
-class ClaimOutcome(StrEnum):
-    CLAIMED = "claimed"
-    DUPLICATE = "duplicate"  # final already, or running under a live lease
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-    MISSING = "missing"
-
-
-@dataclass(frozen=True)
-class Claim:
-    outcome: ClaimOutcome
-    job: Job | None
 
 
 @dataclass(frozen=True)
@@ -262,60 +246,15 @@ class JobStore:
 
         The worker's status writer groups the writes of all its threads here.
         """
-        now = utcnow()
         with write_transaction(self.engine) as conn:
-            found: dict[str, Job] = {}
-            ids = [request.job_id for request in claims]
-            if ids:
-                rows = conn.execute(_CLAIM_SELECT, {"ids": ids})
-                found = {job.id: job for job in map(Job.from_row, rows)}
-            outcomes = []
-            claimed_rows: list[dict[str, Any]] = []
-            other_writes: list[tuple[str, dict[str, Any]]] = []
-            for claim_request in claims:
-                claim, values = _decide_claim(found.get(claim_request.job_id), claim_request, now)
-                if claim.outcome is ClaimOutcome.CLAIMED and claim.job is not None:
-                    # A second claim of the same job in this batch must see it taken.
-                    found[claim_request.job_id] = claim.job
-                    claimed_rows.append({"b_id": claim_request.job_id, **{f"b_{k}": v for k, v in values.items()}})
-                elif values:
-                    other_writes.append((claim_request.job_id, values))
-                outcomes.append(claim)
-            if claimed_rows:
-                # NOTE: one executemany for every claim: per-row statements cost more than the commit.
-                conn.execute(_CLAIM_UPDATE, claimed_rows)
-            for job_id, values in other_writes:
-                conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-            finished = self._finish_many(conn, finishes, now)
-        return outcomes, finished
+            return commit_attempts(conn, claims, finishes, utcnow())
 
-    @staticmethod
-    def _finish_many(conn: Connection, finishes: Sequence[FinishRequest], now: datetime) -> list[bool]:
-        """Finish rows in groups of the same shape with executemany; say which lost their lease."""
-        if not finishes:
-            return []
-        groups: dict[tuple[str, ...], list[int]] = {}
-        rows = [_finish_values(request, now) for request in finishes]
-        for index, values in enumerate(rows):
-            groups.setdefault(tuple(sorted(values)), []).append(index)
-        done = [True] * len(finishes)
-        for columns, indexes in groups.items():
-            statement = _finish_update(columns)
-            params = [
-                {"b_id": finishes[i].job_id, "b_owner": finishes[i].owner, **{f"b_{k}": v for k, v in rows[i].items()}}
-                for i in indexes
-            ]
-            result = conn.execute(statement, params)
-            if result.rowcount != len(indexes):
-                # Rare: some lease was lost. Find which rows did not take the write.
-                ids = [finishes[i].job_id for i in indexes]
-                written = conn.execute(
-                    select(jobs.c.id, jobs.c.updated_at).where(jobs.c.id.in_(ids), jobs.c.updated_at == now)
-                )
-                ok = {row.id for row in written}
-                for i in indexes:
-                    done[i] = finishes[i].job_id in ok
-        return done
+    def unclaim(self, owner: str, job_ids: Sequence[str]) -> int:
+        """Give back claimed jobs that never started (their messages go back to the queue)."""
+        if not job_ids:
+            return 0
+        with write_transaction(self.engine) as conn:
+            return unclaim(conn, owner, job_ids, utcnow())
 
     def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
         """Fail a job whose message could not even be run (unknown task, undecodable): it is dead."""
@@ -467,40 +406,6 @@ class JobStore:
             return {status: count for status, count in rows}
 
 
-@dataclass(frozen=True)
-class ClaimRequest:
-    job_id: str
-    owner: str
-    lease_s: float
-
-
-@dataclass(frozen=True)
-class FinishRequest:
-    job_id: str
-    owner: str
-    status: JobStatus
-    result: Any = None
-    result_url: str | None = None
-    error: dict[str, Any] | None = None
-    next_attempt_at: datetime | None = None
-
-
-_CLAIM_COLUMNS = (
-    "status",
-    "attempts",
-    "started_at",
-    "next_attempt_at",
-    "lease_owner",
-    "lease_expires_at",
-    "updated_at",
-)
-_CLAIM_UPDATE = (
-    update(jobs)
-    .where(jobs.c.id == bindparam("b_id"))
-    .values(**{column: bindparam(f"b_{column}") for column in _CLAIM_COLUMNS})
-)
-
-
 # NOTE: the statements of the submit path are built once: building one costs more than running it.
 _INSERT = jobs.insert()
 _BY_KEYS_SELECT = select(jobs).where(jobs.c.idempotency_key.in_(bindparam("keys", expanding=True)))
@@ -509,23 +414,6 @@ _MARK_PUBLISHED = (
     .where(jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.published_at.is_(None))
     .values(published_at=bindparam("now"))
 )
-
-#: The rows of a batch of claims, locked (PostgreSQL) until the batch commits.
-_CLAIM_SELECT = select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
-
-
-@functools.cache
-def _finish_update(columns: tuple[str, ...]) -> Update:
-    """The finish UPDATE writing ``columns``, built once per shape (building costs more than running it)."""
-    return (
-        update(jobs)
-        .where(
-            jobs.c.id == bindparam("b_id"),
-            jobs.c.status == JobStatus.RUNNING.value,
-            jobs.c.lease_owner == bindparam("b_owner"),
-        )
-        .values(**{column: bindparam(f"b_{column}") for column in columns})
-    )
 
 
 def _mark_published(conn: Connection, job_ids: Sequence[str]) -> None:
@@ -544,60 +432,6 @@ def _decide_group(group: Sequence[Job], existing: dict[str, Job]) -> list[tuple[
         else:
             out.append((found, False))
     return out
-
-
-def _decide_claim(job: Job | None, request: ClaimRequest, now: datetime) -> tuple[Claim, dict[str, Any]]:
-    """What a claim of this row does: its outcome and the column values to write (none: leave it)."""
-    if job is None:
-        return Claim(ClaimOutcome.MISSING, None), {}
-    if job.status in FINAL_STATUSES:
-        return Claim(ClaimOutcome.DUPLICATE, job), {}
-    final = {"finished_at": now, "updated_at": now, "lease_owner": None, "lease_expires_at": None}
-    if job.cancel_requested:
-        return Claim(ClaimOutcome.CANCELLED, job), {
-            **final,
-            "status": JobStatus.CANCELLED.value,
-            "next_attempt_at": None,
-        }
-    if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
-        return Claim(ClaimOutcome.DUPLICATE, job), {}
-    waited_since = job.scheduled_for or job.created_at
-    if job.max_age_s is not None and job.attempts == 0 and now - waited_since > timedelta(seconds=job.max_age_s):
-        error = {"type": "Expired", "message": f"waited longer than max_age_s={job.max_age_s:g}", "retryable": False}
-        return Claim(ClaimOutcome.EXPIRED, job), {**final, "status": JobStatus.EXPIRED.value, "error": error}
-    values = {
-        "status": JobStatus.RUNNING.value,
-        "attempts": job.attempts + 1,
-        "started_at": now,
-        "next_attempt_at": None,
-        "lease_owner": request.owner,
-        "lease_expires_at": now + timedelta(seconds=request.lease_s),
-        "updated_at": now,
-    }
-    claimed = copy.copy(job)
-    for name, value in values.items():
-        setattr(claimed, name, value)
-    claimed.status = JobStatus.RUNNING
-    return Claim(ClaimOutcome.CLAIMED, claimed), values
-
-
-def _finish_values(request: FinishRequest, now: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "status": request.status.value,
-        "updated_at": now,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "error": request.error,
-    }
-    if request.status == JobStatus.RETRYING:
-        values["next_attempt_at"] = request.next_attempt_at
-    else:
-        values["finished_at"] = now
-    if request.status == JobStatus.SUCCEEDED:
-        values.update(result=request.result, result_url=request.result_url)
-    if request.status == JobStatus.FAILED:
-        values["dead"] = True
-    return values
 
 
 def _final(job_id: str, status: JobStatus, now: datetime) -> Any:

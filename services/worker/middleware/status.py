@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +25,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from services.worker.acker import Acker
 from services.worker.context import JobContext, enter_job, leave_job
 from services.worker.outages import deliver, persist
+from services.worker.reservations import Reservations
 from services.worker.retry_policy import Decision, Retry, decide
 from services.worker.status_writer import StatusWriter
 from shared import metrics
@@ -32,10 +34,13 @@ from shared.errors import TaskError
 from shared.job import Job, JobStatus, utcnow
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage, encode_result
-from shared.store.jobs import ClaimOutcome, ClaimRequest, FinishRequest, JobStore
+from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest, FinishRequest
+from shared.store.jobs import JobStore
 from shared.waking_broker import DEFERRED_ACK, WakingRedisBroker
 
 log = logging.getLogger(__name__)
+#: How many ended jobs a process remembers (``_recent``): far more than end between a claim and its start.
+RECENT_JOBS = 4096
 
 
 def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
@@ -94,13 +99,47 @@ class JobStatusMiddleware(Middleware):
         self.on_final = on_final
         #: Set by ``defer_acks``: succeeded jobs are then acked after their commit, off the worker thread.
         self.acker: Acker | None = None
+        #: Claims made as messages are fetched (once ``reserve_on_fetch`` is called).
+        self.reservations = Reservations(
+            claim_many=self.writes.claim_many,
+            unclaim=lambda job_ids: self.store.unclaim(owner, job_ids),
+            busy=self._busy,
+            owner=owner,
+            lease_s=lease_s,
+        )
         self._running: dict[str, Running] = {}
+        #: Jobs whose attempt ended here lately (under ``_running_lock``): an ``OWNED`` claim of one
+        #: decided before its end is stale, and must not run it again.
+        self._recent: OrderedDict[str, None] = OrderedDict()
         self._running_lock = threading.Lock()
         self._local = threading.local()
 
     def defer_acks(self, broker: WakingRedisBroker) -> None:
         """Let worker threads move on without waiting for a succeeded job's commit and ack."""
         self.acker = Acker(broker, on_final=self._ended)
+
+    def claim_ahead(self, broker: WakingRedisBroker, threads: int) -> None:
+        """Let ``broker``'s consumers claim for ``threads`` worker threads before handing out (reservations.py)."""
+        if threads < 1:
+            return
+        self.reservations.threads = threads
+        broker.claims_ahead = self.reservations
+
+    def _busy(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    def cancel_reserved(self, job_ids: set[str]) -> None:
+        """Record cancelled the claimed jobs an operator cancelled before they started."""
+        error = {"type": "Cancelled", "message": "cancelled before it started", "retryable": False}
+        for claim in self.reservations.drop_jobs(job_ids):
+            job = claim.job
+            if job is None:
+                continue
+            self._finish(job, JobStatus.CANCELLED, error=error)
+            metrics.jobs_cancelled_total.labels(job.task, job.queue).inc()
+            log.info("job %s cancelled before it started", job.id)
+            self._ended(job)
 
     def close(self) -> None:
         """Commit and ack what is still pending (after the worker stopped)."""
@@ -111,8 +150,10 @@ class JobStatusMiddleware(Middleware):
     # -- what other parts of the worker read -------------------------------
 
     def running_job_ids(self) -> list[str]:
+        """Jobs running here, and those claimed here that are about to start (both hold a lease)."""
         with self._running_lock:
-            return list(self._running)
+            running = list(self._running)
+        return running + self.reservations.job_ids()
 
     def running(self) -> list[Running]:
         with self._running_lock:
@@ -127,8 +168,13 @@ class JobStatusMiddleware(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         labels = (message.actor_name, message.queue_name)
-        claim = persist(lambda: self.writes.claim(ClaimRequest(message.message_id, self.owner, self.lease_s)))
-        if claim.outcome is ClaimOutcome.DUPLICATE:
+        with self._running_lock:
+            claim = self._start(self.reservations.take(message.options.get("redis_message_id", "")))
+        if claim is None:
+            claimed = persist(lambda: self.writes.claim(ClaimRequest(message.message_id, self.owner, self.lease_s)))
+            with self._running_lock:
+                claim = self._start(claimed)
+        if claim is None or claim.outcome is ClaimOutcome.DUPLICATE:
             metrics.jobs_duplicates_skipped_total.labels(*labels).inc()
             log.info("skipping duplicate delivery of job %s", message.message_id)
             raise SkipMessage()
@@ -146,8 +192,6 @@ class JobStatusMiddleware(Middleware):
             raise SkipMessage()
         job = claim.job
         assert job is not None
-        with self._running_lock:
-            self._running[job.id] = Running(job, threading.get_ident())
         due = job.next_attempt_at or job.scheduled_for or job.created_at
         if job.attempts == 1:
             metrics.job_queue_wait_seconds.labels(*labels).observe(max(0.0, (utcnow() - due).total_seconds()))
@@ -164,6 +208,22 @@ class JobStatusMiddleware(Middleware):
         self._local.context = JobContext(job.id, job.task, job.attempts, self.store, self.results)
         self._local.job_token = enter_job(self._local.context)
 
+    def _start(self, claim: Claim | None) -> Claim | None:
+        """Register a claimed job as running on this thread (the caller holds ``_running_lock``).
+
+        A claim of this worker's own that it lost the answer to (``OWNED``) is run here, unless a
+        thread or a claim ahead already has the job: then this delivery is a duplicate.
+        """
+        if claim is None or claim.job is None or claim.outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.OWNED):
+            return claim
+        job = claim.job
+        if claim.outcome is ClaimOutcome.OWNED:
+            if job.id in self._running or job.id in self._recent or self.reservations.holds(job.id):
+                return Claim(ClaimOutcome.DUPLICATE, job)
+            log.warning("job %s was claimed by this worker without its knowing; running it", job.id)
+        self._running[job.id] = Running(job, threading.get_ident())
+        return Claim(ClaimOutcome.CLAIMED, job)
+
     def after_process_message(
         self,
         broker: Broker,
@@ -174,6 +234,10 @@ class JobStatusMiddleware(Middleware):
     ) -> None:
         with self._running_lock:
             entry = self._running.pop(message.message_id, None)
+            if entry is not None:
+                self._recent[entry.job.id] = None
+                if len(self._recent) > RECENT_JOBS:
+                    self._recent.popitem(last=False)
         if entry is None:
             return
         job = entry.job
@@ -181,6 +245,7 @@ class JobStatusMiddleware(Middleware):
         leave_job(self._local.job_token)
         metrics.jobs_in_progress.labels(*labels).dec()
         elapsed_s = time.perf_counter() - self._local.started
+        self.reservations.observe(elapsed_s)
         metrics.job_duration_seconds.labels(*labels).observe(elapsed_s)
         try:
             if exception is None:

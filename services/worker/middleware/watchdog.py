@@ -67,6 +67,9 @@ class Watchdog(Middleware):
                 log.exception("watchdog check failed; next check in %.2fs", self.interval_s)
 
     def check_once(self) -> None:
+        reserved = self.status.reservations.job_ids()
+        if reserved:
+            self.status.cancel_reserved(set(self.store.cancel_requested_among(reserved)))
         running = self.status.running()
         if not running:
             self._signalled.clear()

@@ -27,6 +27,7 @@ from shared.store.tasks import TaskRegistry
 @dataclass
 class Harness:
     broker: RedisBroker
+    worker: Worker
     status: JobStatusMiddleware
     store: JobStore
     submitter: Submitter
@@ -67,8 +68,10 @@ def harness(worker_settings: Settings, catalog: Catalog, store: JobStore, regist
         broker.declare_queue(queue)
     broker.emit_after("process_boot")
     worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    # As in a worker process: consumers claim jobs before handing out their messages.
+    status.claim_ahead(broker, 2)  # type: ignore[arg-type]
     worker.start()
     submitter = Submitter(store, registry, build_broker(worker_settings.require_redis_url("tests")), 1 << 20)
-    yield Harness(broker=broker, status=status, store=worker_store, submitter=submitter)
+    yield Harness(broker=broker, worker=worker, status=status, store=worker_store, submitter=submitter)
     worker.stop(timeout=5000)
     broker.close()

@@ -11,8 +11,9 @@ from services.worker.acker import Acker
 from services.worker.status_writer import StatusWriter
 from shared.broker import build_broker, message_for
 from shared.job import Job, JobStatus
+from shared.store.attempts import FinishRequest
 from shared.store.engine import create_store_engine, migrate
-from shared.store.jobs import FinishRequest, JobStore
+from shared.store.jobs import JobStore
 from shared.waking_broker import DEFERRED_ACK
 from tests.shared.store.test_engine import write_lock_held_elsewhere
 from tests.shared.store.test_jobs import make_job

@@ -13,6 +13,7 @@ from shared.ids import new_id
 from shared.job import JobStatus
 from shared.results import build_result_storage
 from shared.settings import Settings
+from shared.store.attempts import ClaimOutcome
 from tests.services.worker.conftest import Harness
 
 
@@ -104,3 +105,56 @@ def test_a_message_for_an_unknown_task_fails_its_job_with_a_clear_error(harness:
     assert done.error["type"] == "ActorNotFound" and "renamed.away" in done.error["message"]
     again = harness.submit({"task": "diagnostics.echo", "args": {"message": "still here"}})
     assert harness.wait(again.id).result == "still here"
+
+
+def test_a_job_claimed_ahead_and_cancelled_before_it_starts_never_runs(harness: Harness) -> None:
+    # Given both threads busy and, behind them, a job claimed ahead (it shows running, unstarted)
+    sleepers = [harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 1.5}}) for _ in range(2)]
+    for sleeper in sleepers:
+        harness.wait(sleeper.id, until=lambda j: j.status is JobStatus.RUNNING)
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "never"}})
+    harness.wait(job.id, until=lambda j: j.status is JobStatus.RUNNING)
+    assert job.id in harness.status.reservations.job_ids()
+    # When an operator cancels it
+    harness.store.cancel(job.id)
+    # Then it is recorded cancelled before any thread starts it, and it never runs
+    final = harness.wait(job.id)
+    assert final.status is JobStatus.CANCELLED and final.result is None
+    assert final.error and final.error["message"] == "cancelled before it started"
+    for sleeper in sleepers:
+        assert harness.wait(sleeper.id).status is JobStatus.SUCCEEDED
+    harness.broker.join("default", timeout=10_000)
+    assert harness.store.get(job.id).status is JobStatus.CANCELLED
+
+
+def test_a_stopping_worker_gives_back_the_jobs_it_claimed_ahead(harness: Harness, redis_client: redis.Redis) -> None:
+    # Given both threads busy and jobs claimed ahead behind them
+    sleepers = [harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 1.0}}) for _ in range(2)]
+    for sleeper in sleepers:
+        harness.wait(sleeper.id, until=lambda j: j.status is JobStatus.RUNNING)
+    waiting = [harness.submit({"task": "diagnostics.echo", "args": {"message": str(n)}}) for n in range(2)]
+    for job in waiting:
+        harness.wait(job.id, until=lambda j: j.status is JobStatus.RUNNING)
+    # When the worker stops (SIGTERM): running jobs finish, the rest go back to the queue
+    harness.worker.stop(timeout=10_000)
+    # Then the unstarted jobs are queued again with no attempt counted, their messages back in Redis
+    for sleeper in sleepers:
+        assert harness.store.get(sleeper.id).status is JobStatus.SUCCEEDED
+    for job in waiting:
+        back = harness.store.get(job.id)
+        assert back.status is JobStatus.QUEUED and back.attempts == 0 and back.lease_owner is None
+    queued = {message_id.decode() for message_id in redis_client.lrange("dramatiq:default", 0, -1)}
+    stored = redis_client.hgetall("dramatiq:default.msgs")
+    assert {json.loads(stored[m.encode()])["message_id"] for m in queued} == {job.id for job in waiting}
+
+
+def test_a_job_this_worker_claimed_without_knowing_is_run_not_skipped(harness: Harness) -> None:
+    # Given a job whose claim by this worker committed but whose answer was lost (a commit that
+    # raised after writing, a claim retried), so the row is running under this worker's lease
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "mine"}, "delay_s": 60})
+    assert harness.store.claim(job.id, owner=harness.status.owner, lease_s=30).outcome is ClaimOutcome.CLAIMED
+    # When its message arrives
+    harness.broker.enqueue(message_for(job))
+    # Then the worker runs it once, as the attempt it already counted, instead of skipping it as a duplicate
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == "mine" and done.attempts == 1

@@ -12,7 +12,8 @@ from sqlalchemy import Engine
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.ids import new_id
 from shared.job import Job, JobStatus, utcnow
-from shared.store.jobs import ClaimOutcome, JobFilter, JobStore
+from shared.store.attempts import ClaimOutcome
+from shared.store.jobs import JobFilter, JobStore
 from shared.store.models import metadata
 
 

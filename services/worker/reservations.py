@@ -1,0 +1,135 @@
+"""Claims made before messages are handed to worker threads, so a thread starts its job without waiting.
+
+Claimed one by one, every job waits for a commit of the status writer before
+it runs, and a process runs at most one job per thread per commit. Here the
+consumer claims the next messages of its prefetch in one commit while the
+threads run the jobs claimed before, and a thread takes its claim ready-made.
+
+A claimed job is ``running`` in the store, so a consumer hands out no more
+than its threads will start at once: one per idle thread, plus one more round
+while the jobs are short (for long jobs a claimed message would show
+``running`` while it waited); the rest wait unclaimed in the consumer. A claim
+is given back (the row queued again, the attempt not counted) when Dramatiq
+puts its message back (shutdown, reconnect); after a crash the supervisor
+releases the dead worker's leases and requeues its messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from dramatiq.message import Message
+
+from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
+
+log = logging.getLogger(__name__)
+
+#: Jobs shorter than this on average (seconds) get a round of claims ahead of the idle threads.
+SHORT_JOB_S = 0.05
+#: Weight of the newest duration in the running average.
+_WEIGHT = 0.05
+
+
+class Reservations:
+    def __init__(
+        self,
+        *,
+        claim_many: Callable[[list[ClaimRequest]], list[Claim]],
+        unclaim: Callable[[list[str]], object],
+        busy: Callable[[], int],
+        owner: str,
+        lease_s: float,
+    ) -> None:
+        self.claim_many = claim_many
+        self.unclaim = unclaim
+        #: How many jobs this process is running now.
+        self.busy = busy
+        self.owner = owner
+        self.lease_s = lease_s
+        #: Worker threads of this process (0: claim nothing ahead; set when the worker starts).
+        self.threads = 0
+        self._mean_s = 0.0
+        self._by_message: dict[str, Claim] = {}
+        self._lock = threading.Lock()
+        self._freed = threading.Event()
+
+    # -- the consumer's side -----------------------------------------------
+
+    def ready(self, candidates: Sequence[Message[object] | None]) -> int:
+        """How many of the leading ``candidates`` may be handed out now; claims them in one commit.
+
+        ``None`` stands for a message that needs no claim here (it will be dead-lettered or
+        delayed). A failed commit claims nothing and lets all through: each thread then
+        claims its own job, waiting out a store outage there.
+        """
+        self._freed.clear()
+        lead = self.threads if self._mean_s < SHORT_JOB_S else 0
+        busy = self.busy()
+        with self._lock:
+            room = self.threads + lead - busy - len(self._by_message)
+        chosen: list[Message[object]] = []
+        count = 0
+        for message in candidates:
+            if message is not None:
+                if len(chosen) >= room:
+                    break
+                chosen.append(message)
+            count += 1
+        if not chosen:
+            return count
+        try:
+            claims = self.claim_many([ClaimRequest(m.message_id, self.owner, self.lease_s) for m in chosen])
+        except Exception as exc:
+            log.warning("could not claim %d job(s) ahead (%s); each is claimed at its start", len(chosen), exc)
+            return len(candidates)
+        with self._lock:
+            for message, claim in zip(chosen, claims, strict=True):
+                self._by_message[message.options["redis_message_id"]] = claim
+        return count
+
+    def wait(self, timeout_s: float) -> None:
+        """Until a thread frees room (or ``timeout_s``)."""
+        self._freed.wait(timeout_s)
+
+    def give_back(self, redis_message_ids: Sequence[str]) -> None:
+        """Messages go back to the queue: their jobs' claims first (raises if the store refuses)."""
+        with self._lock:
+            claims = [self._by_message.pop(key, None) for key in redis_message_ids]
+        job_ids = [c.job.id for c in claims if c is not None and c.outcome is ClaimOutcome.CLAIMED and c.job]
+        if job_ids:
+            self.unclaim(job_ids)
+
+    # -- the worker threads' side ------------------------------------------
+
+    def take(self, redis_message_id: str) -> Claim | None:
+        """The claim made for this message before it was handed out, if any (once)."""
+        with self._lock:
+            claim = self._by_message.pop(redis_message_id, None)
+        if claim is not None and claim.outcome is not ClaimOutcome.CLAIMED:
+            self._freed.set()  # skipped: its room is free at once
+        return claim
+
+    def observe(self, elapsed_s: float) -> None:
+        """A job ran for ``elapsed_s``: its thread is free, and the running average moves."""
+        self._mean_s += _WEIGHT * (elapsed_s - self._mean_s)
+        self._freed.set()
+
+    def job_ids(self) -> list[str]:
+        """Jobs claimed here and not started yet (their leases are renewed like running ones)."""
+        with self._lock:
+            return [c.job.id for c in self._by_message.values() if c.outcome is ClaimOutcome.CLAIMED and c.job]
+
+    def holds(self, job_id: str) -> bool:
+        """Whether a job is claimed here for a message not handed to a thread yet."""
+        with self._lock:
+            return any(c.job is not None and c.job.id == job_id for c in self._by_message.values())
+
+    def drop_jobs(self, job_ids: set[str]) -> list[Claim]:
+        """Forget the unstarted claims of these jobs and return them (their messages then skip at start)."""
+        with self._lock:
+            gone = [key for key, c in self._by_message.items() if c.job is not None and c.job.id in job_ids]
+            dropped = [self._by_message.pop(key) for key in gone]
+        self._freed.set()
+        return dropped

@@ -1,0 +1,153 @@
+"""Claims made before messages are handed out: how many, and what happens to them (pure logic)."""
+
+from __future__ import annotations
+
+import threading
+
+import dramatiq
+import pytest
+
+from services.worker.reservations import SHORT_JOB_S, Reservations
+from shared.job import Job, JobStatus, utcnow
+from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
+
+
+def message(n: int) -> dramatiq.Message[object]:
+    return dramatiq.Message(
+        queue_name="q", actor_name="t", args=(), kwargs={}, options={"redis_message_id": f"r{n}"}, message_id=f"j{n}"
+    )
+
+
+class Book:
+    """What the store saw: every batch of claims and every give-back."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.given_back: list[list[str]] = []
+        self.busy = 0
+        self.fail = False
+
+    def claim_many(self, requests: list[ClaimRequest]) -> list[Claim]:
+        if self.fail:
+            raise ConnectionError("store away")
+        self.batches.append([r.job_id for r in requests])
+        now = utcnow()
+        return [
+            Claim(
+                ClaimOutcome.CLAIMED,
+                Job(
+                    id=r.job_id,
+                    task="t",
+                    queue="q",
+                    status=JobStatus.RUNNING,
+                    args={},
+                    max_retries=0,
+                    created_at=now,
+                    updated_at=now,
+                ),
+            )
+            for r in requests
+        ]
+
+
+@pytest.fixture
+def book() -> Book:
+    return Book()
+
+
+def reservations(book: Book, threads: int = 4) -> Reservations:
+    made = Reservations(
+        claim_many=book.claim_many,
+        unclaim=book.given_back.append,
+        busy=lambda: book.busy,
+        owner="w1",
+        lease_s=30,
+    )
+    made.threads = threads
+    return made
+
+
+def test_short_jobs_get_a_round_of_claims_ahead_in_one_commit(book: Book) -> None:
+    # Given 4 threads, 1 busy, and jobs that run short (the start)
+    book.busy = 1
+    ahead = reservations(book)
+    # When 10 fetched messages ask to go out
+    ready = ahead.ready([message(n) for n in range(10)])
+    # Then the idle 3 plus a round of 4 are claimed in one commit and may go out
+    assert ready == 7 and book.batches == [[f"j{n}" for n in range(7)]]
+    assert sorted(ahead.job_ids()) == sorted(f"j{n}" for n in range(7))
+
+
+def test_long_jobs_get_claims_only_for_idle_threads(book: Book) -> None:
+    # Given jobs that ran long on average and 3 of 4 threads busy
+    ahead = reservations(book)
+    for _ in range(200):
+        ahead.observe(SHORT_JOB_S * 20)
+    book.busy = 3
+    # When messages ask to go out, then again with every thread taken
+    assert ahead.ready([message(n) for n in range(5)]) == 1
+    assert ahead.ready([message(n) for n in range(1, 5)]) == 0
+    # Then one claim was made, for the one idle thread
+    assert book.batches == [["j0"]]
+
+
+def test_messages_needing_no_claim_go_out_without_a_commit(book: Book) -> None:
+    # Given every thread busy on long jobs
+    ahead = reservations(book)
+    ahead.observe(10.0)
+    book.busy = 4
+    # When the leading messages need no claim (undecodable, delayed, unknown task)
+    assert ahead.ready([None, None, message(1), None]) == 2
+    # Then those go out and the claimable one waits, unclaimed
+    assert book.batches == []
+
+
+def test_a_failed_commit_lets_every_message_through_unclaimed(book: Book) -> None:
+    # Given a store that refuses the commit
+    ahead = reservations(book)
+    book.fail = True
+    # When messages ask to go out
+    ready = ahead.ready([message(n) for n in range(3)])
+    # Then they all go out (each thread claims its own job, waiting out the outage there)
+    assert ready == 3 and ahead.job_ids() == [] and ahead.take("r0") is None
+
+
+def test_a_claim_is_taken_once_by_the_thread_that_runs_its_message(book: Book) -> None:
+    ahead = reservations(book)
+    ahead.ready([message(1)])
+    first = ahead.take("r1")
+    assert first is not None and first.job is not None and first.job.id == "j1"
+    assert ahead.take("r1") is None and ahead.job_ids() == []
+
+
+def test_messages_going_back_give_back_their_claims(book: Book) -> None:
+    # Given two claimed messages, one of which a thread took
+    ahead = reservations(book)
+    ahead.ready([message(1), message(2)])
+    ahead.take("r1")
+    # When Dramatiq puts both back on the queue (shutdown)
+    ahead.give_back(["r1", "r2", "r-unknown"])
+    # Then only the unstarted claim is given back
+    assert book.given_back == [["j2"]] and ahead.job_ids() == []
+
+
+def test_cancelled_claims_are_dropped_and_returned(book: Book) -> None:
+    ahead = reservations(book)
+    ahead.ready([message(1), message(2)])
+    dropped = ahead.drop_jobs({"j2", "j9"})
+    assert [c.job.id for c in dropped if c.job] == ["j2"]
+    assert ahead.job_ids() == ["j1"] and ahead.take("r2") is None
+
+
+def test_a_thread_freeing_up_wakes_a_waiting_consumer(book: Book) -> None:
+    # Given a consumer waiting for room (every thread busy)
+    ahead = reservations(book)
+    book.busy = 8
+    assert ahead.ready([message(1)]) == 0
+    waiter = threading.Thread(target=ahead.wait, args=(60.0,))
+    waiter.start()
+    # When a thread finishes its job
+    ahead.observe(0.001)
+    # Then the consumer wakes (long before its 60 s timeout)
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
