@@ -35,6 +35,7 @@ from functools import partial
 from pathlib import Path
 
 import redis
+from sqlalchemy import func, select
 
 from bench.procs import kill_tree
 from bench.report import Output, add_output_argument, machine, met, summary
@@ -44,6 +45,7 @@ from shared.job import Job, JobStatus, utcnow
 from shared.redis_server import RedisServer, free_port
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
+from shared.store.models import jobs
 
 QUEUE = "bench"
 MSGS = f"dramatiq:{QUEUE}.msgs"
@@ -128,6 +130,18 @@ def celery_executed(redis_url: str, workers: int) -> int:
         app.close()
 
 
+def succeeded_once(database_url: str) -> dict[str, int]:
+    """The store's job counts by status (``succeeded``, or ``attempts>1`` for a job run more than once)."""
+    engine = create_store_engine(database_url)
+    try:
+        counts = JobStore(engine).count_by_status()
+        with engine.connect() as conn:
+            rerun = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.attempts != 1)).scalar_one()
+    finally:
+        engine.dispose()
+    return {**counts, **({"attempts>1": rerun} if rerun else {})}
+
+
 def acked_pending(client: redis.Redis) -> int:
     """Dramatiq messages not acked yet: its ``.msgs`` hash loses a message only at the ack."""
     return int(client.hlen(MSGS))
@@ -209,6 +223,8 @@ def run_once(kind: str, n: int, processes: int, threads: int) -> float:
                     seconds = drain(outstanding, n, workers, timeout_s=600, settle_s=settle_s)
                     if kind == "celery" and (done := celery_executed(server.url, processes)) != n:
                         raise RuntimeError(f"Celery ran {done} tasks of {n}")
+                    if kind.startswith("jobrelay") and (counts := succeeded_once(database_url)) != {"succeeded": n}:
+                        raise RuntimeError(f"jobrelay's store counts {counts}, not {n} jobs succeeded once")
                 except RuntimeError as exc:
                     raise RuntimeError(f"{kind}: {exc}\n{log_path.read_text()[-3000:]}") from exc
                 finally:
