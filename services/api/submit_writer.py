@@ -3,10 +3,11 @@
 Each single submit committing its own row queues on the SQLite write lock (and pays a
 PostgreSQL round trip and commit), then makes its own Redis round trip. The request
 threads of a gunicorn worker hand their jobs here instead: the writer inserts every
-pending request's jobs in one transaction, a publisher thread sends the new ones in
-one Redis round trip (while the writer commits the next batch), and only then is each
-waiting request answered, so the row is still committed (and published, unless Redis
-is down) before the 202. The same design as the worker's ``services/worker/status_writer.py``.
+pending request's jobs in one transaction and answers each waiting request as soon as
+that commit is done (the row is durable before the 202), and a publisher thread sends
+the new jobs to Redis in one round trip per batch, while the writer commits the next.
+A job whose publish fails, or whose process dies before it, is sent by the outbox relay
+(its row is not marked published). The same design as ``services/worker/status_writer.py``.
 """
 
 from __future__ import annotations
@@ -36,18 +37,12 @@ class _Pending:
     future: Future[Stored]
 
 
-@dataclass
-class _Committed:
-    items: list[_Pending]
-    outcomes: list[Stored | Conflict]
-
-
 class SubmitWriter:
     """Insert (and then publish) the jobs of concurrent requests together.
 
-    ``publish`` is called by the publisher thread with every job its batches created
-    that is not held; if it raises, the requests still succeed (their rows are
-    committed) and the outbox relay publishes the jobs later.
+    ``publish`` is called by the publisher thread, after the requests are answered,
+    with every job the batches created that is not held; if it raises, the outbox
+    relay publishes the jobs later.
     """
 
     def __init__(
@@ -62,7 +57,7 @@ class SubmitWriter:
         self._owner_pid: int | None = None
 
     def insert(self, new_jobs: Sequence[Job]) -> Stored:
-        """As ``JobStore.insert`` followed by the publish, committed with other threads' requests."""
+        """As ``JobStore.insert``, committed with other threads' requests; the new jobs are published next."""
         self._ensure_threads()
         future: Future[Stored] = Future()
         self._queue.put(_Pending(new_jobs, future))
@@ -76,7 +71,7 @@ class SubmitWriter:
         with self._start_lock:
             if self._owner_pid != os.getpid():
                 self._queue = queue.SimpleQueue()
-                committed: queue.SimpleQueue[_Committed] = queue.SimpleQueue()
+                committed: queue.SimpleQueue[list[Job]] = queue.SimpleQueue()
                 threading.Thread(
                     target=self._commit_loop, args=(self._queue, committed), name="jobrelay-submit-writer", daemon=True
                 ).start()
@@ -87,7 +82,7 @@ class SubmitWriter:
                 ).start()
                 self._owner_pid = os.getpid()
 
-    def _commit_loop(self, pending: queue.SimpleQueue[_Pending], committed: queue.SimpleQueue[_Committed]) -> None:
+    def _commit_loop(self, pending: queue.SimpleQueue[_Pending], committed: queue.SimpleQueue[list[Job]]) -> None:
         while True:
             batch = _drain(pending, self.max_batch)
             # NOTE: the published marks ride along in this commit instead of taking the write lock again.
@@ -100,31 +95,29 @@ class SubmitWriter:
                 for item in batch:
                     item.future.set_exception(exc)
                 continue
-            committed.put(_Committed(batch, outcomes))
-
-    def _publish_loop(self, committed: queue.SimpleQueue[_Committed]) -> None:
-        while True:
-            done = _drain(committed, self.max_batch)
             created = [
                 job
-                for batch in done
-                for outcome in batch.outcomes
+                for outcome in outcomes
                 if not isinstance(outcome, Conflict)
                 for job, is_new in outcome
                 if is_new and not job.held
             ]
+            if created:
+                committed.put(created)
+            for item, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Conflict):
+                    item.future.set_exception(outcome)
+                else:
+                    item.future.set_result(outcome)
+
+    def _publish_loop(self, committed: queue.SimpleQueue[list[Job]]) -> None:
+        while True:
+            created = [job for batch in _drain(committed, self.max_batch) for job in batch]
             try:
                 self.publish(created)
             except Exception:
-                # The rows are committed, so the requests still succeed; the relay sends them.
+                # The rows are committed and unmarked: the outbox relay sends them.
                 log.exception("could not publish %d committed job(s); the outbox relay will", len(created))
-            finally:
-                for batch in done:
-                    for item, outcome in zip(batch.items, batch.outcomes, strict=True):
-                        if isinstance(outcome, Conflict):
-                            item.future.set_exception(outcome)
-                        else:
-                            item.future.set_result(outcome)
 
 
 def _drain(source: queue.SimpleQueue[_T], limit: int) -> list[_T]:

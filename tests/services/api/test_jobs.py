@@ -27,9 +27,14 @@ def stored_count(store: JobStore) -> int:
     return len(store.page(JobFilter(), limit=500).items)
 
 
-def queued_messages(redis_client: redis.Redis, queue: str = "default") -> list[dict]:
-    raw = redis_client.hgetall(f"dramatiq:{queue}.msgs")
-    return [json.loads(v) for v in raw.values()]
+def queued_messages(redis_client: redis.Redis, queue: str = "default", *, expect: int = 0) -> list[dict]:
+    """The messages on ``queue``, once there are ``expect`` of them (a job is published just after its 202)."""
+    deadline = time.monotonic() + 5
+    while True:
+        raw = redis_client.hgetall(f"dramatiq:{queue}.msgs")
+        if len(raw) >= expect or time.monotonic() > deadline:
+            return [json.loads(v) for v in raw.values()]
+        time.sleep(0.01)
 
 
 def test_submit_answers_202_with_job_and_location(
@@ -46,7 +51,7 @@ def test_submit_answers_202_with_job_and_location(
     while store.get(job["id"]).published_at is None:
         assert time.monotonic() < deadline, "never marked published"
         time.sleep(0.01)
-    [message] = queued_messages(redis_client)
+    [message] = queued_messages(redis_client, expect=1)
     assert message["message_id"] == job["id"] and message["kwargs"] == {"message": "hi"}
     assert client.simulate_get(f"/v1/jobs/{job['id']}").json["id"] == job["id"]
 
@@ -166,14 +171,14 @@ def test_concurrent_submits_are_committed_and_published_each(
         expected = 200 if index % 4 == winners[0] % 4 else 409
         assert results[index].status_code == expected, index
     assert stored_count(store) == 17
-    assert len(queued_messages(redis_client)) == 17
+    assert len(queued_messages(redis_client, expect=17)) == 17
 
 
 def test_delay_makes_a_scheduled_job(client: testing.TestClient, redis_client: redis.Redis) -> None:
     resp = client.simulate_post("/v1/jobs", json={**ECHO, "delay_s": 60})
     assert resp.status_code == 202 and resp.json["status"] == "scheduled" and resp.json["scheduled_for"]
+    assert len(queued_messages(redis_client, "default.DQ", expect=1)) == 1
     assert queued_messages(redis_client) == []
-    assert len(queued_messages(redis_client, "default.DQ")) == 1
 
 
 def test_broker_down_still_accepts_and_leaves_the_row_for_the_relay(
