@@ -240,6 +240,18 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   worker pauses and tries again (`shared/store/engine.py`).
 - **A 1 MiB body of 60,000 unknown arguments answered a 4 MB 422.** A problem now lists the first 100
   errors and says how many there were.
+- **A worker skipped jobs it had claimed itself.** Two fast-form runs, while claims ahead were being
+  built (hung task; SQLite locked), left jobs `running` under a live worker's lease for good, never run:
+  the worker had claimed them without knowing (claims of one group, answered with an error after part of
+  it committed), claimed each again at its start, saw its own live lease and skipped the message as a
+  duplicate. A group of claims now
+  commits as one, and a claim that finds the job under this worker's own lease (`OWNED`) runs it, unless
+  a thread or a claim ahead of this worker already has it or its attempt just ended here
+  (`shared/store/attempts.py`, `services/worker/middleware/status.py`).
+- **Gunicorn answered 501 to an empty `Transfer-Encoding`.** Schemathesis sent `Transfer-Encoding:` with
+  no value; gunicorn refused it before the application with a 501 in HTML. Requests gunicorn refuses are
+  now answered in problem+json, an unreadable transfer coding with a 400, and every operation documents
+  its 400 (`services/api/gunicorn_worker.py`).
 
 Still open:
 
