@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, bindparam, func, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -125,7 +127,7 @@ class JobStore:
                     inserting.update(group_keys[index])
                     to_insert.extend(row_values(job) for job, created in decided if created)
                 if to_insert:
-                    conn.execute(_INSERT, to_insert)
+                    _insert_rows(conn, to_insert)
                 if published:
                     _mark_published(conn, published)
         except IntegrityError:
@@ -414,6 +416,37 @@ _MARK_PUBLISHED = (
     .where(jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.published_at.is_(None))
     .values(published_at=bindparam("now"))
 )
+
+
+def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert job rows with one DBAPI executemany, converting each value with its column type once.
+
+    NOTE: SQLAlchemy's executemany builds an execution context and processes every
+    parameter set through its compiled statement, which cost more than SQLite's own
+    insert of a 1,000-job batch; the statement and the converters are prepared once per
+    dialect, so this is the same INSERT with the same values, minus that overhead.
+    """
+    sql, names, converters = _insert_plan(conn.dialect)
+    params = [
+        tuple(convert(row[name]) if convert else row[name] for name, convert in zip(names, converters, strict=True))
+        for row in rows
+    ]
+    if conn.dialect.positional:
+        conn.exec_driver_sql(sql, params)
+    else:
+        conn.exec_driver_sql(sql, [dict(zip(names, values, strict=True)) for values in params])
+
+
+@functools.cache
+def _insert_plan(dialect: Dialect) -> tuple[str, list[str], list[Callable[[Any], Any] | None]]:
+    """The INSERT of every column compiled for ``dialect``, its parameter names in order, and their converters."""
+    columns = [column.key for column in jobs.columns]
+    compiled = _INSERT.compile(dialect=dialect, column_keys=columns)
+    names = list(compiled.positiontup or []) if dialect.positional else columns
+    converters: list[Callable[[Any], Any] | None] = [
+        jobs.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    ]
+    return compiled.string, names, converters
 
 
 def _mark_published(conn: Connection, job_ids: Sequence[str]) -> None:
