@@ -7,8 +7,8 @@ threads run the jobs claimed before, and a thread takes its claim ready-made.
 
 A claimed job is ``running`` in the store, so a consumer hands out no more
 than its threads will start at once: one per idle thread, plus one more round
-while the jobs are short (for long jobs a claimed message would show
-``running`` while it waited); the rest wait unclaimed in the consumer. A claim
+once the jobs are seen to be short (for long jobs a claimed message would
+show ``running`` while it waited); the rest wait unclaimed in the consumer. A claim
 is given back (the row queued again, the attempt not counted) when Dramatiq
 puts its message back (shutdown, reconnect); after a crash the supervisor
 releases the dead worker's leases and requeues its messages.
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SHORT_JOB_S = 0.05
 #: Weight of the newest duration in the running average.
 _WEIGHT = 0.05
+#: The average assumed before any job ran: long, so a process claims ahead only once it has seen short jobs.
+_START_MEAN_S = 1.0
 
 
 class Reservations:
@@ -50,7 +52,7 @@ class Reservations:
         self.lease_s = lease_s
         #: Worker threads of this process (0: claim nothing ahead; set when the worker starts).
         self.threads = 0
-        self._mean_s = 0.0
+        self._mean_s = _START_MEAN_S
         self._by_message: dict[str, Claim] = {}
         self._lock = threading.Lock()
         self._freed = threading.Event()

@@ -68,9 +68,11 @@ def reservations(book: Book, threads: int = 4) -> Reservations:
 
 
 def test_short_jobs_get_a_round_of_claims_ahead_in_one_commit(book: Book) -> None:
-    # Given 4 threads, 1 busy, and jobs that run short (the start)
+    # Given 4 threads, 1 busy, and jobs seen to run short
     book.busy = 1
     ahead = reservations(book)
+    for _ in range(200):
+        ahead.observe(0.001)
     # When 10 fetched messages ask to go out
     ready = ahead.ready([message(n) for n in range(10)])
     # Then the idle 3 plus a round of 4 are claimed in one commit and may go out
@@ -78,11 +80,13 @@ def test_short_jobs_get_a_round_of_claims_ahead_in_one_commit(book: Book) -> Non
     assert sorted(ahead.job_ids()) == sorted(f"j{n}" for n in range(7))
 
 
-def test_long_jobs_get_claims_only_for_idle_threads(book: Book) -> None:
-    # Given jobs that ran long on average and 3 of 4 threads busy
+@pytest.mark.parametrize("seen", ["nothing yet", "long jobs"])
+def test_long_jobs_get_claims_only_for_idle_threads(book: Book, seen: str) -> None:
+    # Given no job seen yet, or jobs that ran long on average, and 3 of 4 threads busy
     ahead = reservations(book)
-    for _ in range(200):
-        ahead.observe(SHORT_JOB_S * 20)
+    if seen == "long jobs":
+        for _ in range(200):
+            ahead.observe(SHORT_JOB_S * 20)
     book.busy = 3
     # When messages ask to go out, then again with every thread taken
     assert ahead.ready([message(n) for n in range(5)]) == 1
