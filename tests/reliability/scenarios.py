@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.worker.supervisor import MAX_RESTART_DELAY_S
 from tests.reliability.audit import Report, audit, epoch, job_rows
 from tests.reliability.cluster import Cluster
 from tests.reliability.effects_db import connect
@@ -175,7 +176,8 @@ def worker_kills(cluster: Cluster, size: Size, *, seed: int = 7) -> Report:
         " process, which the next kill may hit too; a tail of one to two minutes matches the reconcile's"
         " republish of a job whose message it found in no queue twice, 30 s apart)"
     )
-    cluster.wait_worker_pids(cluster.worker_processes, timeout_s=15)
+    # A slot killed young several times in a row restarts after its back-off (up to MAX_RESTART_DELAY_S).
+    cluster.wait_worker_pids(cluster.worker_processes, timeout_s=MAX_RESTART_DELAY_S + 15)
     report.runtime_s = time.monotonic() - started
     return report
 
