@@ -148,10 +148,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--owner", required=True)
     parser.add_argument("--grace", type=float, default=30.0)
     args = parser.parse_args(argv)
-    import os
-    import sys
-
-    sys.setswitchinterval(float(os.environ.get("X_SWITCH", "0.005")))
     run(
         Settings.from_env(),
         queues=[q for q in args.queues.split(",") if q],
