@@ -278,28 +278,31 @@ class _WakingConsumer(_RedisConsumer):
         return candidates
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
-        """Dramatiq's requeue, after ``on_requeue`` gave back what was claimed for the messages."""
+        """Dramatiq's requeue, once the claims made for the messages are given back.
+
+        If they cannot be, the messages stay in this worker's ack set for recovery.
+        """
         messages = list(messages)
-        claims = self.broker.claims_ahead
-        if claims is not None and messages:
-            try:
-                claims.give_back([message.options["redis_message_id"] for message in messages])
-            except Exception:
-                log.exception("could not give back %d claimed job(s); their messages wait for recovery", len(messages))
-                return
-        super().requeue(messages)
+        if self._give_back([message.options["redis_message_id"] for message in messages]):
+            super().requeue(messages)
 
     def close(self) -> None:
         """Give back the claims of messages still in the prefetch (they stay in the ack set until the
         process is gone, then the supervisor requeues them)."""
-        claims = self.broker.claims_ahead
-        held = [m.options["redis_message_id"] for m in self.message_cache if isinstance(m, Message)]
-        if claims is not None and held:
-            try:
-                claims.give_back(held)
-            except Exception:
-                log.exception("could not give back the claims of %d prefetched message(s)", len(held))
+        self._give_back([m.options["redis_message_id"] for m in self.message_cache if isinstance(m, Message)])
         super().close()
+
+    def _give_back(self, redis_message_ids: list[str]) -> bool:
+        """``ClaimsAhead.give_back`` for these messages; False (logged) when the store refused."""
+        claims = self.broker.claims_ahead
+        if claims is None or not redis_message_ids:
+            return True
+        try:
+            claims.give_back(redis_message_ids)
+        except Exception:
+            log.exception("could not give back the claims of %d message(s)", len(redis_message_ids))
+            return False
+        return True
 
     def _dead_letter_undecodable(self, data: bytes) -> None:
         """Move a payload that does not decode to the dead-letter queue instead of raising.

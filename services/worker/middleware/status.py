@@ -99,7 +99,7 @@ class JobStatusMiddleware(Middleware):
         self.on_final = on_final
         #: Set by ``defer_acks``: succeeded jobs are then acked after their commit, off the worker thread.
         self.acker: Acker | None = None
-        #: Claims made as messages are fetched (once ``reserve_on_fetch`` is called).
+        #: Claims made before messages are handed to threads (once ``claim_ahead`` is called).
         self.reservations = Reservations(
             claim_many=self.writes.claim_many,
             unclaim=lambda job_ids: self.store.unclaim(owner, job_ids),
