@@ -19,8 +19,8 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TypeVar
 
+from shared.batches import take_batch
 from shared.errors import Conflict
 from shared.job import Job
 from shared.outbox import PublishMarks
@@ -28,7 +28,6 @@ from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 Stored = list[tuple[Job, bool]]
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -52,7 +51,7 @@ class SubmitWriter:
         self.publish = publish
         self.marks = marks
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._owner_pid: int | None = None
 
@@ -71,7 +70,7 @@ class SubmitWriter:
         with self._start_lock:
             if self._owner_pid != os.getpid():
                 self._queue = queue.SimpleQueue()
-                committed: queue.SimpleQueue[list[Job]] = queue.SimpleQueue()
+                committed: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
                 threading.Thread(
                     target=self._commit_loop, args=(self._queue, committed), name="jobrelay-submit-writer", daemon=True
                 ).start()
@@ -82,9 +81,11 @@ class SubmitWriter:
                 ).start()
                 self._owner_pid = os.getpid()
 
-    def _commit_loop(self, pending: queue.SimpleQueue[_Pending], committed: queue.SimpleQueue[list[Job]]) -> None:
+    def _commit_loop(
+        self, pending: queue.SimpleQueue[_Pending | None], committed: queue.SimpleQueue[list[Job] | None]
+    ) -> None:
         while True:
-            batch = _drain(pending, self.max_batch)
+            batch, _ = take_batch(pending, self.max_batch)
             # NOTE: the published marks ride along in this commit instead of taking the write lock again.
             published = self.marks.take()
             try:
@@ -110,22 +111,11 @@ class SubmitWriter:
                 else:
                     item.future.set_result(outcome)
 
-    def _publish_loop(self, committed: queue.SimpleQueue[list[Job]]) -> None:
+    def _publish_loop(self, committed: queue.SimpleQueue[list[Job] | None]) -> None:
         while True:
-            created = [job for batch in _drain(committed, self.max_batch) for job in batch]
+            created = [job for batch in take_batch(committed, self.max_batch)[0] for job in batch]
             try:
                 self.publish(created)
             except Exception:
                 # The rows are committed and unmarked: the outbox relay sends them.
                 log.exception("could not publish %d committed job(s); the outbox relay will", len(created))
-
-
-def _drain(source: queue.SimpleQueue[_T], limit: int) -> list[_T]:
-    """The next item (waiting for it), then whatever else is already there, up to ``limit``."""
-    items = [source.get()]
-    while len(items) < limit:
-        try:
-            items.append(source.get_nowait())
-        except queue.Empty:
-            break
-    return items

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from services.worker.outages import until_up
+from shared.batches import take_batch
 from shared.job import Job
 from shared.waking_broker import WakingRedisBroker
 
@@ -57,21 +58,9 @@ class Acker:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stopping = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._send(batch)
+            batch, stopping = take_batch(self._queue, self.max_batch)
+            if batch:
+                self._send(batch)
             if stopping:
                 return
 

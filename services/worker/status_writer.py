@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from shared.batches import take_batch
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest
 from shared.store.jobs import JobStore
 
@@ -82,20 +83,11 @@ class StatusWriter:
     def _run(self) -> None:
         self._retry_delay_s = 0.05
         while True:
-            first = self._queue.get()
-            if first is None:
+            batch, stopping = take_batch(self._queue, self.max_batch)
+            if batch:
+                self._commit(batch)
+            if stopping:
                 return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
-            self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
         claims: list[_Pending] = []
