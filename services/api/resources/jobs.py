@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from datetime import UTC, datetime
@@ -48,7 +49,8 @@ class Submitter:
         self.broker = broker
         self.max_body_bytes = max_body_bytes
         self.marks = PublishMarks(store)
-        self.writer = SubmitWriter(store, self.publish, self.marks)
+        # NOTE: the writer publishes after the requests are answered; they are counted before.
+        self.writer = SubmitWriter(store, functools.partial(self.publish, new=False), self.marks)
 
     def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
         stored = self.store.insert(new_jobs)
@@ -57,19 +59,25 @@ class Submitter:
 
     def submit_grouped(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
         """As ``submit``, committed and published together with the concurrent requests of this process."""
-        return self.writer.insert(new_jobs)
+        stored = self.writer.insert(new_jobs)
+        _count_submitted([job for job, created in stored if created and not job.held])
+        return stored
 
     def publish(self, committed: list[Job], *, new: bool = True) -> None:
-        """Hand committed jobs to Redis; if it is down, the outbox relay does it later."""
+        """Hand committed jobs to Redis (counting them as submitted if ``new``); if it is down, the relay does."""
         if not committed:
             return
         if new:
-            for job in committed:
-                metrics.jobs_submitted_total.labels(job.task, job.queue).inc()
+            _count_submitted(committed)
         try:
             self.marks.add(publish(self.broker, committed))
         except Unavailable as exc:
             log.warning("broker unavailable, %d job(s) left for the relay: %s", len(committed), exc)
+
+
+def _count_submitted(jobs: list[Job]) -> None:
+    for job in jobs:
+        metrics.jobs_submitted_total.labels(job.task, job.queue).inc()
 
 
 class JobsResource:
