@@ -51,7 +51,8 @@ def test_duplicate_delivery_of_a_finished_job_is_skipped(harness: Harness) -> No
 
 
 def test_progress_is_visible_while_running(harness: Harness) -> None:
-    job = harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 1.0}})
+    # NOTE: 3 s, so the wait sees the job between its first progress report and its end even on a busy machine.
+    job = harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 3.0}})
     running = harness.wait(job.id, until=lambda j: j.progress is not None and j.progress["current"] >= 1)
     assert running.status is JobStatus.RUNNING and running.progress["total"] == 4
     done = harness.wait(job.id)
