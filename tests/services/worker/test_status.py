@@ -51,12 +51,13 @@ def test_duplicate_delivery_of_a_finished_job_is_skipped(harness: Harness) -> No
 
 
 def test_progress_is_visible_while_running(harness: Harness) -> None:
-    # NOTE: 3 s, so the wait sees the job between its first progress report and its end even on a busy machine.
-    job = harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 3.0}})
+    # NOTE: 2.5 s (10 steps), so the wait sees the job between its first progress report and its end
+    # even on a busy machine.
+    job = harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 2.5}})
     running = harness.wait(job.id, until=lambda j: j.progress is not None and j.progress["current"] >= 1)
-    assert running.status is JobStatus.RUNNING and running.progress["total"] == 4
+    assert running.status is JobStatus.RUNNING and running.progress["total"] == 10
     done = harness.wait(job.id)
-    assert done.progress == {"current": 4, "total": 4, "message": "done"}
+    assert done.progress == {"current": 10, "total": 10, "message": "done"}
 
 
 def test_soft_time_limit_fails_the_job(harness: Harness) -> None:
