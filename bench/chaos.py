@@ -259,9 +259,10 @@ Still open:
   outage its prefetched messages stay with it (they run when the store is back; none is lost). Tying the
   heartbeat to the writer's progress would let another worker take them, but would also requeue every
   worker's messages in a store-wide outage.
-- Gunicorn's gthread workers give each slow body a thread, and a keep-alive client stays on one gunicorn
-  worker: once about one worker's 8 threads hold slow bodies, requests on that worker wait (see the slow
-  clients above). Run the API behind a proxy that buffers request bodies (ingress-nginx does by default).
+- Gunicorn's gevent workers read each slow body in a greenlet of their own, up to 1,000 connections per
+  worker, but a request's CPU work (a 1,000-job batch takes tens of milliseconds) holds its worker's
+  event loop while it runs, and a keep-alive client stays on one worker. Run the API behind a proxy that
+  buffers request bodies (ingress-nginx does by default).
 - A 1 MiB body of 60,000 unknown arguments still costs about a second of CPU to check.
 
 ## Static checks

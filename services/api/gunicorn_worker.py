@@ -1,4 +1,13 @@
-"""Gunicorn's threaded worker, answering the requests gunicorn itself refuses as the API does.
+"""Gunicorn's gevent worker, answering the requests gunicorn itself refuses as the API does.
+
+The API runs on gevent: one event loop per process serves every connection, and
+the submit writer's group commit runs as greenlets beside the requests. With
+gunicorn's threaded worker, each request handed the GIL between its pool thread,
+the poller and the writer several times, and those hand-overs, not the work,
+bounded the submit rate (docs/benchmarks.md). The store and Redis drivers
+cooperate with gevent (sockets are patched; psycopg detects the patching); an
+SQLite statement runs to its end without yielding, which the write lock keeps
+short.
 
 Gunicorn answers a request it cannot parse in HTML, and a ``Transfer-Encoding``
 it does not know (even an empty one) with 501. The API's contract is
@@ -14,7 +23,7 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
-from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
+from gunicorn.workers.ggevent import GeventWorker
 
 from services.api.errors import PROBLEM
 
@@ -36,7 +45,7 @@ def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-class ThreadWorker(GunicornThreadWorker):
+class ApiWorker(GeventWorker):
     def init_process(self) -> None:
         # NOTE: gunicorn's worker calls ``util.write_error`` for every request it refuses itself.
         util.write_error = write_problem

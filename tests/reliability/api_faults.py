@@ -190,8 +190,8 @@ def _slow_clients(cluster: Cluster, report: Report, count: int, body_s: float) -
 
 
 def slow_client_capacity(cluster: Cluster, counts: tuple[int, ...] = (4, 8, 15, 24), body_s: float = 4.0) -> Report:
-    """How many byte-by-byte clients the API takes before others wait (gthread: one thread per slow body)."""
-    report = Report("slow clients against the API's threads")
+    """How many byte-by-byte clients the API takes before others wait (one greenlet per slow body)."""
+    report = Report("slow clients against the API")
     started = time.monotonic()
     for count in counts:
         report.fault(f"{count} clients sending a job body byte by byte over {body_s:g}s")
