@@ -25,7 +25,9 @@ from gunicorn import util
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.ggevent import GeventWorker
 
-from services.api.errors import PROBLEM
+# NOTE: not imported from services.api.errors: gunicorn's master imports this module before it
+# forks, and a Redis client imported there escapes gevent's patching in the workers (gevent warns).
+PROBLEM = "application/problem+json"
 
 
 def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
