@@ -15,14 +15,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
-from uuid import uuid4
 
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed, DecodeError
-from dramatiq.message import Message
+from dramatiq.message import Message, get_encoder
+
+from shared.ids import random_uuid
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +104,36 @@ class WakingRedisBroker(RedisBroker):
         and a delayed one goes to the delay queue with its ``eta``.
         """
         sent: list[tuple[Message[Any], int | None]] = []
-        for message, delay in messages:
-            message = message.copy(options={"redis_message_id": str(uuid4())})
-            if delay is not None:
-                message = message.copy(
-                    queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay}
-                )
-            self.emit_before("enqueue", message, delay)
-            sent.append((message, delay))
-
         # NOTE: what Dramatiq's dispatch script does per enqueue (an HSET of the message and an
         # RPUSH of its id), done per queue for all the messages at once: one command per queue
         # instead of one script call per message, in one MULTI/EXEC round trip.
         by_queue: dict[str, dict[str, bytes]] = {}
-        for message, _delay in sent:
-            by_queue.setdefault(message.queue_name, {})[message.options["redis_message_id"]] = message.encode()
+        encode = get_encoder().encode
+        now_ms = current_millis()
+        for message, delay in messages:
+            # NOTE: ``Message.copy`` and ``Message.encode`` go through ``dataclasses`` per
+            # message, which cost more than the rest of a batch's publish; this builds the
+            # same copy and the same encoding directly.
+            redis_message_id = random_uuid()
+            options = {**message.options, "redis_message_id": redis_message_id}
+            queue_name = message.queue_name
+            if delay is not None:
+                queue_name = dq_name(queue_name)
+                options["eta"] = now_ms + delay
+            fields: dict[str, Any] = {
+                "queue_name": queue_name,
+                "actor_name": message.actor_name,
+                "args": message.args,
+                "kwargs": message.kwargs,
+                "options": options,
+                "message_id": message.message_id,
+                "message_timestamp": message.message_timestamp,
+            }
+            if self.middleware:
+                message = Message(**fields)
+                self.emit_before("enqueue", message, delay)
+                sent.append((message, delay))
+            by_queue.setdefault(queue_name, {})[redis_message_id] = encode(fields)
         pipe = self.client.pipeline(transaction=True)
         for queue_name, encoded in by_queue.items():
             pipe.hset(f"{self.namespace}:{queue_name}.msgs", mapping=encoded)  # type: ignore[arg-type]

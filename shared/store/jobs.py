@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -114,7 +115,7 @@ class JobStore:
                     rows = conn.execute(_BY_KEYS_SELECT, {"keys": all_keys})
                     existing = {job.idempotency_key or "": job for job in map(Job.from_row, rows)}
                 inserting: set[str] = set()
-                to_insert: list[dict[str, Any]] = []
+                to_insert: list[Job] = []
                 for index, group in enumerate(groups):
                     if outcomes[index] is not None:
                         continue
@@ -125,9 +126,9 @@ class JobStore:
                     if isinstance(decided, Conflict):
                         continue
                     inserting.update(group_keys[index])
-                    to_insert.extend(row_values(job) for job, created in decided if created)
+                    to_insert.extend(job for job, created in decided if created)
                 if to_insert:
-                    _insert_rows(conn, to_insert)
+                    _insert_jobs(conn, to_insert)
                 if published:
                     _mark_published(conn, published)
         except IntegrityError:
@@ -418,35 +419,58 @@ _MARK_PUBLISHED = (
 )
 
 
-def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert job rows with one DBAPI executemany, converting each value with its column type once.
+def _insert_jobs(conn: Connection, new_jobs: Sequence[Job]) -> None:
+    """Insert job rows with one DBAPI executemany, each value converted by its column type.
 
     NOTE: SQLAlchemy's executemany builds an execution context and processes every
     parameter set through its compiled statement, which cost more than SQLite's own
-    insert of a 1,000-job batch; the statement and the converters are prepared once per
-    dialect, so this is the same INSERT with the same values, minus that overhead.
+    insert of a 1,000-job batch; the statement, the attribute getter and the converters
+    are prepared once per dialect, so this is the same INSERT with the same values,
+    minus that overhead.
     """
-    sql, names, converters = _insert_plan(conn.dialect)
-    params = [
-        tuple(convert(row[name]) if convert else row[name] for name, convert in zip(names, converters, strict=True))
-        for row in rows
-    ]
-    if conn.dialect.positional:
-        conn.exec_driver_sql(sql, params)
-    else:
-        conn.exec_driver_sql(sql, [dict(zip(names, values, strict=True)) for values in params])
+    plan = _insert_plan(conn.dialect)
+    params: list[Any] = []
+    for job in new_jobs:
+        values = list(plan.values_of(job))
+        values[plan.status_at] = job.status.value
+        for at, convert, of_none in plan.converters:
+            value = values[at]
+            values[at] = of_none if value is None else convert(value)
+        params.append(tuple(values) if plan.positional else dict(zip(plan.names, values, strict=True)))
+    conn.exec_driver_sql(plan.sql, params)
+
+
+@dataclass(frozen=True)
+class _InsertPlan:
+    sql: str
+    names: list[str]
+    positional: bool
+    #: The job's attribute of each parameter, in order, as a tuple.
+    values_of: Callable[[Job], tuple[Any, ...]]
+    status_at: int
+    #: (parameter index, converter, what it makes of None) for each column whose type converts.
+    converters: list[tuple[int, Callable[[Any], Any], Any]]
 
 
 @functools.cache
-def _insert_plan(dialect: Dialect) -> tuple[str, list[str], list[Callable[[Any], Any] | None]]:
-    """The INSERT of every column compiled for ``dialect``, its parameter names in order, and their converters."""
+def _insert_plan(dialect: Dialect) -> _InsertPlan:
+    """The INSERT of every column compiled for ``dialect``, and how to turn a job into its parameters."""
     columns = [column.key for column in jobs.columns]
     compiled = _INSERT.compile(dialect=dialect, column_keys=columns)
     names = list(compiled.positiontup or []) if dialect.positional else columns
-    converters: list[Callable[[Any], Any] | None] = [
-        jobs.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
-    ]
-    return compiled.string, names, converters
+    converters: list[tuple[int, Callable[[Any], Any], Any]] = []
+    for at, name in enumerate(names):
+        convert = jobs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if convert is not None:
+            converters.append((at, convert, convert(None)))
+    return _InsertPlan(
+        sql=compiled.string,
+        names=names,
+        positional=bool(dialect.positional),
+        values_of=operator.attrgetter(*names),
+        status_at=names.index("status"),
+        converters=converters,
+    )
 
 
 def _mark_published(conn: Connection, job_ids: Sequence[str]) -> None:

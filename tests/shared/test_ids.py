@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -188,3 +189,39 @@ def test_is_id_accepts_the_canonical_form_of_a_hand_written_id() -> None:
 
 def test_is_id_does_not_raise_on_upper_case_of_a_real_id() -> None:
     assert not is_id(new_id().upper())
+
+
+def test_random_uuid_is_a_canonical_uuid_version_4() -> None:
+    texts = {shared.ids.random_uuid() for _ in range(2000)}
+
+    assert len(texts) == 2000
+    for text in texts:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_random_bytes_spans_pool_refills_without_repeating() -> None:
+    # 10-byte draws cross the 4 KiB block boundary many times
+    draws = [shared.ids.random_bytes(10) for _ in range(3000)]
+
+    assert all(len(draw) == 10 for draw in draws)
+    assert len(set(draws)) == len(draws)
+    assert len(shared.ids.random_bytes(10_000)) == 10_000
+
+
+def test_a_forked_child_draws_other_bytes_than_its_parent() -> None:
+    # Given a parent whose pool has bytes read ahead
+    shared.ids.random_bytes(1)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next draw and leave at once
+        os.write(write, shared.ids.random_bytes(16))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    # Then the parent's next draw (what the child would have shared) is not the child's
+    assert child != shared.ids.random_bytes(16)
