@@ -429,15 +429,30 @@ def _insert_jobs(conn: Connection, new_jobs: Sequence[Job]) -> None:
     minus that overhead.
     """
     plan = _insert_plan(conn.dialect)
-    params: list[Any] = []
+    params: list[list[Any]] = []
     for job in new_jobs:
         values = list(plan.values_of(job))
         values[plan.status_at] = job.status.value
         for at, convert, of_none in plan.converters:
             value = values[at]
             values[at] = of_none if value is None else convert(value)
-        params.append(tuple(values) if plan.positional else dict(zip(plan.names, values, strict=True)))
-    conn.exec_driver_sql(plan.sql, params)
+        params.append(values)
+    if plan.rows_sql is None:
+        if plan.positional:
+            conn.exec_driver_sql(plan.sql, [tuple(values) for values in params])
+        else:
+            conn.exec_driver_sql(plan.sql, [dict(zip(plan.names, values, strict=True)) for values in params])
+        return
+    # NOTE: psycopg sends an executemany as a pipeline of one statement per row, and under
+    # gevent waits on each in Python; one multi-row INSERT per chunk is one statement.
+    for start in range(0, len(new_jobs), _ROWS_PER_INSERT):
+        chunk = params[start : start + _ROWS_PER_INSERT]
+        flat = [value for row in chunk for value in row]
+        conn.exec_driver_sql(plan.rows_sql(len(chunk)), tuple(flat))
+
+
+#: Rows per multi-row INSERT: PostgreSQL takes at most 65,535 parameters in one statement.
+_ROWS_PER_INSERT = 1000
 
 
 @dataclass(frozen=True)
@@ -450,6 +465,8 @@ class _InsertPlan:
     status_at: int
     #: (parameter index, converter, what it makes of None) for each column whose type converts.
     converters: list[tuple[int, Callable[[Any], Any], Any]]
+    #: PostgreSQL: the INSERT of ``n`` rows at once, with positional parameters.
+    rows_sql: Callable[[int], str] | None
 
 
 @functools.cache
@@ -463,8 +480,14 @@ def _insert_plan(dialect: Dialect) -> _InsertPlan:
         convert = jobs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         if convert is not None:
             converters.append((at, convert, convert(None)))
+    rows_sql = None
+    if dialect.name == "postgresql":
+        into = compiled.string.split(" VALUES ", 1)[0]
+        row = "(" + ", ".join(["%s"] * len(names)) + ")"
+        rows_sql = functools.cache(lambda count: f"{into} VALUES " + ", ".join([row] * count))
     return _InsertPlan(
         sql=compiled.string,
+        rows_sql=rows_sql,
         names=names,
         positional=bool(dialect.positional),
         values_of=operator.attrgetter(*names),
