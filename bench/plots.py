@@ -87,8 +87,14 @@ def api_submit(record: Record) -> Figure:
     stores = {name: row for name, row in record["stores"].items() if row is not None}
     names = list(stores)
     bars = single.bar(names, [stores[n]["rps"] for n in names], color=COLORS[0])
-    single.bar_label(bars, labels=[f"p99 {stores[n]['p99']:.0f} ms" for n in names], padding=3, fontsize=8)
-    single.set_title("single submits/s (wrk)", fontsize=10)
+    labels = [
+        f"p99 {stores[n]['paced']['p99']:.0f} ms at {record['settings']['paced_rate']:,.0f}/s"
+        if "paced" in stores[n]
+        else f"p99 {stores[n]['p99']:.0f} ms"
+        for n in names
+    ]
+    single.bar_label(bars, labels=labels, padding=3, fontsize=8)
+    single.set_title("single submits/s (wrk, saturated)", fontsize=10)
     bars = batch.bar(names, [stores[n]["batch_jobs_per_s"] for n in names], color=COLORS[2])
     batch.bar_label(bars, labels=[f"{stores[n]['batch_jobs_per_s']:,.0f}" for n in names], padding=3, fontsize=8)
     batch.set_title("jobs/s in batches of 1,000", fontsize=10)
