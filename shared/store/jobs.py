@@ -420,7 +420,8 @@ _MARK_PUBLISHED = (
 
 
 def _insert_jobs(conn: Connection, new_jobs: Sequence[Job]) -> None:
-    """Insert job rows with one DBAPI executemany, each value converted by its column type.
+    """Insert job rows, each value converted by its column type: one DBAPI executemany on
+    SQLite, one multi-row INSERT per 1,000 rows on PostgreSQL.
 
     NOTE: SQLAlchemy's executemany builds an execution context and processes every
     parameter set through its compiled statement, which cost more than SQLite's own
