@@ -7,7 +7,7 @@ import functools
 import json
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,8 +25,6 @@ from shared.store.models import jobs
 #: Final states an operator can send a job back to the queue from.
 RETRYABLE_FINAL = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
-_COLUMNS = {f.name for f in fields(Job)} - {"extra"}
-
 
 @dataclass(frozen=True)
 class JobFilter:
@@ -43,12 +41,6 @@ class JobFilter:
 class Page:
     items: list[Job]
     next_cursor: str | None
-
-
-def row_values(job: Job) -> dict[str, Any]:
-    values = {name: getattr(job, name) for name in _COLUMNS}
-    values["status"] = job.status.value
-    return values
 
 
 def encode_cursor(job_id: str) -> str:
@@ -128,7 +120,7 @@ class JobStore:
                     inserting.update(group_keys[index])
                     to_insert.extend(job for job, created in decided if created)
                 if to_insert:
-                    _insert_jobs(conn, to_insert)
+                    insert_job_rows(conn, to_insert)
                 if published:
                     _mark_published(conn, published)
         except IntegrityError:
@@ -419,7 +411,7 @@ _MARK_PUBLISHED = (
 )
 
 
-def _insert_jobs(conn: Connection, new_jobs: Sequence[Job]) -> None:
+def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
     """Insert job rows, each value converted by its column type: one DBAPI executemany on
     SQLite, one multi-row INSERT per 1,000 rows on PostgreSQL.
 

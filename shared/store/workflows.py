@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, update
 from shared.errors import NotFound
 from shared.job import Job, JobStatus, rfc3339, utcnow
 from shared.store.engine import write_transaction
-from shared.store.jobs import row_values
+from shared.store.jobs import insert_job_rows
 from shared.store.models import jobs, workflows
 
 WORKFLOW_TYPES = ("chain", "group", "chord")
@@ -66,7 +66,7 @@ class WorkflowStore:
                     updated_at=workflow.updated_at,
                 )
             )
-            conn.execute(jobs.insert(), [row_values(job) for job in steps])
+            insert_job_rows(conn, steps)
 
     def get(self, workflow_id: str) -> Workflow:
         with self.engine.connect() as conn:
