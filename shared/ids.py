@@ -83,4 +83,4 @@ def is_id(text: str) -> bool:
 def id_lower_bound(moment: datetime) -> str:
     """The smallest UUIDv7 of ``moment``'s millisecond: ids made at or after it sort at or after this."""
     ms = max(0, int(moment.timestamp() * 1000))
-    return str(uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | 0b10 << 62))
+    return _uuid_text((ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | 0b10 << 62)
