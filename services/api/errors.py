@@ -9,10 +9,10 @@ from typing import Any
 import falcon
 import redis
 
+from services.api.problems import PROBLEM, problem_body
 from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError, NotFound, Unavailable
 from shared.store.engine import STORE_DOWN
 
-PROBLEM = "application/problem+json"
 #: A problem lists at most this many errors (a 1 MiB body can hold 60,000 wrong arguments).
 MAX_ERRORS = 100
 log = logging.getLogger(__name__)
@@ -58,12 +58,7 @@ def problem(
     errors: list[FieldError] | None = None,
     **extra: Any,
 ) -> None:
-    body: dict[str, Any] = {
-        "type": f"https://jobrelay.dev/problems/{title.lower().replace(' ', '-')}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
+    body = problem_body(status, title, detail)
     if errors:
         if len(errors) > MAX_ERRORS:
             body["detail"] = f"{detail} (the first {MAX_ERRORS} of {len(errors)} errors are listed)"

@@ -25,21 +25,14 @@ from gunicorn import util
 from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.ggevent import GeventWorker
 
-# NOTE: not imported from services.api.errors: gunicorn's master imports this module before it
-# forks, and a Redis client imported there escapes gevent's patching in the workers (gevent warns).
-PROBLEM = "application/problem+json"
+# NOTE: not services.api.errors: gunicorn's master imports this module before it forks, and a
+# Redis client imported there escapes gevent's patching in the workers (gevent warns).
+from services.api.problems import PROBLEM, problem_body
 
 
 def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """Gunicorn's ``util.write_error``, in problem+json."""
-    body = json.dumps(
-        {
-            "type": f"https://jobrelay.dev/problems/{reason.lower().replace(' ', '-')}",
-            "title": reason,
-            "status": status_int,
-            "detail": mesg or reason,
-        }
-    ).encode()
+    body = json.dumps(problem_body(status_int, reason, mesg or reason)).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
         f"Content-Type: {PROBLEM}\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -16,7 +16,6 @@ from typing import Any
 
 import falcon
 
-from services.api.errors import PROBLEM
 from services.api.openapi import (
     DATE_TIME,
     ID,
@@ -28,6 +27,7 @@ from services.api.openapi import (
     component_schemas,
     ref,
 )
+from services.api.problems import PROBLEM
 from services.api.resources.jobs import MAX_LIMIT
 from services.scheduler.definition import SCHEDULE_ID
 from shared.catalog import TaskSpec
