@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Update, bindparam, select, update
 
 from shared.job import FINAL_STATUSES, Job, JobStatus
 from shared.store.models import jobs
+from shared.store.sql import InList
 
 
 class ClaimOutcome(StrEnum):
@@ -201,10 +202,10 @@ def _finish_values(request: FinishRequest, now: datetime) -> dict[str, Any]:
 # NOTE: the statements are built once: building one costs more than running it.
 
 #: The rows of a batch of claims, locked (PostgreSQL) until the batch commits.
-_CLAIM_SELECT = select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+_CLAIM_SELECT = select(jobs).where(InList(jobs.c.id, "ids")).with_for_update()
 _CLAIM_UPDATE = (
     update(jobs)
-    .where(jobs.c.id.in_(bindparam("ids", expanding=True)))
+    .where(InList(jobs.c.id, "ids"))
     .values(
         status=JobStatus.RUNNING.value,
         attempts=jobs.c.attempts + 1,
@@ -219,7 +220,7 @@ _CLAIM_UPDATE = (
 _UNCLAIM = (
     update(jobs)
     .where(
-        jobs.c.id.in_(bindparam("ids", expanding=True)),
+        InList(jobs.c.id, "ids"),
         jobs.c.status == JobStatus.RUNNING.value,
         jobs.c.lease_owner == bindparam("owner"),
     )
@@ -240,7 +241,7 @@ def _plain_finish_update(columns: tuple[str, ...]) -> Update:
     return (
         update(jobs)
         .where(
-            jobs.c.id.in_(bindparam("ids", expanding=True)),
+            InList(jobs.c.id, "ids"),
             jobs.c.status == JobStatus.RUNNING.value,
             jobs.c.lease_owner == bindparam("owner"),
         )

@@ -6,6 +6,7 @@ import base64
 import functools
 import json
 import operator
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, utcnow
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest, commit_attempts, unclaim
 from shared.store.engine import write_transaction
 from shared.store.models import jobs
+from shared.store.sql import InList
 
 #: Final states an operator can send a job back to the queue from.
 RETRYABLE_FINAL = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
@@ -403,23 +405,25 @@ class JobStore:
 
 # NOTE: the statements of the submit path are built once: building one costs more than running it.
 _INSERT = jobs.insert()
-_BY_KEYS_SELECT = select(jobs).where(jobs.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_BY_KEYS_SELECT = select(jobs).where(InList(jobs.c.idempotency_key, "keys"))
 _MARK_PUBLISHED = (
-    update(jobs)
-    .where(jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.published_at.is_(None))
-    .values(published_at=bindparam("now"))
+    update(jobs).where(InList(jobs.c.id, "ids"), jobs.c.published_at.is_(None)).values(published_at=bindparam("now"))
 )
 
 
 def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
     """Insert job rows, each value converted by its column type: one DBAPI executemany on
-    SQLite, one multi-row INSERT per 1,000 rows on PostgreSQL.
+    SQLite, one ``INSERT ... SELECT FROM unnest(...)`` with an array per column on PostgreSQL.
 
     NOTE: SQLAlchemy's executemany builds an execution context and processes every
     parameter set through its compiled statement, which cost more than SQLite's own
     insert of a 1,000-job batch; the statement, the attribute getter and the converters
     are prepared once per dialect, so this is the same INSERT with the same values,
-    minus that overhead.
+    minus that overhead. On PostgreSQL, psycopg sends an executemany as one statement
+    per row (each waited on in Python under gevent), and rewrote a multi-row VALUES
+    statement's tens of thousands of placeholders in Python on every call; the unnest
+    form has one parameter per column whatever the row count, so its text is the same
+    every time and psycopg prepares it once.
     """
     plan = _insert_plan(conn.dialect)
     params: list[list[Any]] = []
@@ -430,22 +434,12 @@ def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
             value = values[at]
             values[at] = of_none if value is None else convert(value)
         params.append(values)
-    if plan.rows_sql is None:
-        if plan.positional:
-            conn.exec_driver_sql(plan.sql, [tuple(values) for values in params])
-        else:
-            conn.exec_driver_sql(plan.sql, [dict(zip(plan.names, values, strict=True)) for values in params])
-        return
-    # NOTE: psycopg sends an executemany as a pipeline of one statement per row, and under
-    # gevent waits on each in Python; one multi-row INSERT per chunk is one statement.
-    for start in range(0, len(new_jobs), _ROWS_PER_INSERT):
-        chunk = params[start : start + _ROWS_PER_INSERT]
-        flat = [value for row in chunk for value in row]
-        conn.exec_driver_sql(plan.rows_sql(len(chunk)), tuple(flat))
-
-
-#: Rows per multi-row INSERT: PostgreSQL takes at most 65,535 parameters in one statement.
-_ROWS_PER_INSERT = 1000
+    if plan.unnest_sql is not None:
+        conn.exec_driver_sql(plan.unnest_sql, tuple(list(column) for column in zip(*params, strict=True)))
+    elif plan.positional:
+        conn.exec_driver_sql(plan.sql, [tuple(values) for values in params])
+    else:
+        conn.exec_driver_sql(plan.sql, [dict(zip(plan.names, values, strict=True)) for values in params])
 
 
 @dataclass(frozen=True)
@@ -458,8 +452,8 @@ class _InsertPlan:
     status_at: int
     #: (parameter index, converter, what it makes of None) for each column whose type converts.
     converters: list[tuple[int, Callable[[Any], Any], Any]]
-    #: PostgreSQL: the INSERT of ``n`` rows at once, with positional parameters.
-    rows_sql: Callable[[int], str] | None
+    #: PostgreSQL: the INSERT of any number of rows from one array parameter per column.
+    unnest_sql: str | None
 
 
 @functools.cache
@@ -473,14 +467,17 @@ def _insert_plan(dialect: Dialect) -> _InsertPlan:
         convert = jobs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         if convert is not None:
             converters.append((at, convert, convert(None)))
-    rows_sql = None
+    unnest_sql = None
     if dialect.name == "postgresql":
         into = compiled.string.split(" VALUES ", 1)[0]
-        row = "(" + ", ".join(["%s"] * len(names)) + ")"
-        rows_sql = functools.cache(lambda count: f"{into} VALUES " + ", ".join([row] * count))
+        # NOTE: arrays of unbounded VARCHAR: a cast to VARCHAR(n) would cut a long value short
+        # where the insert into the column refuses it.
+        casts = [re.sub(r"[(][0-9]+[)]", "", jobs.c[name].type.compile(dialect)) for name in names]
+        arrays = ", ".join(f"%s::{cast}[]" for cast in casts)
+        unnest_sql = f"{into} SELECT * FROM unnest({arrays})"  # noqa: S608 - the table's own column names and types
     return _InsertPlan(
         sql=compiled.string,
-        rows_sql=rows_sql,
+        unnest_sql=unnest_sql,
         names=names,
         positional=bool(dialect.positional),
         values_of=operator.attrgetter(*names),

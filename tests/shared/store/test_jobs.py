@@ -8,6 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.ids import new_id
@@ -48,6 +49,43 @@ def test_insert_and_get_round_trip(store: JobStore) -> None:
     assert loaded.status is JobStatus.QUEUED
     assert loaded.created_at == job.created_at.replace(microsecond=loaded.created_at.microsecond)
     assert loaded.created_at.tzinfo is not None
+
+
+def test_insert_of_many_rows_keeps_every_value_and_the_order(store: JobStore) -> None:
+    # More rows than one statement could bind one placeholder per value (PostgreSQL: 65,535).
+    now = utcnow()
+    many = [
+        make_job(
+            args={"n": n},
+            priority=n % 7,
+            time_limit_s=None if n % 2 else 1.5,
+            scheduled_for=now + timedelta(seconds=n) if n % 3 == 0 else None,
+            idempotency_key=f"key-{n}" if n % 5 == 0 else None,
+            request_hash="h" if n % 5 == 0 else None,
+            held=n % 11 == 0,
+        )
+        for n in range(2500)
+    ]
+    outcomes = store.insert(many)
+    assert [job.id for job, created in outcomes if created] == [job.id for job in many]
+    for n in (0, 1, 3, 5, 11, 2499):
+        loaded = store.get(many[n].id)
+        assert loaded.args == {"n": n} and loaded.priority == n % 7
+        assert loaded.time_limit_s == (None if n % 2 else 1.5)
+        assert loaded.scheduled_for == many[n].scheduled_for
+        assert loaded.idempotency_key == many[n].idempotency_key
+        assert loaded.held is (n % 11 == 0)
+        assert loaded.progress is None and loaded.result is None and loaded.published_at is None
+
+
+def test_insert_refuses_a_value_longer_than_its_column_on_postgresql(engine: Engine) -> None:
+    store = JobStore(engine)
+    if engine.dialect.name == "sqlite":
+        # SQLite keeps any length; the API's validation bounds every field before the store.
+        store.insert([make_job(request_id="r" * 65)])
+        return
+    with pytest.raises(DataError):
+        store.insert([make_job(request_id="r" * 65)])
 
 
 def test_get_unknown_raises_not_found(store: JobStore) -> None:
