@@ -473,7 +473,8 @@ def _insert_plan(dialect: Dialect) -> _InsertPlan:
         # NOTE: arrays of unbounded VARCHAR: a cast to VARCHAR(n) would cut a long value short
         # where the insert into the column refuses it.
         casts = [re.sub(r"[(][0-9]+[)]", "", jobs.c[name].type.compile(dialect)) for name in names]
-        arrays = ", ".join(f"%s::{cast}[]" for cast in casts)
+        # NOTE: %b: psycopg dumps a list in binary format in C, in text format element by element in Python.
+        arrays = ", ".join(f"%b::{cast}[]" for cast in casts)
         unnest_sql = f"{into} SELECT * FROM unnest({arrays})"  # noqa: S608 - the table's own column names and types
     return _InsertPlan(
         sql=compiled.string,
