@@ -7,7 +7,6 @@ metrics share one key.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 
 import dramatiq
 import redis
@@ -17,12 +16,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared.errors import Unavailable
-from shared.job import Job, utcnow
+from shared.job import Job, due_for_broker, utcnow
 from shared.waking_broker import WakingRedisBroker
 
 NAMESPACE = "dramatiq"
-#: Dramatiq's Redis broker refuses delays of 7 days or more; the relay holds longer ones.
-MAX_BROKER_DELAY = timedelta(days=6)
 
 
 def redis_client(redis_url: str) -> redis.Redis:
@@ -83,12 +80,10 @@ def publish(broker: RedisBroker, batch: Sequence[Job]) -> list[str]:
     now = utcnow()
     messages: list[tuple[dramatiq.Message[object], int | None]] = []
     for job in batch:
+        if not due_for_broker(job, now):
+            continue
         due = job.next_attempt_at or job.scheduled_for
-        delay_ms = None
-        if due is not None and due > now:
-            if due - now > MAX_BROKER_DELAY:
-                continue
-            delay_ms = int((due - now).total_seconds() * 1000)
+        delay_ms = None if due is None or due <= now else int((due - now).total_seconds() * 1000)
         messages.append((message_for(job), delay_ms))
     if not messages:
         return []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -28,8 +28,18 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CAN
 WAITING_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING})
 
 
+#: Dramatiq's Redis broker refuses delays of 7 days or more; the relay holds longer ones.
+MAX_BROKER_DELAY = timedelta(days=6)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def due_for_broker(job: Job, now: datetime) -> bool:
+    """Whether the broker takes ``job`` now: its time (retry, eta or delay) is at most ``MAX_BROKER_DELAY`` away."""
+    due = job.next_attempt_at or job.scheduled_for
+    return due is None or due - now <= MAX_BROKER_DELAY
 
 
 def rfc3339(value: datetime | None) -> str | None:

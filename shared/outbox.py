@@ -1,24 +1,33 @@
-"""The outbox relay: publish job rows that were committed but never reached Redis."""
+"""The outbox relay: publish job rows that were committed but never reached Redis.
+
+Two kinds are left for it: rows written unpublished (a delay beyond the broker's
+horizon, a step released later, a publish that failed after the commit), and the
+jobs of an outbox entry still there after ``grace_s`` (the API wrote them marked
+published and deletes the entry once they are in Redis; a crash or a Redis outage
+in between leaves it).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.broker import MAX_BROKER_DELAY, publish
-from shared.job import utcnow
+from shared.broker import publish
+from shared.job import MAX_BROKER_DELAY, utcnow
 from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
 
 def relay(store: JobStore, broker: RedisBroker, *, grace_s: float, batch: int = 500) -> int:
-    """Publish unpublished rows older than ``grace_s`` (younger ones are still in their API request)."""
-    total = 0
+    """Publish unpublished rows and left outbox entries older than ``grace_s`` (younger ones are
+    still in their API request); returns how many jobs it sent."""
+    total = _relay_entries(store, broker, grace_s=grace_s)
     horizon = utcnow() + MAX_BROKER_DELAY
     while True:
         pending = store.unpublished(older_than=utcnow() - timedelta(seconds=grace_s), limit=batch)
@@ -33,29 +42,48 @@ def relay(store: JobStore, broker: RedisBroker, *, grace_s: float, batch: int = 
             return total
 
 
-class PublishMarks:
-    """Marks published rows in the background, many per UPDATE, off the request's path.
+def _relay_entries(store: JobStore, broker: RedisBroker, *, grace_s: float, batch: int = 100) -> int:
+    total = 0
+    while True:
+        entries = store.outbox_left(older_than=utcnow() - timedelta(seconds=grace_s), limit=batch)
+        if not entries:
+            return total
+        sent = publish(broker, [job for _, waiting in entries for job in waiting])
+        store.outbox_sent([entry_id for entry_id, _ in entries])
+        total += len(sent)
+        log.info("relayed %d job(s) of %d outbox entries left behind", len(sent), len(entries))
+        if len(entries) < batch:
+            return total
 
-    NOTE: a mark lost to a crash only means the relay publishes that job once more,
-    and the worker's claim skips the duplicate; the 202 never waits for it.
+
+class BackgroundWrites:
+    """Hands ids to ``write`` (a store method) in a background thread, many per call, off the
+    request's path: the published marks of rows written unpublished, the deletion of the
+    outbox entries of published commits.
+
+    NOTE: a write lost to a crash only means the relay publishes those jobs once more,
+    and the worker's claim skips the duplicates; the 202 never waits for it.
     """
 
-    def __init__(self, store: JobStore, *, interval_s: float = 0.02, max_batch: int = 5000) -> None:
-        self.store = store
+    def __init__(
+        self, write: Callable[[list[str]], None], what: str, *, interval_s: float = 0.02, max_batch: int = 5000
+    ) -> None:
+        self.write = write
+        self.what = what
         self.interval_s = interval_s
         self.max_batch = max_batch
         self._pending: list[str] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        threading.Thread(target=self._run, name="jobrelay-publish-marks", daemon=True).start()
+        threading.Thread(target=self._run, name=f"jobrelay-{what.replace(' ', '-')}", daemon=True).start()
 
-    def add(self, job_ids: list[str]) -> None:
+    def add(self, entry_ids: list[str]) -> None:
         with self._lock:
-            self._pending.extend(job_ids)
+            self._pending.extend(entry_ids)
         self._wake.set()
 
     def take(self) -> list[str]:
-        """Hand over the pending ids (at most ``max_batch``) to a caller that marks them in its own write."""
+        """Hand over the pending ids (at most ``max_batch``) to a caller that deletes them in its own write."""
         with self._lock:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
         return batch
@@ -64,9 +92,9 @@ class PublishMarks:
         batch = self.take()
         if batch:
             try:
-                self.store.mark_published(batch)
+                self.write(batch)
             except Exception as exc:
-                log.warning("could not mark %d job(s) published (the relay will resend them): %s", len(batch), exc)
+                log.warning("could not write %d %s (the relay will resend those jobs): %s", len(batch), self.what, exc)
 
     def _run(self) -> None:
         while True:

@@ -6,8 +6,10 @@ threads of a gunicorn worker hand their jobs here instead: the writer inserts ev
 pending request's jobs in one transaction and answers each waiting request as soon as
 that commit is done (the row is durable before the 202), and a publisher thread sends
 the new jobs to Redis in one round trip per batch, while the writer commits the next.
-A job whose publish fails, or whose process dies before it, is sent by the outbox relay
-(its row is not marked published). The same design as ``services/worker/status_writer.py``.
+Each commit writes its new jobs marked published under one outbox entry, deleted in a
+later commit once they are in Redis; a job whose publish fails, or whose process dies
+before it, is sent by the outbox relay from the entry left behind. The same design as
+``services/worker/status_writer.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from dataclasses import dataclass
 
 from shared.batches import take_batch
 from shared.errors import Conflict
+from shared.ids import new_id
 from shared.job import Job
-from shared.outbox import PublishMarks
+from shared.outbox import BackgroundWrites
 from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -36,20 +39,34 @@ class _Pending:
     future: Future[Stored]
 
 
+@dataclass
+class _Handed:
+    """The jobs one commit wrote marked published, under outbox entry ``entry``."""
+
+    jobs: list[Job]
+    entry: str
+
+
 class SubmitWriter:
     """Insert (and then publish) the jobs of concurrent requests together.
 
     ``publish`` is called by the publisher thread, after the requests are answered,
-    with every job the batches created that is not held; if it raises, the outbox
-    relay publishes the jobs later.
+    with the jobs the batches wrote marked published and their outbox entries; it
+    hands the entries to ``sent`` once the jobs are in Redis, and the next commit
+    deletes them. If it raises, the outbox relay publishes the jobs later.
     """
 
     def __init__(
-        self, store: JobStore, publish: Callable[[list[Job]], None], marks: PublishMarks, *, max_batch: int = 64
+        self,
+        store: JobStore,
+        publish: Callable[[list[Job], list[str]], None],
+        sent: BackgroundWrites,
+        *,
+        max_batch: int = 64,
     ) -> None:
         self.store = store
         self.publish = publish
-        self.marks = marks
+        self.sent = sent
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
@@ -70,7 +87,7 @@ class SubmitWriter:
         with self._start_lock:
             if self._owner_pid != os.getpid():
                 self._queue = queue.SimpleQueue()
-                committed: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+                committed: queue.SimpleQueue[_Handed | None] = queue.SimpleQueue()
                 threading.Thread(
                     target=self._commit_loop, args=(self._queue, committed), name="jobrelay-submit-writer", daemon=True
                 ).start()
@@ -82,40 +99,42 @@ class SubmitWriter:
                 self._owner_pid = os.getpid()
 
     def _commit_loop(
-        self, pending: queue.SimpleQueue[_Pending | None], committed: queue.SimpleQueue[list[Job] | None]
+        self, pending: queue.SimpleQueue[_Pending | None], committed: queue.SimpleQueue[_Handed | None]
     ) -> None:
         while True:
             batch, _ = take_batch(pending, self.max_batch)
-            # NOTE: the published marks ride along in this commit instead of taking the write lock again.
-            published = self.marks.take()
+            # NOTE: the deletions of sent entries ride along in this commit instead of taking the write lock again.
+            sent = self.sent.take()
+            entry = new_id()
             try:
-                outcomes = self.store.insert_groups([item.jobs for item in batch], published=published)
+                outcomes = self.store.insert_groups([item.jobs for item in batch], outbox_id=entry, sent=sent)
             except BaseException as exc:
                 # The store is down or locked: every waiting request answers 503, nothing was stored.
-                self.marks.add(published)
+                self.sent.add(sent)
                 for item in batch:
                     item.future.set_exception(exc)
                 continue
-            created = [
+            handed = [
                 job
                 for outcome in outcomes
                 if not isinstance(outcome, Conflict)
                 for job, is_new in outcome
-                if is_new and not job.held
+                if is_new and job.published_at is not None
             ]
-            if created:
-                committed.put(created)
+            if handed:
+                committed.put(_Handed(handed, entry))
             for item, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, Conflict):
                     item.future.set_exception(outcome)
                 else:
                     item.future.set_result(outcome)
 
-    def _publish_loop(self, committed: queue.SimpleQueue[list[Job] | None]) -> None:
+    def _publish_loop(self, committed: queue.SimpleQueue[_Handed | None]) -> None:
         while True:
-            created = [job for batch in take_batch(committed, self.max_batch)[0] for job in batch]
+            batch, _ = take_batch(committed, self.max_batch)
+            handed = [job for item in batch for job in item.jobs]
             try:
-                self.publish(created)
+                self.publish(handed, [item.entry for item in batch])
             except Exception:
-                # The rows are committed and unmarked: the outbox relay sends them.
-                log.exception("could not publish %d committed job(s); the outbox relay will", len(created))
+                # The rows are committed and their outbox entries stand: the outbox relay sends them.
+                log.exception("could not publish %d committed job(s); the outbox relay will", len(handed))

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
+from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -53,7 +54,7 @@ def create_store_engine(url: str, *, pool_size: int = 5, timeout_s: float = DEFA
         # Unacknowledged data (a COMMIT sent into a dead path) fails the socket after this.
         "tcp_user_timeout": 30_000,
     }
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size * 2,
@@ -61,6 +62,19 @@ def create_store_engine(url: str, *, pool_size: int = 5, timeout_s: float = DEFA
         pool_timeout=timeout_s,
         connect_args=connect_args,
     )
+    event.listen(engine, "connect", _binary_lists)
+    return engine
+
+
+def _binary_lists(dbapi_connection: Any, _record: Any) -> None:
+    """Send Python lists (array parameters) in PostgreSQL's binary format.
+
+    NOTE: psycopg writes a list in text format element by element in Python (quoting
+    each), in binary format in C; a 1,000-id list took about 1 ms against 0.25 ms. The
+    store's lists are its array parameters: id lists (``InList``) and the columns of
+    the job insert.
+    """
+    dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def _sqlite_engine(url: str, timeout_s: float) -> Engine:

@@ -6,22 +6,22 @@ import base64
 import functools
 import json
 import operator
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, bindparam, func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.ids import id_lower_bound
-from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, utcnow
+from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, due_for_broker, utcnow
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest, commit_attempts, unclaim
 from shared.store.engine import write_transaction
-from shared.store.models import jobs
+from shared.store.models import jobs, outbox
 from shared.store.sql import InList
 
 #: Final states an operator can send a job back to the queue from.
@@ -69,27 +69,31 @@ class JobStore:
 
     # -- submission ------------------------------------------------------
 
-    def insert(self, new_jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+    def insert(self, new_jobs: Sequence[Job], *, outbox_id: str | None = None) -> list[tuple[Job, bool]]:
         """Insert all jobs in one transaction; returns (job, created) pairs in order.
 
         A job whose idempotency key exists already gives the stored job
         (created False) when the request hash matches, else ``Conflict``.
+        With ``outbox_id``, the new jobs the broker takes now are written marked
+        published (``published_at`` set on them) under an outbox entry of that id,
+        which the caller deletes once they are in Redis (``outbox_sent``); the
+        others are left to the relay as without it.
         """
-        [outcome] = self.insert_groups([new_jobs])
+        [outcome] = self.insert_groups([new_jobs], outbox_id=outbox_id)
         if isinstance(outcome, Conflict):
             raise outcome
         return outcome
 
     def insert_groups(
-        self, groups: Sequence[Sequence[Job]], *, published: Sequence[str] = ()
+        self, groups: Sequence[Sequence[Job]], *, outbox_id: str | None = None, sent: Sequence[str] = ()
     ) -> list[list[tuple[Job, bool]] | Conflict]:
         """``insert`` for the jobs of many requests in one transaction (one commit).
 
         Each group is all or nothing: a group with an idempotency conflict stores
         none of its rows and gets its ``Conflict`` back, and the other groups are
         unaffected. The API's submit writer groups concurrent requests here, and
-        marks the jobs it published since its last commit (``published``) in the
-        same transaction instead of a write of their own.
+        deletes the outbox entries it published since its last commit (``sent``)
+        in the same transaction instead of a write of their own.
         """
         outcomes: list[list[tuple[Job, bool]] | Conflict | None] = [None] * len(groups)
         group_keys: list[list[str]] = []
@@ -122,21 +126,53 @@ class JobStore:
                     inserting.update(group_keys[index])
                     to_insert.extend(job for job, created in decided if created)
                 if to_insert:
+                    if outbox_id:
+                        _hand_to_outbox(conn, outbox_id, to_insert)
                     insert_job_rows(conn, to_insert)
-                if published:
-                    _mark_published(conn, published)
+                if sent:
+                    conn.execute(_OUTBOX_DELETE, {"ids": list(sent)})
         except IntegrityError:
             # A concurrent request with the same key won the race; answer as a repeat would.
             if not all_keys:
                 raise
-            return self.insert_groups(groups, published=published)
+            return self.insert_groups(groups, outbox_id=outbox_id, sent=sent)
         if later:
+            # NOTE: without an outbox entry (the caller knows of one only): the relay publishes
+            # their new jobs, if any (a request with a new key beside one another request of the
+            # same commit used).
             for index, outcome in zip(later, self.insert_groups([groups[i] for i in later]), strict=True):
                 outcomes[index] = outcome
         answered = [outcome for outcome in outcomes if outcome is not None]
         if len(answered) != len(groups):
             raise RuntimeError("a request of the group commit was left undecided")
         return answered
+
+    def outbox_sent(self, entry_ids: Sequence[str]) -> None:
+        """Delete outbox entries whose jobs are in Redis."""
+        if entry_ids:
+            with write_transaction(self.engine) as conn:
+                conn.execute(_OUTBOX_DELETE, {"ids": list(entry_ids)})
+
+    def outbox_left(self, *, older_than: datetime, limit: int = 100) -> list[tuple[str, list[Job]]]:
+        """Outbox entries written before ``older_than`` and still there, oldest first, each with its
+        jobs that still wait for a worker (the relay publishes those, then deletes the entry)."""
+        with self.engine.connect() as conn:
+            entries = conn.execute(
+                select(outbox.c.id, outbox.c.job_ids)
+                .where(outbox.c.id < id_lower_bound(older_than))
+                .order_by(outbox.c.id)
+                .limit(limit)
+            ).all()
+            ids = [job_id for entry in entries for job_id in entry.job_ids]
+            waiting = [status.value for status in WAITING_STATUSES]
+            found: dict[str, Job] = {}
+            for start in range(0, len(ids), 5000):
+                rows = conn.execute(
+                    select(jobs).where(InList(jobs.c.id, "ids"), jobs.c.status.in_(waiting)),
+                    {"ids": ids[start : start + 5000]},
+                )
+                found.update((job.id, job) for job in map(Job.from_row, rows))
+        return [(entry.id, [found[job_id] for job_id in entry.job_ids if job_id in found]) for entry in entries]
 
     def mark_published(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)
@@ -425,6 +461,8 @@ def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
     form has one parameter per column whatever the row count, so its text is the same
     every time and psycopg prepares it once.
     """
+    if not new_jobs:
+        return
     plan = _insert_plan(conn.dialect)
     params: list[list[Any]] = []
     for job in new_jobs:
@@ -435,7 +473,8 @@ def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
             values[at] = of_none if value is None else convert(value)
         params.append(values)
     if plan.unnest_sql is not None:
-        conn.exec_driver_sql(plan.unnest_sql, tuple(list(column) for column in zip(*params, strict=True)))
+        columns = map(list, zip(*params, strict=True))
+        conn.exec_driver_sql(plan.unnest_sql, dict(zip(plan.names, columns, strict=True)))
     elif plan.positional:
         conn.exec_driver_sql(plan.sql, [tuple(values) for values in params])
     else:
@@ -469,13 +508,11 @@ def _insert_plan(dialect: Dialect) -> _InsertPlan:
             converters.append((at, convert, convert(None)))
     unnest_sql = None
     if dialect.name == "postgresql":
-        into = compiled.string.split(" VALUES ", 1)[0]
-        # NOTE: arrays of unbounded VARCHAR: a cast to VARCHAR(n) would cut a long value short
-        # where the insert into the column refuses it.
-        casts = [re.sub(r"[(][0-9]+[)]", "", jobs.c[name].type.compile(dialect)) for name in names]
-        # NOTE: %b: psycopg dumps a list in binary format in C, in text format element by element in Python.
-        arrays = ", ".join(f"%b::{cast}[]" for cast in casts)
-        unnest_sql = f"{into} SELECT * FROM unnest({arrays})"  # noqa: S608 - the table's own column names and types
+        # NOTE: arrays of the column's type without a length: a cast to VARCHAR(n) would cut a
+        # long value short where the insert into the column refuses it.
+        arrays = [bindparam(name, type_=ARRAY(jobs.c[name].type.__class__())) for name in names]
+        rows: Select[Any] = select(literal_column("*")).select_from(func.unnest(*arrays))
+        unnest_sql = str(jobs.insert().from_select(names, rows).compile(dialect=dialect))
     return _InsertPlan(
         sql=compiled.string,
         unnest_sql=unnest_sql,
@@ -485,6 +522,20 @@ def _insert_plan(dialect: Dialect) -> _InsertPlan:
         status_at=names.index("status"),
         converters=converters,
     )
+
+
+_OUTBOX_INSERT = outbox.insert()
+_OUTBOX_DELETE = outbox.delete().where(InList(outbox.c.id, "ids"))
+
+
+def _hand_to_outbox(conn: Connection, outbox_id: str, new_jobs: Sequence[Job]) -> None:
+    """Mark published the jobs the broker takes now and list them under outbox entry ``outbox_id``."""
+    now = utcnow()
+    handed = [job for job in new_jobs if not job.held and due_for_broker(job, now)]
+    for job in handed:
+        job.published_at = now
+    if handed:
+        conn.execute(_OUTBOX_INSERT, {"id": outbox_id, "job_ids": [job.id for job in handed], "created_at": now})
 
 
 def _mark_published(conn: Connection, job_ids: Sequence[str]) -> None:

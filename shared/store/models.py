@@ -98,6 +98,18 @@ jobs = Table(
     Index("ix_jobs_dead", "queue", "id", sqlite_where=text("dead"), postgresql_where=text("dead")),
 )
 
+#: One entry per commit whose new jobs go straight to Redis: their rows are written already
+#: marked published, and the entry stands until the publish is done, then it is deleted.
+#: The relay publishes the jobs of an entry left behind (a crash or Redis away), so no
+#: job is lost and no job row is written twice.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("job_ids", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
 tasks = Table(
     "tasks",
     metadata,

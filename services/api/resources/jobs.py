@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from datetime import UTC, datetime
@@ -17,8 +16,9 @@ from services.api.validation import Submission, build_job
 from shared import metrics
 from shared.broker import publish
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound, Unavailable
+from shared.ids import new_id
 from shared.job import Job, JobStatus
-from shared.outbox import PublishMarks
+from shared.outbox import BackgroundWrites
 from shared.queues import drop_dead_letters
 from shared.results import ResultStorage, result_reference
 from shared.store.jobs import JobFilter, JobStore
@@ -48,13 +48,16 @@ class Submitter:
         self.registry = registry
         self.broker = broker
         self.max_body_bytes = max_body_bytes
-        self.marks = PublishMarks(store)
+        self.marks = BackgroundWrites(store.mark_published, "published marks")
+        self.sent = BackgroundWrites(store.outbox_sent, "sent outbox entries")
         # NOTE: the writer publishes after the requests are answered; they are counted before.
-        self.writer = SubmitWriter(store, functools.partial(self.publish, new=False), self.marks)
+        self.writer = SubmitWriter(store, self.publish_handed, self.sent)
 
     def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
-        stored = self.store.insert(new_jobs)
-        self.publish([job for job, created in stored if created and not job.held])
+        entry = new_id()
+        stored = self.store.insert(new_jobs, outbox_id=entry)
+        _count_submitted([job for job, created in stored if created and not job.held])
+        self.publish_handed([job for job, created in stored if created and job.published_at is not None], [entry])
         return stored
 
     def submit_grouped(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
@@ -63,8 +66,21 @@ class Submitter:
         _count_submitted([job for job, created in stored if created and not job.held])
         return stored
 
+    def publish_handed(self, handed: list[Job], entries: list[str]) -> None:
+        """Send jobs the store wrote marked published under outbox ``entries``, then drop the entries;
+        if Redis is down, the entries stay and the relay sends the jobs."""
+        if not handed:
+            return
+        try:
+            publish(self.broker, handed)
+        except Unavailable as exc:
+            log.warning("broker unavailable, %d job(s) left for the relay: %s", len(handed), exc)
+            return
+        self.sent.add(entries)
+
     def publish(self, committed: list[Job], *, new: bool = True) -> None:
-        """Hand committed jobs to Redis (counting them as submitted if ``new``); if it is down, the relay does."""
+        """Hand committed unpublished jobs to Redis (counting them as submitted if ``new``); if it is
+        down, the relay does."""
         if not committed:
             return
         if new:

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import redis
 from falcon import testing
@@ -13,7 +14,8 @@ from falcon import testing
 from services.api.app import create_app
 from services.worker.tasks import load_task_modules
 from shared.broker import build_broker
-from shared.job import JobStatus
+from shared.job import JobStatus, utcnow
+from shared.outbox import relay
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobFilter, JobStore
@@ -46,10 +48,12 @@ def test_submit_answers_202_with_job_and_location(
     assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["task"] == "diagnostics.echo" and job["queue"] == "default"
     assert job["args"] == {"message": "hi"} and job["attempts"] == 0
-    # The row is committed and published (marked so in the background); the message id is the job id.
+    # The row is committed marked published under an outbox entry, deleted in the background once
+    # the message is in Redis; the message id is the job id.
+    assert store.get(job["id"]).published_at is not None
     deadline = time.monotonic() + 5
-    while store.get(job["id"]).published_at is None:
-        assert time.monotonic() < deadline, "never marked published"
+    while store.outbox_left(older_than=utcnow() + timedelta(minutes=1)):
+        assert time.monotonic() < deadline, "the outbox entry was never deleted"
         time.sleep(0.01)
     [message] = queued_messages(redis_client, expect=1)
     assert message["message_id"] == job["id"] and message["kwargs"] == {"message": "hi"}
@@ -181,8 +185,8 @@ def test_delay_makes_a_scheduled_job(client: testing.TestClient, redis_client: r
     assert queued_messages(redis_client) == []
 
 
-def test_broker_down_still_accepts_and_leaves_the_row_for_the_relay(
-    settings: Settings, store: JobStore, registry: TaskRegistry
+def test_broker_down_still_accepts_and_leaves_the_job_for_the_relay(
+    settings: Settings, store: JobStore, registry: TaskRegistry, redis_url: str, redis_client: redis.Redis
 ) -> None:
     from services.api.app import create_app
     from shared.broker import build_broker
@@ -193,11 +197,18 @@ def test_broker_down_still_accepts_and_leaves_the_row_for_the_relay(
     client = testing.TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"})
     # When a job is submitted
     resp = client.simulate_post("/v1/jobs", json=ECHO)
-    # Then it is accepted, stored, and waits for the relay
+    # Then it is accepted, stored, and its outbox entry waits for the relay
     assert resp.status_code == 202
     job = store.get(resp.json["id"])
-    assert job.status is JobStatus.QUEUED and job.published_at is None
+    assert job.status is JobStatus.QUEUED
+    [(_, [waiting])] = store.outbox_left(older_than=utcnow() + timedelta(minutes=1))
+    assert waiting.id == job.id
     assert client.simulate_get("/readyz").status_code == 503
+    # And once Redis answers, the relay publishes it and drops the entry
+    assert relay(store, build_broker(redis_url), grace_s=0) == 1
+    [message] = queued_messages(redis_client, expect=1)
+    assert message["message_id"] == job.id
+    assert store.outbox_left(older_than=utcnow() + timedelta(minutes=1)) == []
 
 
 def test_batch_is_all_or_nothing(client: testing.TestClient, store: JobStore) -> None:

@@ -222,6 +222,51 @@ def test_unpublished_and_mark_published(store: JobStore) -> None:
     assert store.unpublished(older_than=utcnow()) == []
 
 
+def test_insert_with_an_outbox_entry_marks_and_lists_only_the_jobs_the_broker_takes_now(store: JobStore) -> None:
+    now = utcnow()
+    due, delayed = make_job(), make_job(scheduled_for=now + timedelta(hours=1), status=JobStatus.SCHEDULED)
+    held = make_job(held=True)
+    beyond = make_job(scheduled_for=now + timedelta(days=30), status=JobStatus.SCHEDULED)
+    entry = new_id()
+    store.insert([due, delayed, held, beyond], outbox_id=entry)
+    # The broker takes the first two now: written marked published, under the entry
+    assert all(store.get(job.id).published_at is not None for job in (due, delayed))
+    assert due.published_at is not None and held.published_at is None
+    [(found, waiting)] = store.outbox_left(older_than=utcnow() + timedelta(seconds=1))
+    assert found == entry and [job.id for job in waiting] == [due.id, delayed.id]
+    # A held step and a job beyond the broker's horizon stay unpublished, for their own paths
+    assert store.get(held.id).published_at is None and store.get(beyond.id).published_at is None
+    assert [job.id for job in store.unpublished(older_than=utcnow() + timedelta(seconds=1))] == [beyond.id]
+    # Too young for the relay, then gone once sent
+    assert store.outbox_left(older_than=now - timedelta(seconds=1)) == []
+    store.outbox_sent([entry])
+    assert store.outbox_left(older_than=utcnow() + timedelta(seconds=1)) == []
+
+
+def test_outbox_left_lists_only_the_jobs_still_waiting(store: JobStore) -> None:
+    waiting, cancelled = make_job(), make_job()
+    entry = new_id()
+    store.insert([waiting, cancelled], outbox_id=entry)
+    store.cancel(cancelled.id)
+    [(found, jobs_left)] = store.outbox_left(older_than=utcnow() + timedelta(seconds=1))
+    assert found == entry and [job.id for job in jobs_left] == [waiting.id]
+
+
+def test_insert_groups_deletes_the_sent_entries_in_its_commit(store: JobStore) -> None:
+    first, second = new_id(), new_id()
+    store.insert([make_job()], outbox_id=first)
+    later = make_job()
+    store.insert_groups([[later]], outbox_id=second, sent=[first])
+    assert [entry for entry, _ in store.outbox_left(older_than=utcnow() + timedelta(seconds=1))] == [second]
+
+
+def test_an_insert_refused_writes_no_outbox_entry(store: JobStore) -> None:
+    store.insert([make_job(idempotency_key="k", request_hash="a")])
+    with pytest.raises(Conflict):
+        store.insert([make_job(), make_job(idempotency_key="k", request_hash="b")], outbox_id=new_id())
+    assert store.outbox_left(older_than=utcnow() + timedelta(seconds=1)) == []
+
+
 def test_progress_is_recorded_only_while_running(store: JobStore) -> None:
     job = make_job()
     store.insert([job])

@@ -1,0 +1,82 @@
+"""The outbox relay on a real store and Redis, and the background writes of the API's marks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+from dramatiq import Message
+
+from shared.broker import build_broker
+from shared.ids import new_id
+from shared.job import utcnow
+from shared.outbox import BackgroundWrites, relay
+from shared.store.jobs import JobStore
+from tests.shared.store.test_jobs import make_job
+
+
+def messages_of(redis_client: redis.Redis, queue: str = "default") -> list[str]:
+    return sorted(Message.decode(data).message_id for data in redis_client.hvals(f"dramatiq:{queue}.msgs"))
+
+
+def test_relay_publishes_unpublished_rows_and_the_jobs_of_left_entries(
+    redis_url: str, redis_client: redis.Redis, store: JobStore
+) -> None:
+    # Given a row written unpublished and an entry left behind by an API that never published
+    old = utcnow() - timedelta(seconds=10)
+    unpublished = make_job(created_at=old)
+    store.insert([unpublished])
+    handed, cancelled = make_job(), make_job()
+    store.insert([handed, cancelled], outbox_id=new_id())
+    store.cancel(cancelled.id)
+    time.sleep(0.01)
+    # When the relay runs
+    sent = relay(store, build_broker(redis_url), grace_s=0)
+    # Then both waiting jobs are in Redis (the cancelled one is not), and nothing is left to relay
+    assert sent == 2
+    assert messages_of(redis_client) == sorted([unpublished.id, handed.id])
+    assert store.get(unpublished.id).published_at is not None
+    assert store.unpublished(older_than=utcnow()) == []
+    assert store.outbox_left(older_than=utcnow()) == []
+    assert relay(store, build_broker(redis_url), grace_s=0) == 0
+
+
+def test_relay_leaves_entries_younger_than_the_grace(
+    redis_url: str, redis_client: redis.Redis, store: JobStore
+) -> None:
+    entry = new_id()
+    store.insert([make_job()], outbox_id=entry)
+    assert relay(store, build_broker(redis_url), grace_s=60) == 0
+    assert messages_of(redis_client) == []
+    assert [found for found, _ in store.outbox_left(older_than=utcnow() + timedelta(seconds=1))] == [entry]
+
+
+def test_background_writes_hand_over_ids_in_batches_and_survive_a_failed_write() -> None:
+    written: list[list[str]] = []
+    done = threading.Event()
+
+    def write(ids: list[str]) -> None:
+        if ids == ["bad"]:
+            raise RuntimeError("store down")
+        written.append(ids)
+        if sum(map(len, written)) == 5:
+            done.set()
+
+    writes = BackgroundWrites(write, "test marks", interval_s=0.05, max_batch=3)
+    writes.add(["bad"])
+    time.sleep(0.2)
+    writes.add(["a", "b"])
+    writes.add(["c", "d", "e"])
+    assert done.wait(5)
+    assert [id_ for batch in written for id_ in batch] == ["a", "b", "c", "d", "e"]
+    assert max(map(len, written)) <= 3
+
+
+def test_take_hands_pending_ids_to_a_caller_that_writes_them_itself() -> None:
+    writes = BackgroundWrites(lambda ids: pytest.fail("written in the background"), "test", interval_s=10)
+    writes.add(["a", "b"])
+    assert writes.take() == ["a", "b"]
+    assert writes.take() == []
