@@ -8,11 +8,25 @@ import json
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, bindparam, func, literal_column, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (
+    JSON,
+    ColumnClause,
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 
@@ -21,7 +35,7 @@ from shared.ids import id_lower_bound
 from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, due_for_broker, utcnow
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest, commit_attempts, unclaim
 from shared.store.engine import write_transaction
-from shared.store.models import jobs, outbox
+from shared.store.models import UtcDateTime, jobs, outbox
 from shared.store.sql import InList
 
 #: Final states an operator can send a job back to the queue from.
@@ -125,12 +139,7 @@ class JobStore:
                         continue
                     inserting.update(group_keys[index])
                     to_insert.extend(job for job, created in decided if created)
-                if to_insert:
-                    if outbox_id:
-                        _hand_to_outbox(conn, outbox_id, to_insert)
-                    insert_job_rows(conn, to_insert)
-                if sent:
-                    conn.execute(_OUTBOX_DELETE, {"ids": list(sent)})
+                _write_submission(conn, to_insert, outbox_id, sent)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer as a repeat would.
             if not all_keys:
@@ -448,20 +457,26 @@ _MARK_PUBLISHED = (
 
 
 def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
-    """Insert job rows, each value converted by its column type: one DBAPI executemany on
-    SQLite, one ``INSERT ... SELECT FROM unnest(...)`` with an array per column on PostgreSQL.
+    """Insert job rows: one DBAPI executemany on SQLite, each value converted by its column
+    type; on PostgreSQL one ``INSERT ... SELECT FROM json_populate_recordset(...)`` of all
+    the rows as one JSON text.
 
     NOTE: SQLAlchemy's executemany builds an execution context and processes every
     parameter set through its compiled statement, which cost more than SQLite's own
     insert of a 1,000-job batch; the statement, the attribute getter and the converters
     are prepared once per dialect, so this is the same INSERT with the same values,
     minus that overhead. On PostgreSQL, psycopg sends an executemany as one statement
-    per row (each waited on in Python under gevent), and rewrote a multi-row VALUES
-    statement's tens of thousands of placeholders in Python on every call; the unnest
-    form has one parameter per column whatever the row count, so its text is the same
-    every time and psycopg prepares it once.
+    per row (each waited on in Python under gevent), rewrites a multi-row VALUES
+    statement's placeholders in Python on every call, and dumps an array parameter per
+    column in Python; one JSON text is one parameter whatever the row count, written by
+    the json module's C encoder, and the statement's text never changes, so psycopg
+    prepares it once. The server reads each field with its column's type, so a value
+    too long for its column is refused as an INSERT of it would be.
     """
     if not new_jobs:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_postgresql_insert(conn.dialect), {"rows": _rows_json(new_jobs)})
         return
     plan = _insert_plan(conn.dialect)
     params: list[list[Any]] = []
@@ -472,13 +487,34 @@ def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
             value = values[at]
             values[at] = of_none if value is None else convert(value)
         params.append(values)
-    if plan.unnest_sql is not None:
-        columns = map(list, zip(*params, strict=True))
-        conn.exec_driver_sql(plan.unnest_sql, dict(zip(plan.names, columns, strict=True)))
-    elif plan.positional:
+    if plan.positional:
         conn.exec_driver_sql(plan.sql, [tuple(values) for values in params])
     else:
         conn.exec_driver_sql(plan.sql, [dict(zip(plan.names, values, strict=True)) for values in params])
+
+
+#: The job attributes that are columns, and those holding datetimes.
+_COLUMNS = frozenset(column.key for column in jobs.columns)
+_TIMES = tuple(column.key for column in jobs.columns if isinstance(column.type, UtcDateTime))
+
+
+def _rows_json(new_jobs: Sequence[Job]) -> str:
+    """The jobs as a JSON array of rows, a key per column that is not NULL, times in ISO 8601 UTC."""
+    rows = []
+    for job in new_jobs:
+        row = {name: value for name, value in vars(job).items() if value is not None and name in _COLUMNS}
+        row["status"] = job.status.value
+        for name in _TIMES:
+            if name in row:
+                row[name] = _utc_text(row[name])
+        rows.append(row)
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def _utc_text(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the job store")
+    return value.astimezone(UTC).isoformat()
 
 
 @dataclass(frozen=True)
@@ -491,8 +527,6 @@ class _InsertPlan:
     status_at: int
     #: (parameter index, converter, what it makes of None) for each column whose type converts.
     converters: list[tuple[int, Callable[[Any], Any], Any]]
-    #: PostgreSQL: the INSERT of any number of rows from one array parameter per column.
-    unnest_sql: str | None
 
 
 @functools.cache
@@ -506,16 +540,8 @@ def _insert_plan(dialect: Dialect) -> _InsertPlan:
         convert = jobs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         if convert is not None:
             converters.append((at, convert, convert(None)))
-    unnest_sql = None
-    if dialect.name == "postgresql":
-        # NOTE: arrays of the column's type without a length: a cast to VARCHAR(n) would cut a
-        # long value short where the insert into the column refuses it.
-        arrays = [bindparam(name, type_=ARRAY(jobs.c[name].type.__class__())) for name in names]
-        rows: Select[Any] = select(literal_column("*")).select_from(func.unnest(*arrays))
-        unnest_sql = str(jobs.insert().from_select(names, rows).compile(dialect=dialect))
     return _InsertPlan(
         sql=compiled.string,
-        unnest_sql=unnest_sql,
         names=names,
         positional=bool(dialect.positional),
         values_of=operator.attrgetter(*names),
@@ -528,14 +554,53 @@ _OUTBOX_INSERT = outbox.insert()
 _OUTBOX_DELETE = outbox.delete().where(InList(outbox.c.id, "ids"))
 
 
-def _hand_to_outbox(conn: Connection, outbox_id: str, new_jobs: Sequence[Job]) -> None:
-    """Mark published the jobs the broker takes now and list them under outbox entry ``outbox_id``."""
+def _write_submission(conn: Connection, new_jobs: Sequence[Job], outbox_id: str | None, sent: Sequence[str]) -> None:
+    """Insert ``new_jobs``, with outbox entry ``outbox_id`` listing those the broker takes now
+    (written marked published), and delete the outbox entries ``sent``.
+
+    NOTE: on PostgreSQL the three are one statement (the entry and the deletion as data-modifying
+    CTEs of the INSERT): one round trip to the server instead of three.
+    """
     now = utcnow()
-    handed = [job for job in new_jobs if not job.held and due_for_broker(job, now)]
+    handed = [job for job in new_jobs if not job.held and due_for_broker(job, now)] if outbox_id else []
     for job in handed:
         job.published_at = now
+    entry_ids = [job.id for job in handed]
+    if conn.dialect.name != "postgresql" or not new_jobs:
+        if handed:
+            conn.execute(_OUTBOX_INSERT, {"id": outbox_id, "job_ids": entry_ids, "created_at": now})
+        insert_job_rows(conn, new_jobs)
+        if sent:
+            conn.execute(_OUTBOX_DELETE, {"ids": list(sent)})
+        return
+    params: dict[str, Any] = {"rows": _rows_json(new_jobs)}
     if handed:
-        conn.execute(_OUTBOX_INSERT, {"id": outbox_id, "job_ids": [job.id for job in handed], "created_at": now})
+        params.update(entry_id=outbox_id, entry_jobs=json.dumps(entry_ids), entry_at=now)
+    if sent:
+        params["sent"] = list(sent)
+    conn.exec_driver_sql(_postgresql_insert(conn.dialect, entry=bool(handed), sent=bool(sent)), params)
+
+
+@functools.cache
+def _postgresql_insert(dialect: Dialect, *, entry: bool = False, sent: bool = False) -> str:
+    """The INSERT of any number of job rows from one JSON text (``rows``); with ``entry``, it also
+    writes an outbox entry (``entry_id``, ``entry_jobs``, ``entry_at``), and with ``sent`` deletes
+    the outbox entries listed (``sent``)."""
+    names = [column.key for column in jobs.columns]
+    # A NULL of the table's row type tells the function each field's type.
+    rows_of_jobs = func.json_populate_recordset(literal_column(f"NULL::{jobs.name}"), cast(bindparam("rows"), JSON))
+    fields: list[ColumnClause[Any]] = [column(name) for name in names]
+    statement = jobs.insert().from_select(names, select(*fields).select_from(rows_of_jobs))
+    if entry:
+        values: dict[str, Any] = {
+            "id": bindparam("entry_id"),
+            "job_ids": bindparam("entry_jobs"),
+            "created_at": bindparam("entry_at"),
+        }
+        statement = statement.add_cte(outbox.insert().values(values).cte("entry"))
+    if sent:
+        statement = statement.add_cte(outbox.delete().where(InList(outbox.c.id, "sent")).cte("sent"))
+    return str(statement.compile(dialect=dialect))
 
 
 def _mark_published(conn: Connection, job_ids: Sequence[str]) -> None:

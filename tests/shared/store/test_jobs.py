@@ -260,6 +260,14 @@ def test_insert_groups_deletes_the_sent_entries_in_its_commit(store: JobStore) -
     assert [entry for entry, _ in store.outbox_left(older_than=utcnow() + timedelta(seconds=1))] == [second]
 
 
+def test_insert_groups_with_nothing_new_still_deletes_the_sent_entries(store: JobStore) -> None:
+    first = new_id()
+    store.insert([make_job(idempotency_key="k", request_hash="h")], outbox_id=first)
+    [[(_, created)]] = store.insert_groups([[make_job(idempotency_key="k", request_hash="h")]], sent=[first])
+    assert not created
+    assert store.outbox_left(older_than=utcnow() + timedelta(seconds=1)) == []
+
+
 def test_an_insert_refused_writes_no_outbox_entry(store: JobStore) -> None:
     store.insert([make_job(idempotency_key="k", request_hash="a")])
     with pytest.raises(Conflict):
