@@ -12,6 +12,7 @@ polling, since their messages become due by the clock, not by an enqueue.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -83,6 +84,26 @@ class WakingRedisBroker(RedisBroker):
     _dispatch_loaded = False
     #: Set by a worker that claims jobs before its consumers hand their messages out.
     claims_ahead: ClaimsAhead | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per queue, the Redis message ids this process's consumers handed to its worker
+        #: threads and has not acked, nacked or requeued yet: the only legitimate members
+        #: of its ack set once a consumer is replaced (see ``_WakingConsumer``).
+        self._in_hand: dict[str, set[str]] = {}
+        self._in_hand_lock = threading.Lock()
+
+    def hand_out(self, queue_name: str, redis_message_id: str) -> None:
+        with self._in_hand_lock:
+            self._in_hand.setdefault(queue_name, set()).add(redis_message_id)
+
+    def handed_back(self, queue_name: str, redis_message_ids: Iterable[str]) -> None:
+        with self._in_hand_lock:
+            self._in_hand.get(queue_name, set()).difference_update(redis_message_ids)
+
+    def in_hand(self, queue_name: str) -> set[str]:
+        with self._in_hand_lock:
+            return set(self._in_hand.get(queue_name, ()))
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -182,6 +203,7 @@ class WakingRedisBroker(RedisBroker):
         for queue_name, ids in by_queue.items():
             keys = [f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}", f"{self.namespace}:{queue_name}.msgs"]
             self._ack_script(keys=keys, args=ids)
+            self.handed_back(queue_name, ids)
 
     def _enqueue_in(self, pipe: redis.client.Pipeline, queue_name: str, message_id: str, data: bytes) -> None:
         self._dispatch_in(pipe, "enqueue", queue_name, message_id, data)
@@ -212,13 +234,18 @@ class _WakingConsumer(_RedisConsumer):
     NOTE: the fetch path mirrors ``dramatiq.brokers.redis._RedisConsumer.__next__`` (2.x).
     """
 
+    broker: WakingRedisBroker
+
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
-        # NOTE: after a connection error Dramatiq's consumer thread drops the delayed messages it
-        # held in memory (it resets its delay queue) and starts a new consumer; their ids stay in
-        # this live worker's ack set, where nothing recovers them until the process dies. A new
-        # delay-queue consumer puts them back first (empty on a process's first start).
-        self._reclaim_delayed = is_delay_queue(queue_name)
+        # NOTE: after an error Dramatiq's consumer thread starts a new consumer and the old one's
+        # messages in memory are dropped: the delayed messages its thread held (it resets its
+        # delay queue), the prefetched messages not handed out yet, and the messages of a fetch
+        # whose reply a dying connection lost (the script moved them into the ack set). Their
+        # ids stay in this live worker's ack set, where nothing recovers them until the process
+        # dies. A new consumer puts them back first: for a delay queue all of its ack set, for
+        # another every id not in hand (empty on a process's first start).
+        self._reclaim = True
         #: Leading cached messages that may be handed out (claimed ahead, or needing no claim).
         self._ready = 0
 
@@ -227,17 +254,22 @@ class _WakingConsumer(_RedisConsumer):
         deferred: Callable[[str, str], None] | None = getattr(message, DEFERRED_ACK, None)
         if deferred is None:
             super().ack(message)
+            self.broker.handed_back(self.queue_name, [message.options["redis_message_id"]])
             return
         # The message leaves this consumer's prefetch count now; its ack set entry stays in
         # Redis until the deferred ack is done, so a crash before then still recovers it.
         self.queued_message_ids.discard(message.message_id)
         deferred(self.queue_name, message.options["redis_message_id"])
 
+    def nack(self, message: MessageProxy) -> None:
+        super().nack(message)
+        self.broker.handed_back(self.queue_name, [message.options["redis_message_id"]])
+
     def __next__(self) -> MessageProxy | None:
         try:
-            if self._reclaim_delayed:
+            if self._reclaim:
                 self._requeue_own_unacked()
-                self._reclaim_delayed = False
+                self._reclaim = False
             while True:
                 if self.message_cache:
                     claims = None if is_delay_queue(self.queue_name) else self.broker.claims_ahead
@@ -260,6 +292,7 @@ class _WakingConsumer(_RedisConsumer):
                             self._dead_letter_undecodable(data)
                             continue
                     self.queued_message_ids.add(message.message_id)
+                    self.broker.hand_out(self.queue_name, message.options["redis_message_id"])
                     return MessageProxy(message)
                 messages = []
                 if self.outstanding_message_count < self.prefetch:
@@ -299,8 +332,10 @@ class _WakingConsumer(_RedisConsumer):
         If they cannot be, the messages stay in this worker's ack set for recovery.
         """
         messages = list(messages)
-        if self._give_back([message.options["redis_message_id"] for message in messages]):
+        redis_message_ids = [message.options["redis_message_id"] for message in messages]
+        if self._give_back(redis_message_ids):
             super().requeue(messages)
+            self.broker.handed_back(self.queue_name, redis_message_ids)
 
     def close(self) -> None:
         """Give back the claims of messages still in the prefetch (they stay in the ack set until the
@@ -340,11 +375,23 @@ class _WakingConsumer(_RedisConsumer):
         log.error("a message on queue %s does not decode and was not found to dead-letter", self.queue_name)
 
     def _requeue_own_unacked(self) -> None:
+        """Put back this process's unacked messages of the queue that no worker thread holds.
+
+        NOTE: the ack set is read before the ids in hand: an id acked in between has left
+        both, and the requeue script skips ids no longer in the ack set, so a message being
+        acked is never put back.
+        """
         acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
-        redis_ids = sorted(member.decode() for member in self.broker.client.smembers(acks))
+        members: set[str] = {member.decode() for member in self.broker.client.smembers(acks)}  # type: ignore[union-attr]
+        if not is_delay_queue(self.queue_name):
+            members -= self.broker.in_hand(self.queue_name)
+        redis_ids = sorted(members)
+        if not redis_ids:
+            return
+        claims = self.broker.claims_ahead
+        if claims is not None and not is_delay_queue(self.queue_name):
+            # Claims made ahead for the dropped prefetch go back before the messages do.
+            claims.give_back(redis_ids)
         for start in range(0, len(redis_ids), 1000):
             self.broker.do_requeue(self.queue_name, *redis_ids[start : start + 1000])
-        if redis_ids:
-            log.warning(
-                "put back %d delayed message(s) of queue %s dropped by a reconnect", len(redis_ids), self.queue_name
-            )
+        log.warning("put back %d message(s) of queue %s dropped by a reconnect", len(redis_ids), self.queue_name)
