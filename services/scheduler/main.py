@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, start_http_server
 from services.scheduler import housekeeping
 from services.scheduler.housekeeping import QueueNames, builtin_schedules, prune_finished
 from services.scheduler.leader import LeaderLease
-from services.scheduler.metrics import LeaderOnly, jobs_republished_total, scheduler_is_leader
+from services.scheduler.metrics import LeaderOnly, jobs_relayed_total, jobs_republished_total, scheduler_is_leader
 from services.scheduler.runner import Runner
 from services.scheduler.schedule_file import sync_file
 from services.scheduler.triggers import build_trigger, first_tick_at_or_after
@@ -84,7 +84,7 @@ def run(settings: Settings) -> int:
     lost_messages = LostMessages(store, broker)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
     work: dict[str, Callable[[], object]] = {
-        housekeeping.RELAY: lambda: relay(store, broker, grace_s=settings.relay_grace_s),
+        housekeeping.RELAY: lambda: jobs_relayed_total.inc(relay(store, broker, grace_s=settings.relay_grace_s)),
         # What crashes leave behind: messages of dead workers, and workflows whose worker died
         # between recording a step and moving the workflow on.
         housekeeping.REQUEUE_ORPHANS: lambda: (

@@ -32,6 +32,11 @@ schedule_lag_seconds = Histogram(
 schedule_last_fire_timestamp_seconds = Gauge(
     PREFIX + "schedule_last_fire_timestamp_seconds", "Unix time of the last tick fired.", ("schedule",)
 )
+jobs_relayed_total = Counter(
+    PREFIX + "jobs_relayed_total",
+    "Jobs the outbox relay published: accepted while Redis was away, or left by an API process that died "
+    "before publishing (maintenance.relay).",
+)
 jobs_republished_total = Counter(
     PREFIX + "jobs_republished_total", "Jobs published again because Redis lost their message (maintenance.reconcile)."
 )

@@ -1,4 +1,4 @@
-"""Built-in housekeeping: pruning finished jobs past the retention, with their files and dead letters."""
+"""Built-in housekeeping: pruning finished jobs past the retention, with their files and dead letters; the relay."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from dramatiq import Message
 from sqlalchemy import Engine, update
 
 from services.scheduler.housekeeping import BUILTIN_INTERVALS_S, QueueNames, builtin_schedules, prune_finished
 from services.scheduler.ticks import tick_job_id
 from shared.errors import NotFound, Unavailable
+from shared.ids import new_id
 from shared.job import JobStatus, utcnow
 from shared.redis_server import free_port
 from shared.results import DirectoryStorage, ResultStorage, build_result_storage, result_reference
@@ -20,6 +22,7 @@ from shared.store.jobs import JobFilter, JobStore
 from shared.store.models import jobs
 from shared.store.tasks import TaskRegistry
 from tests.conftest import s3_client
+from tests.services.scheduler.conftest import SchedulerStack
 from tests.shared.store.test_jobs import make_job
 
 DAY = timedelta(days=1)
@@ -115,3 +118,24 @@ def test_builtin_schedules_and_queue_names(registry: TaskRegistry) -> None:
     assert names() == []
     names.refresh()
     assert "default" in names()
+
+
+def test_the_leader_relays_jobs_left_unpublished_and_counts_them(
+    scheduler_stack: SchedulerStack, redis_client: redis.Redis
+) -> None:
+    # Given a row written unpublished and an outbox entry an API process left behind
+    store = JobStore(scheduler_stack.engine)
+    old = utcnow() - timedelta(minutes=1)
+    unpublished = make_job(created_at=old)
+    store.insert([unpublished])
+    handed = make_job()
+    store.insert([handed], outbox_id=new_id())
+    # When a scheduler leads (the relay runs every second, past RELAY_GRACE_S)
+    leader = scheduler_stack.start("a")
+    scheduler_stack.leader()
+    # Then both jobs reach Redis once, and the leader counts them
+    scheduler_stack.wait_for("two relayed", lambda: leader.metric("jobrelay_jobs_relayed_total") == 2.0, 15)
+    stored: list[bytes] = redis_client.hvals("dramatiq:default.msgs")  # type: ignore[assignment]
+    ids = sorted(Message.decode(data).message_id for data in stored)
+    assert ids == sorted([unpublished.id, handed.id])
+    assert store.outbox_left(older_than=utcnow()) == [] and store.unpublished(older_than=utcnow()) == []

@@ -263,8 +263,8 @@ def test_insert_groups_deletes_the_sent_entries_in_its_commit(store: JobStore) -
 def test_insert_groups_with_nothing_new_still_deletes_the_sent_entries(store: JobStore) -> None:
     first = new_id()
     store.insert([make_job(idempotency_key="k", request_hash="h")], outbox_id=first)
-    [[(_, created)]] = store.insert_groups([[make_job(idempotency_key="k", request_hash="h")]], sent=[first])
-    assert not created
+    [outcome] = store.insert_groups([[make_job(idempotency_key="k", request_hash="h")]], sent=[first])
+    assert not isinstance(outcome, Conflict) and [created for _, created in outcome] == [False]
     assert store.outbox_left(older_than=utcnow() + timedelta(seconds=1)) == []
 
 
