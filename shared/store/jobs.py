@@ -146,9 +146,9 @@ class JobStore:
                 raise
             return self.insert_groups(groups, outbox_id=outbox_id, sent=sent)
         if later:
-            # NOTE: without an outbox entry (the caller knows of one only): the relay publishes
-            # their new jobs, if any (a request with a new key beside one another request of the
-            # same commit used).
+            # NOTE: without an outbox entry (the caller knows of one only), so the relay publishes
+            # their new jobs: a request reusing a key that another request of this commit inserts
+            # is a repeat, and has new jobs only beside that key in a batch.
             for index, outcome in zip(later, self.insert_groups([groups[i] for i in later]), strict=True):
                 outcomes[index] = outcome
         answered = [outcome for outcome in outcomes if outcome is not None]
@@ -531,7 +531,8 @@ class _InsertPlan:
 
 @functools.cache
 def _insert_plan(dialect: Dialect) -> _InsertPlan:
-    """The INSERT of every column compiled for ``dialect``, and how to turn a job into its parameters."""
+    """The INSERT of every column compiled for ``dialect`` (SQLite; PostgreSQL takes
+    ``_postgresql_insert``), and how to turn a job into its parameters."""
     columns = [column.key for column in jobs.columns]
     compiled = _INSERT.compile(dialect=dialect, column_keys=columns)
     names = list(compiled.positiontup or []) if dialect.positional else columns
