@@ -18,11 +18,35 @@ def test_disable_turns_every_metric_into_a_no_op() -> None:
         "metrics.jobs_started_total.labels('t', 'q').inc()\n"
         "metrics.job_duration_seconds.labels('t', 'q').observe(1.0)\n"
         "metrics.jobs_in_progress.labels('t', 'q').dec()\n"
+        "metrics.job_series('t', 'q').started.inc()\n"
         "from prometheus_client import REGISTRY\n"
         "print(REGISTRY.get_sample_value('jobrelay_jobs_started_total', {'task': 't', 'queue': 'q'}))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "None"
+
+
+def test_disable_drops_the_series_looked_up_before() -> None:
+    script = (
+        "from shared import metrics\n"
+        "metrics.job_series('t', 'q')\n"
+        "metrics.disable()\n"
+        "metrics.job_series('t', 'q').started.inc()\n"
+        "from prometheus_client import REGISTRY\n"
+        "print(REGISTRY.get_sample_value('jobrelay_jobs_started_total', {'task': 't', 'queue': 'q'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0.0"
+
+
+def test_job_series_write_the_labelled_series() -> None:
+    series = metrics.job_series("series.task", "seriesq")
+    assert series is metrics.job_series("series.task", "seriesq")
+    series.started.inc()
+    series.duration.observe(0.5)
+    labels = {"task": "series.task", "queue": "seriesq"}
+    assert REGISTRY.get_sample_value("jobrelay_jobs_started_total", labels) == 1.0
+    assert REGISTRY.get_sample_value("jobrelay_job_duration_seconds_count", labels) == 1.0
 
 
 def test_job_series_start_at_zero() -> None:

@@ -193,10 +193,11 @@ class JobStatusMiddleware(Middleware):
         job = claim.job
         assert job is not None
         due = job.next_attempt_at or job.scheduled_for or job.created_at
+        series = metrics.job_series(*labels)
         if job.attempts == 1:
-            metrics.job_queue_wait_seconds.labels(*labels).observe(max(0.0, (utcnow() - due).total_seconds()))
-        metrics.jobs_started_total.labels(*labels).inc()
-        metrics.jobs_in_progress.labels(*labels).inc()
+            series.queue_wait.observe(max(0.0, (utcnow() - due).total_seconds()))
+        series.started.inc()
+        series.in_progress.inc()
         self._local.started = time.perf_counter()
         self._local.log_token = set_log_context(
             job_id=job.id,
@@ -241,12 +242,12 @@ class JobStatusMiddleware(Middleware):
         if entry is None:
             return
         job = entry.job
-        labels = (job.task, job.queue)
+        series = metrics.job_series(job.task, job.queue)
         leave_job(self._local.job_token)
-        metrics.jobs_in_progress.labels(*labels).dec()
+        series.in_progress.dec()
         elapsed_s = time.perf_counter() - self._local.started
         self.reservations.observe(elapsed_s)
-        metrics.job_duration_seconds.labels(*labels).observe(elapsed_s)
+        series.duration.observe(elapsed_s)
         try:
             if exception is None:
                 try:
@@ -260,7 +261,7 @@ class JobStatusMiddleware(Middleware):
                     self._fail(broker, message, job, exc)
                     self._ended(job)
                 else:
-                    metrics.jobs_succeeded_total.labels(*labels).inc()
+                    series.succeeded.inc()
                     log.info("job succeeded in %.3fs", elapsed_s)
                     if not deferred:
                         self._ended(job)
