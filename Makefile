@@ -44,7 +44,7 @@ test: install system-deps lint
 ## Debian for the API load). BENCH_OUT=/tmp/x writes /tmp/x/benchmarks.md and /tmp/x/bench/ instead.
 bench: $(BENCH_STAMP) system-deps
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python -m bench.worker_throughput --jobs 20000 --runs 3
+	$(BIN)/python -m bench.worker_throughput --jobs 20000 --runs 5
 	$(BIN)/python -m bench.latency --jobs 300 --rate 200
 	$(BIN)/python -m bench.api_submit --seconds 10
 	$(BIN)/python -m bench.scheduler_lag --seconds 60
