@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -98,7 +99,9 @@ def paced(url: str, rate: float, seconds: float, connections: int = 32) -> dict[
     Each latency runs from the request's scheduled send time to its whole response, so a
     stall delays the requests queued behind it too and they count it (no coordinated
     omission, as wrk2 measures); when every connection is busy, the next request waits
-    for one, and that wait counts too.
+    for one, and that wait counts too. The client's own garbage collector is off for the
+    run: a full collection over its thousands of pending requests stalled the sender ~50 ms
+    once per run, and every request due meanwhile counted the stall as the server's.
     """
     host, port = url.removeprefix("http://").split(":")
     body = b'{"task": "diagnostics.echo", "args": {"message": "paced"}}'
@@ -142,7 +145,11 @@ def paced(url: str, rate: float, seconds: float, connections: int = 32) -> dict[
             idle.get_nowait()[1].close()
         return elapsed
 
-    elapsed = asyncio.run(run())
+    gc.disable()
+    try:
+        elapsed = asyncio.run(run())
+    finally:
+        gc.enable()
     ordered = sorted(latencies)
     return {
         "rate": rate,
@@ -272,8 +279,9 @@ workers running: each accepted job is validated, committed and published. Satura
 -c{args.connections} -d{args.seconds}s` posting `diagnostics.echo` (keep-alive), as fast as the API
 answers. Paced: {args.rate:,.0f} submits per second for {args.seconds} s on a fixed schedule over 32
 keep-alive connections, each latency counted from the request's scheduled send time (a stall counts
-for every request queued behind it, as wrk2 measures). Batches: 2 threads posting batches of 1,000
-for {args.seconds} s. Everything, the load generators included, shares the 2 cores.
+for every request queued behind it, as wrk2 measures; the Python client runs with its garbage collector
+off, whose full collection stalled the sender). Batches: 2 threads posting batches of 1,000 for
+{args.seconds} s. Everything, the load generators included, shares the 2 cores.
 Machine: {machine()}.
 
 | store | saturated submits/s | p50 ms | p99 ms | at {args.rate:,.0f}/s: p50 ms | p99 ms | batch jobs/s |

@@ -46,6 +46,12 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _where_not_null(column: str) -> dict[str, Any]:
+    """The keyword arguments of an index over the rows where ``column`` has a value."""
+    where = text(f"{column} IS NOT NULL")
+    return {"sqlite_where": where, "postgresql_where": where}
+
+
 jobs = Table(
     "jobs",
     metadata,
@@ -85,16 +91,18 @@ jobs = Table(
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),
-    Index("ix_jobs_workflow_id", "workflow_id", "id"),
-    Index("ix_jobs_schedule_id", "schedule_id", "id"),
-    Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
+    # NOTE: partial on the mostly-NULL columns: every query compares them to a value, so a
+    # row without one never needs an entry (migration 0006).
+    Index("ix_jobs_workflow_id", "workflow_id", "id", **_where_not_null("workflow_id")),
+    Index("ix_jobs_schedule_id", "schedule_id", "id", **_where_not_null("schedule_id")),
+    Index("ux_jobs_idempotency_key", "idempotency_key", unique=True, **_where_not_null("idempotency_key")),
     Index(
         "ix_jobs_unpublished",
         "created_at",
         sqlite_where=text("published_at IS NULL"),
         postgresql_where=text("published_at IS NULL"),
     ),
-    Index("ix_jobs_lease_owner", "lease_owner"),
+    Index("ix_jobs_lease_owner", "lease_owner", **_where_not_null("lease_owner")),
     Index("ix_jobs_dead", "queue", "id", sqlite_where=text("dead"), postgresql_where=text("dead")),
 )
 

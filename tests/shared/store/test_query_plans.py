@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from shared.job import JobStatus, utcnow
-from shared.store.jobs import JobFilter, JobStore, encode_cursor
+from shared.store.jobs import _BY_KEYS_SELECT, JobFilter, JobStore, encode_cursor
 from shared.store.models import jobs
 
 FILTERS = {
@@ -68,3 +68,29 @@ def test_the_jobs_table_has_the_indexes_the_plans_rely_on() -> None:
     names = {index.name for index in jobs.indexes}
     assert {"ix_jobs_status_id", "ix_jobs_task_id", "ix_jobs_queue_id", "ix_jobs_workflow_id",
             "ix_jobs_schedule_id", "ix_jobs_dead"} <= names  # fmt: skip
+
+
+def test_the_idempotency_key_lookup_uses_its_unique_index(engine: Engine) -> None:
+    query = _BY_KEYS_SELECT.params(keys=["k1", "k2"])
+    sql = query.compile(engine, compile_kwargs={"literal_binds": True})
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            text_plan = "\n".join(str(row[-1]) for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+        else:
+            conn.execute(text("SET LOCAL enable_seqscan = off"))
+            text_plan = "\n".join(str(row[0]) for row in conn.execute(text(f"EXPLAIN {sql}")))
+    assert "ux_jobs_idempotency_key" in text_plan, text_plan
+
+
+PARTIAL = ["ix_jobs_workflow_id", "ix_jobs_schedule_id", "ux_jobs_idempotency_key", "ix_jobs_lease_owner"]
+
+
+def test_indexes_on_mostly_null_columns_leave_the_null_rows_out(engine: Engine) -> None:
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"))
+        else:
+            rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs'"))
+        definitions = {name: sql for name, sql in rows}
+    for name in PARTIAL:
+        assert "IS NOT NULL" in definitions[name], definitions[name]
