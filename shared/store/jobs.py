@@ -589,7 +589,7 @@ def _postgresql_insert(dialect: Dialect, *, entry: bool = False, sent: bool = Fa
     the outbox entries listed (``sent``)."""
     names = [column.key for column in jobs.columns]
     # A NULL of the table's row type tells the function each field's type.
-    rows_of_jobs = func.json_populate_recordset(literal_column(f"NULL::{jobs.name}"), cast(bindparam("rows"), JSON))
+    rows_of_jobs = func.json_populate_recordset(literal_column("NULL::jobs"), cast(bindparam("rows"), JSON))
     fields: list[ColumnClause[Any]] = [column(name) for name in names]
     statement = jobs.insert().from_select(names, select(*fields).select_from(rows_of_jobs))
     if entry:

@@ -46,12 +46,6 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _where_not_null(column: str) -> dict[str, Any]:
-    """The keyword arguments of an index over the rows where ``column`` has a value."""
-    where = text(f"{column} IS NOT NULL")
-    return {"sqlite_where": where, "postgresql_where": where}
-
-
 jobs = Table(
     "jobs",
     metadata,
@@ -91,18 +85,12 @@ jobs = Table(
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),
-    # NOTE: partial on the mostly-NULL columns: every query compares them to a value, so a
-    # row without one never needs an entry (migration 0006).
-    Index("ix_jobs_workflow_id", "workflow_id", "id", **_where_not_null("workflow_id")),
-    Index("ix_jobs_schedule_id", "schedule_id", "id", **_where_not_null("schedule_id")),
-    Index("ux_jobs_idempotency_key", "idempotency_key", unique=True, **_where_not_null("idempotency_key")),
     Index(
         "ix_jobs_unpublished",
         "created_at",
         sqlite_where=text("published_at IS NULL"),
         postgresql_where=text("published_at IS NULL"),
     ),
-    Index("ix_jobs_lease_owner", "lease_owner", **_where_not_null("lease_owner")),
     Index("ix_jobs_dead", "queue", "id", sqlite_where=text("dead"), postgresql_where=text("dead")),
 )
 
@@ -117,6 +105,19 @@ outbox = Table(
     Column("job_ids", JSON, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
 )
+
+
+def _with_value(column: Column[Any]) -> dict[str, Any]:
+    """The keyword arguments of an index over the rows where ``column`` has a value."""
+    return {"sqlite_where": column.is_not(None), "postgresql_where": column.is_not(None)}
+
+
+# NOTE: partial on the mostly-NULL columns: every query compares them to a value, so a row
+# without one never needs an entry (migration 0006).
+Index("ix_jobs_workflow_id", jobs.c.workflow_id, jobs.c.id, **_with_value(jobs.c.workflow_id))
+Index("ix_jobs_schedule_id", jobs.c.schedule_id, jobs.c.id, **_with_value(jobs.c.schedule_id))
+Index("ux_jobs_idempotency_key", jobs.c.idempotency_key, unique=True, **_with_value(jobs.c.idempotency_key))
+Index("ix_jobs_lease_owner", jobs.c.lease_owner, **_with_value(jobs.c.lease_owner))
 
 tasks = Table(
     "tasks",

@@ -31,7 +31,7 @@ INDEXES = [
 def upgrade() -> None:
     for name, columns, unique in INDEXES:
         op.drop_index(name, "jobs")
-        where = sa.text(f"{columns[0]} IS NOT NULL")
+        where = sa.column(columns[0]).is_not(None)
         op.create_index(name, "jobs", columns, unique=unique, sqlite_where=where, postgresql_where=where)
 
 
