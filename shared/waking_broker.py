@@ -105,6 +105,10 @@ class WakingRedisBroker(RedisBroker):
         with self._in_hand_lock:
             return set(self._in_hand.get(queue_name, ()))
 
+    def acks_key(self, queue_name: str) -> str:
+        """This process's ack set of ``queue_name``: the messages fetched and not acked yet."""
+        return f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _WakingConsumer
@@ -201,7 +205,7 @@ class WakingRedisBroker(RedisBroker):
         if self._ack_script is None:
             self._ack_script = self.client.register_script(_ACK_MANY)
         for queue_name, ids in by_queue.items():
-            keys = [f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}", f"{self.namespace}:{queue_name}.msgs"]
+            keys = [self.acks_key(queue_name), f"{self.namespace}:{queue_name}.msgs"]
             self._ack_script(keys=keys, args=ids)
             self.handed_back(queue_name, ids)
 
@@ -338,8 +342,8 @@ class _WakingConsumer(_RedisConsumer):
             self.broker.handed_back(self.queue_name, redis_message_ids)
 
     def close(self) -> None:
-        """Give back the claims of messages still in the prefetch (they stay in the ack set until the
-        process is gone, then the supervisor requeues them)."""
+        """Give back the claims of messages still in the prefetch (they stay in the ack set: the
+        consumer that replaces this one puts them back, or the supervisor once the process is gone)."""
         self._give_back([m.options["redis_message_id"] for m in self.message_cache if isinstance(m, Message)])
         super().close()
 
@@ -364,7 +368,7 @@ class _WakingConsumer(_RedisConsumer):
         it is one of this consumer's unacked ids (at most its prefetch).
         """
         client = self.broker.client
-        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        acks = self.broker.acks_key(self.queue_name)
         stored = f"{self.broker.namespace}:{self.queue_name}.msgs"
         redis_ids = list(client.smembers(acks))
         for redis_id, value in zip(redis_ids, client.hmget(stored, redis_ids) if redis_ids else [], strict=True):
@@ -381,7 +385,7 @@ class _WakingConsumer(_RedisConsumer):
         both, and the requeue script skips ids no longer in the ack set, so a message being
         acked is never put back.
         """
-        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        acks = self.broker.acks_key(self.queue_name)
         members: set[str] = {member.decode() for member in self.broker.client.smembers(acks)}  # type: ignore[union-attr]
         if not is_delay_queue(self.queue_name):
             members -= self.broker.in_hand(self.queue_name)
