@@ -487,10 +487,7 @@ def insert_job_rows(conn: Connection, new_jobs: Sequence[Job]) -> None:
             value = values[at]
             values[at] = of_none if value is None else convert(value)
         params.append(values)
-    if plan.positional:
-        conn.exec_driver_sql(plan.sql, [tuple(values) for values in params])
-    else:
-        conn.exec_driver_sql(plan.sql, [dict(zip(plan.names, values, strict=True)) for values in params])
+    conn.exec_driver_sql(plan.sql, [tuple(values) for values in params])
 
 
 #: The job attributes that are columns, and those holding datetimes.
@@ -520,8 +517,6 @@ def _utc_text(value: datetime) -> str:
 @dataclass(frozen=True)
 class _InsertPlan:
     sql: str
-    names: list[str]
-    positional: bool
     #: The job's attribute of each parameter, in order, as a tuple.
     values_of: Callable[[Job], tuple[Any, ...]]
     status_at: int
@@ -531,11 +526,10 @@ class _InsertPlan:
 
 @functools.cache
 def _insert_plan(dialect: Dialect) -> _InsertPlan:
-    """The INSERT of every column compiled for ``dialect`` (SQLite; PostgreSQL takes
-    ``_postgresql_insert``), and how to turn a job into its parameters."""
-    columns = [column.key for column in jobs.columns]
-    compiled = _INSERT.compile(dialect=dialect, column_keys=columns)
-    names = list(compiled.positiontup or []) if dialect.positional else columns
+    """The INSERT of every column compiled for SQLite's positional parameters (PostgreSQL takes
+    ``_postgresql_insert``), and how to turn a job into them."""
+    compiled = _INSERT.compile(dialect=dialect, column_keys=[column.key for column in jobs.columns])
+    names = list(compiled.positiontup or [])
     converters: list[tuple[int, Callable[[Any], Any], Any]] = []
     for at, name in enumerate(names):
         convert = jobs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -543,8 +537,6 @@ def _insert_plan(dialect: Dialect) -> _InsertPlan:
             converters.append((at, convert, convert(None)))
     return _InsertPlan(
         sql=compiled.string,
-        names=names,
-        positional=bool(dialect.positional),
         values_of=operator.attrgetter(*names),
         status_at=names.index("status"),
         converters=converters,
