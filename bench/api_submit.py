@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from bench.report import Output, add_output_argument, machine
+from bench.report import Output, add_output_argument, machine, percentile
 from services.worker.tasks import load_task_modules
 from shared.redis_server import RedisServer, free_port
 from shared.store.engine import create_store_engine, migrate
@@ -150,13 +150,12 @@ def paced(url: str, rate: float, seconds: float, connections: int = 32) -> dict[
         elapsed = asyncio.run(run())
     finally:
         gc.enable()
-    ordered = sorted(latencies)
     return {
         "rate": rate,
         "achieved": total / elapsed,
-        "p50": ordered[len(ordered) // 2] * 1000,
-        "p99": ordered[int(len(ordered) * 0.99)] * 1000,
-        "max": ordered[-1] * 1000,
+        "p50": percentile(latencies, 0.5) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+        "max": max(latencies) * 1000,
         "errors": float(sum(status != 202 for status in statuses)),
     }
 

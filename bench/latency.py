@@ -21,13 +21,8 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from bench.report import Output, add_output_argument, machine
+from bench.report import Output, add_output_argument, machine, percentile
 from tests.e2e.conftest import Stack, start_stack, stop_stack
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def submit(stack: Stack, opener: urllib.request.OpenerDirector) -> str:

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bench.report import Output, add_output_argument
+from bench.report import Output, add_output_argument, percentile
 
 Record = dict[str, Any]
 COLORS = ["#1f77b4", "#aec7e8", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
@@ -38,11 +38,6 @@ def _figure(record: Record, title: str, *, ncols: int = 1, width: float = 8.0) -
     footer = f"{record.get('machine', '')}\n{settings}; written {record.get('written_at', '?')}"
     fig.text(0.01, 0.01, "\n".join(textwrap.wrap(footer, 150)), fontsize=6, color="#555555", va="bottom")
     return fig, axes[0]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def worker_throughput(record: Record) -> Figure:
@@ -69,7 +64,7 @@ def latency(record: Record) -> Figure:
     points = {"p50": 0.5, "p95": 0.95, "p99": 0.99, "max": 1.0}
     width = 0.8 / len(runs)
     for i, (name, values) in enumerate(runs.items()):
-        heights = [_percentile(values, q) for q in points.values()]
+        heights = [percentile(values, q) for q in points.values()]
         xs = [j + i * width for j in range(len(points))]
         ax.bar(xs, heights, width, label=name.replace("_", ", "), color=COLORS[i % len(COLORS)])
     ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(points))], list(points))

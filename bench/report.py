@@ -35,6 +35,12 @@ ANALYSIS = "Where the time goes"
 PACKAGES = ("dramatiq", "redis", "SQLAlchemy", "falcon")
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The value at fraction ``q`` (0 to 1) of ``values`` sorted (the last one for q = 1)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def machine(*extra: str) -> str:
     """CPU, cores, Python, redis-server and package versions: the line every section carries."""
     cpu = "unknown CPU"
