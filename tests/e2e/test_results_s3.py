@@ -115,6 +115,9 @@ def test_a_result_over_the_inline_cap_is_served_from_s3(s3_stack: S3Stack) -> No
 @pytest.mark.parametrize("format", ["csv", "pdf"])
 def test_a_report_file_is_streamed_to_s3_and_served(s3_stack: S3Stack, format: str) -> None:
     stack = s3_stack.stack
+    # A succeeded job for the report to count, whatever ran on this stack before.
+    echo = submit(stack, {"task": "diagnostics.echo", "args": {"message": "counted"}})
+    assert stack.wait_job(echo, {"succeeded", "failed"}, timeout_s=30)["status"] == "succeeded"
     job_id = submit(stack, {"task": "reports.generate", "args": {"report": "jobs_by_status", "format": format}})
     done = stack.wait_job(job_id, {"succeeded", "failed"}, timeout_s=30)
     assert done["status"] == "succeeded", done
