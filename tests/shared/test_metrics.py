@@ -10,33 +10,38 @@ from prometheus_client import REGISTRY
 from shared import metrics
 
 
-def test_disable_turns_every_metric_into_a_no_op() -> None:
-    # NOTE: disable() rewrites module globals, so it runs in a fresh interpreter.
-    script = (
-        "from shared import metrics\n"
-        "metrics.disable()\n"
-        "metrics.jobs_started_total.labels('t', 'q').inc()\n"
-        "metrics.job_duration_seconds.labels('t', 'q').observe(1.0)\n"
-        "metrics.jobs_in_progress.labels('t', 'q').dec()\n"
-        "metrics.job_series('t', 'q').started.inc()\n"
-        "from prometheus_client import REGISTRY\n"
-        "print(REGISTRY.get_sample_value('jobrelay_jobs_started_total', {'task': 't', 'queue': 'q'}))\n"
+def started_after(*steps: str) -> str:
+    """``jobrelay_jobs_started_total{t, q}`` after ``steps`` in a fresh interpreter.
+
+    NOTE: disable() rewrites module globals, so it runs in a process of its own.
+    """
+    script = "\n".join(
+        [
+            "from shared import metrics",
+            *steps,
+            "from prometheus_client import REGISTRY",
+            "print(REGISTRY.get_sample_value('jobrelay_jobs_started_total', {'task': 't', 'queue': 'q'}))",
+        ]
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "None"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_disable_turns_every_metric_into_a_no_op() -> None:
+    out = started_after(
+        "metrics.disable()",
+        "metrics.jobs_started_total.labels('t', 'q').inc()",
+        "metrics.job_duration_seconds.labels('t', 'q').observe(1.0)",
+        "metrics.jobs_in_progress.labels('t', 'q').dec()",
+        "metrics.job_series('t', 'q').started.inc()",
+    )
+    assert out == "None"
 
 
 def test_disable_drops_the_series_looked_up_before() -> None:
-    script = (
-        "from shared import metrics\n"
-        "metrics.job_series('t', 'q')\n"
-        "metrics.disable()\n"
-        "metrics.job_series('t', 'q').started.inc()\n"
-        "from prometheus_client import REGISTRY\n"
-        "print(REGISTRY.get_sample_value('jobrelay_jobs_started_total', {'task': 't', 'queue': 'q'}))\n"
+    out = started_after(
+        "metrics.job_series('t', 'q')", "metrics.disable()", "metrics.job_series('t', 'q').started.inc()"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "0.0"
+    assert out == "0.0"
 
 
 def test_job_series_write_the_labelled_series() -> None:
