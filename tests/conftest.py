@@ -85,16 +85,22 @@ def _truncate(engine: Engine) -> None:
             conn.execute(table.delete())
 
 
+@pytest.fixture
+def required_postgres_url(postgres_url: str | None) -> str:
+    """The session's PostgreSQL database; a test needing it fails in CI without one, else is skipped."""
+    if postgres_url is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI but did not answer")
+        pytest.skip("no PostgreSQL reachable")
+    return postgres_url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store test runs on SQLite and, where it answers, on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
-    url = request.getfixturevalue("postgres_url")
-    if url is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI but did not answer")
-        pytest.skip("no PostgreSQL reachable")
+    url: str = request.getfixturevalue("required_postgres_url")
     engine = create_store_engine(url)
     _truncate(engine)
     engine.dispose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 import time
@@ -125,12 +124,8 @@ def test_an_unreachable_postgresql_fails_within_the_connect_timeout() -> None:
     assert time.monotonic() - started < 5
 
 
-def test_postgresql_connections_send_lists_as_binary_arrays(postgres_url: str | None) -> None:
-    if postgres_url is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is required in CI but did not answer")
-        pytest.skip("no PostgreSQL reachable")
-    engine = create_store_engine(postgres_url)
+def test_postgresql_connections_send_lists_as_binary_arrays(required_postgres_url: str) -> None:
+    engine = create_store_engine(required_postgres_url)
     try:
         with engine.connect() as conn:
             adapters = conn.connection.dbapi_connection.adapters  # type: ignore[union-attr]
