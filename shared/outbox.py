@@ -28,13 +28,14 @@ def relay(store: JobStore, broker: RedisBroker, *, grace_s: float, batch: int = 
     """Publish unpublished rows and left outbox entries older than ``grace_s`` (younger ones are
     still in their API request); returns how many jobs it sent."""
     total = _relay_entries(store, broker, grace_s=grace_s)
-    horizon = utcnow() + MAX_BROKER_DELAY
     while True:
-        pending = store.unpublished(older_than=utcnow() - timedelta(seconds=grace_s), limit=batch)
-        due = [job for job in pending if (job.scheduled_for or job.created_at) < horizon]
-        if not due:
+        # NOTE: only rows the broker takes now: rows due later are left in the store, and a page
+        # of them must not hide the due rows written after them.
+        horizon = utcnow() + MAX_BROKER_DELAY
+        pending = store.unpublished(older_than=utcnow() - timedelta(seconds=grace_s), limit=batch, due_before=horizon)
+        if not pending:
             return total
-        sent = publish(broker, due)
+        sent = publish(broker, pending)
         store.mark_published(sent)
         total += len(sent)
         log.info("relayed %d unpublished job(s)", len(sent))

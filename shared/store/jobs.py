@@ -24,6 +24,7 @@ from sqlalchemy import (
     column,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -190,15 +191,15 @@ class JobStore:
         with write_transaction(self.engine) as conn:
             _mark_published(conn, ids)
 
-    def unpublished(self, *, older_than: datetime, limit: int = 500) -> list[Job]:
-        """Jobs committed but never handed to the broker (the outbox)."""
+    def unpublished(self, *, older_than: datetime, limit: int = 500, due_before: datetime | None = None) -> list[Job]:
+        """Jobs committed but never handed to the broker (the outbox); with ``due_before``, only
+        those whose time (retry, eta or delay) is unset or not later (``due_for_broker``)."""
+        conditions = [jobs.c.published_at.is_(None), jobs.c.held.is_(False), jobs.c.created_at < older_than]
+        if due_before is not None:
+            due = func.coalesce(jobs.c.next_attempt_at, jobs.c.scheduled_for)
+            conditions.append(or_(due.is_(None), due <= due_before))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(jobs)
-                .where(jobs.c.published_at.is_(None), jobs.c.held.is_(False), jobs.c.created_at < older_than)
-                .order_by(jobs.c.created_at)
-                .limit(limit)
-            )
+            rows = conn.execute(select(jobs).where(*conditions).order_by(jobs.c.created_at).limit(limit))
             return [Job.from_row(row) for row in rows]
 
     def waiting_published(self, *, older_than: datetime, limit: int = 5000) -> list[Job]:

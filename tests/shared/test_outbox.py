@@ -12,7 +12,7 @@ from dramatiq import Message
 
 from shared.broker import build_broker
 from shared.ids import new_id
-from shared.job import utcnow
+from shared.job import JobStatus, utcnow
 from shared.outbox import BackgroundWrites, relay
 from shared.store.jobs import JobStore
 from tests.shared.store.test_jobs import make_job
@@ -42,6 +42,24 @@ def test_relay_publishes_unpublished_rows_and_the_jobs_of_left_entries(
     assert store.unpublished(older_than=utcnow()) == []
     assert store.outbox_left(older_than=utcnow()) == []
     assert relay(store, build_broker(redis_url), grace_s=0) == 0
+
+
+def test_relay_reaches_due_rows_behind_a_page_of_rows_due_later(
+    redis_url: str, redis_client: redis.Redis, store: JobStore
+) -> None:
+    # Given more rows beyond the broker's horizon than a page holds, written before a due one
+    old = utcnow() - timedelta(minutes=1)
+    later = [
+        make_job(created_at=old, scheduled_for=utcnow() + timedelta(days=30), status=JobStatus.SCHEDULED)
+        for _ in range(3)
+    ]
+    due = make_job(created_at=old + timedelta(seconds=1))
+    store.insert([*later, due])
+    # When the relay runs with pages of two
+    sent = relay(store, build_broker(redis_url), grace_s=0, batch=2)
+    # Then the due row is in Redis, and the later ones wait in the store
+    assert sent == 1 and messages_of(redis_client) == [due.id]
+    assert sorted(job.id for job in store.unpublished(older_than=utcnow())) == sorted(job.id for job in later)
 
 
 def test_relay_leaves_entries_younger_than_the_grace(
