@@ -193,7 +193,7 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
 - **An undecodable message stranded its neighbours.** Dramatiq raises out of its Redis consumer on a payload
   it cannot decode (Bogdanp/dramatiq#375); the consumer restarted and every message prefetched with the payload
   stayed in the live worker's ack set, never run, until the process died, when the payload came back and did it
-  again (30 of 30 neighbours lost in the poison scenario). `shared/waking_broker.py` now dead-letters the
+  again (30 of 30 neighbours lost in the poison scenario). `shared/broker/waking.py` now dead-letters the
   payload and goes on.
 - **A retry sent while Redis was down was lost.** The row said `retrying`, the message for the next attempt
   failed to enqueue, Dramatiq logged the error and acked the current message: 6 of 300 jobs stayed `retrying`
@@ -205,7 +205,7 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   only when the process died or looked dead for `WORKER_DEAD_AFTER_S`. A shorter outage left those jobs
   `retrying` or `scheduled` for good (14 of 300 in the fast form; 100 of 100 in a targeted run with 2 s of
   Redis away). A new delay-queue consumer now puts its own unacked messages back first
-  (`shared/waking_broker.py`).
+  (`shared/broker/waking.py`).
 - **A result that could not be stored left its job `running` forever.** An error from result storage (disk
   full, bucket away) escaped the status middleware after the task returned; Dramatiq logged it and acked the
   message. The attempt now fails like any other (`services/worker/middleware/status.py`), retried or
@@ -221,7 +221,7 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   messages were in no queue, ack set or message hash. With `appendfsync everysec` Redis answers writes it
   has not yet written to its AOF, so a crash loses them, and the outbox relay only sends rows that were
   never published. The scheduler leader now runs `maintenance.reconcile` every 30 s
-  (`shared/reconcile.py`): a waiting job older than a minute whose message is in no queue of Redis on two
+  (`services/scheduler/reconcile.py`): a waiting job older than a minute whose message is in no queue of Redis on two
   runs in a row, its row unchanged, is published again (the worker's claim skips any duplicate), counted
   in `jobrelay_jobs_republished_total`.
 - **A locked SQLite store made submissions wait 30 s.** A lock held by another program made writes wait

@@ -135,7 +135,7 @@ Idle targets: p50 under 5 ms ({"met" if statistics.median(idle_started) < 0.005 
 ({"met" if percentile(idle_started, 0.99) < 0.025 else "not met"}). Loaded target (at about half of what this
 stack sustains end to end): p99 under 50 ms ({"met" if percentile(loaded_started, 0.99) < 0.05 else "not met"}).
 Idle workers wait in `BLPOP` on a wake-up list that every enqueue pushes to
-(`shared/waking_broker.py`), so they start a job as soon as it is published instead of on their
+(`shared/broker/waking.py`), so they start a job as soon as it is published instead of on their
 next poll, at one Redis command per second per idle consumer.
 
 {link}

@@ -49,8 +49,8 @@ from bench.report import Output, add_output_argument, machine, met
 from bench.worker_throughput import QUEUE, noop_job
 from services.scheduler.leader import LEADER_KEY
 from services.worker.supervisor import CRASH_LOOP_WINDOW_S, restart_delay_s
-from shared.broker import NAMESPACE, build_broker, publish
-from shared.orphans import HEARTBEATS
+from shared.broker.orphans import HEARTBEATS
+from shared.broker.publishing import NAMESPACE, build_broker, publish
 from shared.redis_server import RedisServer, free_port
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate

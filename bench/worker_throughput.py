@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 
 from bench.procs import kill_tree
 from bench.report import Output, add_output_argument, machine, met, summary
-from shared.broker import build_broker, publish
+from shared.broker.publishing import build_broker, publish
 from shared.ids import new_id
 from shared.job import Job, JobStatus, utcnow
 from shared.redis_server import RedisServer, free_port

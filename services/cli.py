@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services import client_cli
 from shared.catalog import QUEUE_NAME
+from shared.client import cli as client_cli
 from shared.errors import JobrelayError
 from shared.settings import Settings
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.broker import publish
+from shared.broker.publishing import publish
 from shared.errors import Conflict, NotFound, Unavailable
 from shared.job import Job, JobStatus, utcnow
 from shared.store.jobs import JobStore

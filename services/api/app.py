@@ -18,7 +18,6 @@ from services.api.resources.jobs import (
     JobResultResource,
     JobRetryResource,
     JobsResource,
-    Submitter,
 )
 from services.api.resources.openapi import OpenApiResource
 from services.api.resources.queues import DeadLettersResource, DeadRequeueResource, QueuesResource
@@ -32,6 +31,7 @@ from shared.store.jobs import JobStore
 from shared.store.schedules import ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
+from shared.submission.submitter import Submitter
 from shared.workflows import WorkflowEngine
 
 #: Routes that accept jobs: a 4xx or 503 there counts as a rejected submission.

@@ -9,7 +9,7 @@ from pathlib import Path
 import falcon
 
 from services.api.app import create_app
-from shared.broker import build_broker
+from shared.broker.publishing import build_broker
 from shared.errors import SettingsError
 from shared.logs import configure_logging
 from shared.metrics import fresh_multiproc_dir

@@ -17,14 +17,14 @@ from typing import Any
 
 from services.api.resources.jobs import MAX_BATCH
 from services.api.resources.queues import MAX_REQUEUE_IDS
-from services.api.validation import MAX_DELAY_S, MAX_RETRIES, MAX_TIME_LIMIT_S, PRIORITY_RANGE
-from services.scheduler.definition import BUILTIN_PREFIX, MAX_GRACE_S, READ_ONLY_FIELDS, SCHEDULE_ID
-from services.scheduler.triggers import MAX_INTERVAL_S
+from shared.broker.queues import QueueStats
 from shared.catalog import QUEUE_NAME, TaskSpec
 from shared.job import JobStatus
-from shared.queues import QueueStats
+from shared.schedules.definition import BUILTIN_PREFIX, MAX_GRACE_S, READ_ONLY_FIELDS, SCHEDULE_ID
+from shared.schedules.triggers import MAX_INTERVAL_S
 from shared.store.schedules import Misfire, ScheduleSource
 from shared.store.workflows import WORKFLOW_TYPES, WorkflowStatus
+from shared.submission.validation import MAX_DELAY_S, MAX_RETRIES, MAX_TIME_LIMIT_S, PRIORITY_RANGE
 
 Schema = dict[str, Any]
 #: Mirrors ``validation.build_job``: the smallest time or age limit it takes, the longest idempotency key.

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 import redis
 from sqlalchemy import Engine, and_, delete, exists, or_, select
 
+from shared.broker.queues import drop_dead_letters
 from shared.job import FINAL_STATUSES, utcnow
-from shared.queues import drop_dead_letters
 from shared.results import ResultStorage, result_reference
 from shared.store.engine import write_transaction
 from shared.store.models import jobs, workflows
@@ -56,7 +56,7 @@ def builtin_schedules() -> list[Schedule]:
 class QueueNames:
     """The queues of the registered catalog, refreshed by ``maintenance.queue_gauges``.
 
-    ``shared.queues.QueueGauges`` reads Redis at scrape time, so the gauges are
+    ``shared.broker.queues.QueueGauges`` reads Redis at scrape time, so the gauges are
     always fresh; this keeps the list of queues it reports current without a
     store query per scrape.
     """

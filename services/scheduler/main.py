@@ -25,18 +25,18 @@ from services.scheduler import housekeeping
 from services.scheduler.housekeeping import QueueNames, builtin_schedules, prune_finished
 from services.scheduler.leader import LeaderLease
 from services.scheduler.metrics import LeaderOnly, jobs_relayed_total, jobs_republished_total, scheduler_is_leader
+from services.scheduler.reconcile import LostMessages
+from services.scheduler.relay import relay
 from services.scheduler.runner import Runner
 from services.scheduler.schedule_file import sync_file
-from services.scheduler.triggers import build_trigger, first_tick_at_or_after
-from shared.broker import build_broker
+from shared.broker.orphans import requeue_orphans
+from shared.broker.publishing import build_broker
+from shared.broker.queues import QueueGauges
 from shared.ids import new_id
 from shared.job import utcnow
 from shared.logs import configure_logging
-from shared.orphans import requeue_orphans
-from shared.outbox import relay
-from shared.queues import QueueGauges
-from shared.reconcile import LostMessages
 from shared.results import build_result_storage
+from shared.schedules.triggers import build_trigger, first_tick_at_or_after
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore

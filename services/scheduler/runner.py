@@ -19,18 +19,18 @@ from apscheduler.triggers.date import DateTrigger
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.exc import IntegrityError
 
-from services.api.validation import args_errors
 from services.scheduler import metrics
 from services.scheduler.leader import LeaderLease
 from services.scheduler.ticks import Plan, Run, plan_ticks, tick_job_id
-from services.scheduler.triggers import TimingError, build_trigger, first_tick_at_or_after
-from shared.broker import publish
+from shared.broker.publishing import publish
 from shared.errors import Unavailable
 from shared.job import Job, JobStatus, utcnow
 from shared.logs import log_context
+from shared.schedules.triggers import TimingError, build_trigger, first_tick_at_or_after
 from shared.store.jobs import JobStore
 from shared.store.schedules import Misfire, Schedule, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
+from shared.submission.validation import args_errors
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.scheduler.definition import parse_schedule
-from services.scheduler.triggers import build_trigger, first_tick_at_or_after
 from shared.errors import Conflict, FieldError, JobrelayError
 from shared.job import utcnow
+from shared.schedules.definition import parse_schedule
+from shared.schedules.triggers import build_trigger, first_tick_at_or_after
 from shared.store.schedules import Schedule, ScheduleSource, ScheduleStore, SyncReport
 from shared.store.tasks import TaskRegistry
 

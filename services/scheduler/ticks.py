@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.triggers.base import BaseTrigger
 
-from services.scheduler.triggers import EPOCH, first_tick_after, first_tick_at_or_after
+from shared.schedules.triggers import EPOCH, first_tick_after, first_tick_at_or_after
 from shared.store.schedules import Misfire
 
 #: Ticks enumerated one by one before counting gives up (a per-second schedule down for ~3 hours).

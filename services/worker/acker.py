@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import redis
 
+from services.worker.consumer import AckSets
 from services.worker.outages import until_up
 from shared.batches import take_batch
 from shared.job import Job
-from shared.waking_broker import WakingRedisBroker
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +34,32 @@ class _Ack:
 
 
 class Acker:
-    def __init__(self, broker: WakingRedisBroker, *, on_final: Callable[[Job], None], max_batch: int = 512) -> None:
-        self.broker = broker
+    """The consumers' ``DeferredAcks``: a succeeded job's ack waits here for its commit."""
+
+    def __init__(self, ack_sets: AckSets, *, on_final: Callable[[Job], None], max_batch: int = 512) -> None:
+        self.ack_sets = ack_sets
         self.on_final = on_final
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Ack | None] = queue.SimpleQueue()
+        #: Deferred acks by Redis message id (one per message copy), until the consumer takes them.
+        self._deferred: dict[str, Callable[[str, str], None]] = {}
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="jobrelay-acker", daemon=True)
         self._thread.start()
 
-    def after(self, committed: Future[bool], job: Job) -> Callable[[str, str], None]:
-        """The deferred ack of ``job``'s message: done once ``committed`` is."""
+    def defer(self, redis_message_id: str, committed: Future[bool], job: Job) -> None:
+        """Ack this message copy once ``committed`` is, instead of when its thread is done."""
 
         def ack(queue_name: str, redis_message_id: str) -> None:
             item = _Ack(queue_name, redis_message_id, job, committed)
             committed.add_done_callback(lambda _: self._queue.put(item))
 
-        return ack
+        with self._lock:
+            self._deferred[redis_message_id] = ack
+
+    def take(self, redis_message_id: str) -> Callable[[str, str], None] | None:
+        with self._lock:
+            return self._deferred.pop(redis_message_id, None)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Send the acks already committed, then stop."""
@@ -66,7 +76,7 @@ class Acker:
 
     def _send(self, batch: list[_Ack]) -> None:
         pairs = [(item.queue_name, item.redis_message_id) for item in batch]
-        until_up(lambda: self.broker.ack_many(pairs), (redis.ConnectionError, redis.TimeoutError), "Redis")
+        until_up(lambda: self.ack_sets.ack_many(pairs), (redis.ConnectionError, redis.TimeoutError), "Redis")
         for item in batch:
             if not item.committed.result():
                 log.warning("job %s finished after its lease passed to another worker", item.job.id)

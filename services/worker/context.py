@@ -28,6 +28,9 @@ class JobContext:
     result_file_type: str | None = None
     #: What the task returned.
     result: Any = None
+    #: Set once the task's function has returned or raised: from then on its thread is in the
+    #: worker's hooks, where a cancel must no longer be raised into it.
+    returned: bool = False
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("current_job", default=None)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import redis
 
-from services.worker.middleware.status import JobStatusMiddleware
-from shared.orphans import beat
+from services.worker.middleware.claims import Claims
+from shared.broker.orphans import beat
 from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class Heartbeat(threading.Thread):
         *,
         client: redis.Redis,
         store: JobStore,
-        status: JobStatusMiddleware,
+        claims: Claims,
         owner: str,
         interval_s: float,
         lease_s: float,
@@ -33,7 +33,7 @@ class Heartbeat(threading.Thread):
         super().__init__(name="jobrelay-heartbeat", daemon=True)
         self.client = client
         self.store = store
-        self.status = status
+        self.claims = claims
         self.owner = owner
         self.interval_s = interval_s
         self.lease_s = lease_s
@@ -45,7 +45,7 @@ class Heartbeat(threading.Thread):
             beat(self.client, self.owner)
         except redis.RedisError as exc:
             log.warning("heartbeat to Redis failed: %s", exc)
-        running = self.status.running_job_ids()
+        running = self.claims.running_job_ids()
         if running:
             try:
                 self.store.renew_leases(self.owner, running, lease_s=self.lease_s)

@@ -10,6 +10,7 @@ import argparse
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,19 @@ from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 
+from services.worker.acker import Acker
+from services.worker.consumer import AckSets, WorkerBroker
 from services.worker.context import current_job
 from services.worker.heartbeat import Heartbeat
-from services.worker.middleware.status import JobStatusMiddleware
+from services.worker.middleware.claims import Claims
+from services.worker.middleware.metrics import JobMetrics
+from services.worker.middleware.outcomes import Outcomes
+from services.worker.middleware.results import Results
 from services.worker.middleware.watchdog import Watchdog
+from services.worker.middleware.workflows import WorkflowAdvance
+from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
-from shared.broker import build_broker
+from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
 from shared.catalog import Catalog, TaskDefinition
 from shared.logs import configure_logging
 from shared.metrics import disable as disable_metrics
@@ -34,7 +42,6 @@ from shared.store.engine import create_store_engine
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
-from shared.waking_broker import WakingRedisBroker
 from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
@@ -48,8 +55,12 @@ def _actor_fn(definition: TaskDefinition) -> Any:
     def run(**kwargs: Any) -> None:
         # The result goes to the status middleware through the job context, not through
         # Dramatiq (which would warn on every job that there is no Results middleware).
-        result = fn(**kwargs)
         context = current_job()
+        try:
+            result = fn(**kwargs)
+        finally:
+            if context is not None:
+                context.returned = True
         if context is not None:
             context.result = result
 
@@ -73,37 +84,70 @@ def declare_actors(broker: RedisBroker, catalog: Catalog) -> None:
         )
 
 
-def build_worker_broker(
-    settings: Settings, catalog: Catalog, *, owner: str
-) -> tuple[RedisBroker, JobStatusMiddleware, JobStore]:
+@dataclass
+class WorkerWiring:
+    """A worker process's broker and the middleware other parts of it talk to."""
+
+    broker: WorkerBroker
+    claims: Claims
+    outcomes: Outcomes
+    store: JobStore
+
+    def close(self) -> None:
+        """Commit and ack what is still pending, then let go of Redis (after the worker stopped)."""
+        self.outcomes.close()
+        self.broker.close()
+
+
+def build_worker_broker(settings: Settings, catalog: Catalog, *, owner: str) -> WorkerWiring:
+    """The path of a message through a worker, wired in the order it is travelled.
+
+    The consumer (``consumer.py``) fetches and asks ``Claims`` to claim ahead; the
+    middleware run in list order before the task and in reverse order after it:
+    claim, time the attempt, store the result, record the outcome, advance the
+    workflow; the acker acks a success once its commit is done.
+    """
     engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     store = JobStore(engine)
     redis_url = settings.require_redis_url("the worker")
-    workflows = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
-    status = JobStatusMiddleware(
-        store,
-        catalog,
-        build_result_storage(settings.effective_result_storage_url),
-        owner=owner,
-        lease_s=settings.job_lease_s,
-        inline_max_bytes=settings.result_inline_max_bytes,
-        on_final=lambda job: workflows.advance(job.workflow_id) if job.workflow_id else None,
+    client = redis_client(redis_url)
+    workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
+    results = build_result_storage(settings.effective_result_storage_url)
+    writes = StatusWriter(store)
+    claims = Claims(store, writes, results, owner=owner, lease_s=settings.job_lease_s)
+    workflows = WorkflowAdvance(claims, workflow_engine.advance)
+    ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
+    acker = Acker(ack_sets, on_final=workflows.ended)
+    outcomes = Outcomes(store, writes, catalog, claims=claims, workflows=workflows, acker=acker, owner=owner)
+    middleware = [
+        claims,
+        JobMetrics(claims),
+        workflows,
+        outcomes,
+        Results(claims, results, inline_max_bytes=settings.result_inline_max_bytes),
+        Watchdog(store, claims, outcomes),
+        TimeLimit(interval=250),
+    ]
+    broker = WorkerBroker(
+        ack_sets=ack_sets,
+        claims=claims.reservations,
+        deferred_acks=acker,
+        **broker_options(
+            client,
+            middleware=middleware,
+            heartbeat_timeout_s=60.0,
+            dead_message_ttl_s=settings.job_retention_s,
+        ),
     )
-    broker = build_broker(
-        redis_url,
-        middleware=[status, Watchdog(store, status), TimeLimit(interval=250)],
-        dead_message_ttl_s=settings.job_retention_s,
-    )
-    broker.broker_id = owner
-    status.defer_acks(broker)
     declare_actors(broker, catalog)
-    return broker, status, store
+    return WorkerWiring(broker, claims, outcomes, store)
 
 
 def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> None:
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
     catalog = load_task_modules(settings.task_modules)
-    broker, status, store = build_worker_broker(settings, catalog, owner=owner)
+    wiring = build_worker_broker(settings, catalog, owner=owner)
+    broker, store = wiring.broker, wiring.store
     for queue in queues:
         broker.declare_queue(queue)
     stop = threading.Event()
@@ -112,7 +156,7 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     heartbeat = Heartbeat(
         client=broker.client,
         store=store,
-        status=status,
+        claims=wiring.claims,
         owner=owner,
         interval_s=settings.worker_heartbeat_s,
         lease_s=settings.job_lease_s,
@@ -123,8 +167,7 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     # NOTE: Dramatiq's consumer backs off (sleeps) whenever its prefetch is all in flight; with
     # status writes in the loop a message stays in flight longer, so keep more of them fetched.
     worker.queue_prefetch = threads * PREFETCH_PER_THREAD
-    if isinstance(broker, WakingRedisBroker):
-        status.claim_ahead(broker, threads)
+    wiring.claims.claim_ahead(threads)
     if settings.worker_metrics:
         start_job_series([(spec.name, spec.queue) for spec in catalog.specs() if spec.queue in queues])
     else:
@@ -136,7 +179,7 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     stop.wait()
     log.info("worker %s stopping: finishing in-flight work within %.0fs", owner, grace_s)
     worker.stop(timeout=int(grace_s * 1000))
-    status.close()
+    wiring.outcomes.close()
     heartbeat.stop()
     broker.close()
 

@@ -25,10 +25,10 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.worker.tasks import load_task_modules
+from shared.broker.orphans import requeue_orphans
 from shared.ids import new_id
 from shared.logs import configure_logging
 from shared.metrics import fresh_multiproc_dir, mark_process_dead
-from shared.orphans import requeue_orphans
 from shared.processes import spawn
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate

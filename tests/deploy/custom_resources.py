@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # a failure, not a skip: the deploy checks need it
     raise ImportError("kubernetes-validate is not installed: pip install kubernetes-validate") from exc
 
-from shared.broker import NAMESPACE as DRAMATIQ_NAMESPACE
+from shared.broker.publishing import NAMESPACE as DRAMATIQ_NAMESPACE
 from tests.deploy.manifests import Obj, Rendered, containers, pod_labels, selector_matches
 
 _DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")

@@ -7,7 +7,7 @@ import argparse
 import math
 
 from services.cli import build_parser
-from shared.broker import NAMESPACE as DRAMATIQ_NAMESPACE
+from shared.broker.publishing import NAMESPACE as DRAMATIQ_NAMESPACE
 from shared.catalog import Catalog
 from tests.deploy.manifests import Obj, Rendered, labels, pod_spec
 

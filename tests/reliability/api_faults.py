@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from services.api.app import create_app
-from shared.broker import build_broker
+from shared.broker.publishing import build_broker
 from shared.settings import Settings
 from shared.store.tasks import TaskRegistry
 from tests.reliability.audit import Report

@@ -21,7 +21,7 @@ import redis
 from dramatiq import Message
 from dramatiq.errors import DecodeError
 
-from shared.broker import build_broker, message_for, publish
+from shared.broker.publishing import build_broker, message_for, publish
 from shared.catalog import TaskSpec
 from shared.ids import new_id
 from shared.job import Job, JobStatus, utcnow

@@ -27,8 +27,8 @@ BANDIT_ACCEPTED: dict[tuple[str, str], str] = {
     ("B603", "shared/processes.py"): "Popen with an argv list and no shell; every caller passes fixed arguments",
     ("B606", "services/api/main.py"): "os.execv of gunicorn with a fixed argv (settings are validated first)",
     ("B101", "services/scheduler/runner.py"): "assert narrows a type after an explicit check; no security decision",
-    ("B101", "services/scheduler/triggers.py"): "assert narrows a type after an explicit check; no security decision",
-    ("B101", "services/worker/middleware/status.py"): "assert narrows a type (a claimed job has its row); not a guard",
+    ("B101", "shared/schedules/triggers.py"): "assert narrows a type after an explicit check; no security decision",
+    ("B101", "services/worker/middleware/claims.py"): "assert narrows a type (a claimed job has its row); not a guard",
 }
 
 

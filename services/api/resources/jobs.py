@@ -8,21 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import falcon
-from dramatiq.brokers.redis import RedisBroker
 
 from services.api.body import read_json
-from services.api.submit_writer import SubmitWriter
-from services.api.validation import Submission, build_job
-from shared import metrics
-from shared.broker import publish
-from shared.errors import Conflict, FieldError, InvalidInput, NotFound, Unavailable
-from shared.ids import new_id
-from shared.job import Job, JobStatus
-from shared.outbox import BackgroundWrites
-from shared.queues import drop_dead_letters
+from shared.broker.queues import drop_dead_letters
+from shared.errors import Conflict, FieldError, InvalidInput, NotFound
+from shared.job import JobStatus
 from shared.results import ResultStorage, result_reference
 from shared.store.jobs import JobFilter, JobStore
-from shared.store.tasks import TaskRegistry
+from shared.submission.submitter import Submitter
+from shared.submission.validation import Submission, build_job
 from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
@@ -38,62 +32,6 @@ def parse_limit(req: falcon.Request, errors: list[FieldError], default: int = 50
         errors.append(FieldError("/query/limit", f"must be an integer from 1 to {MAX_LIMIT}"))
         return default
     return int(raw)
-
-
-class Submitter:
-    """Validate, commit, then publish: the row is durable before the 202."""
-
-    def __init__(self, store: JobStore, registry: TaskRegistry, broker: RedisBroker, max_body_bytes: int) -> None:
-        self.store = store
-        self.registry = registry
-        self.broker = broker
-        self.max_body_bytes = max_body_bytes
-        self.marks = BackgroundWrites(store.mark_published, "published marks")
-        self.sent = BackgroundWrites(store.outbox_sent, "sent outbox entries")
-        # NOTE: the writer publishes after the requests are answered; they are counted before.
-        self.writer = SubmitWriter(store, self.publish_handed, self.sent)
-
-    def submit(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
-        entry = new_id()
-        stored = self.store.insert(new_jobs, outbox_id=entry)
-        _count_submitted([job for job, created in stored if created and not job.held])
-        self.publish_handed([job for job, created in stored if created and job.published_at is not None], [entry])
-        return stored
-
-    def submit_grouped(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
-        """As ``submit``, committed and published together with the concurrent requests of this process."""
-        stored = self.writer.insert(new_jobs)
-        _count_submitted([job for job, created in stored if created and not job.held])
-        return stored
-
-    def publish_handed(self, handed: list[Job], entries: list[str]) -> None:
-        """Send jobs the store wrote marked published under outbox ``entries``, then drop the entries;
-        if Redis is down, the entries stay and the relay sends the jobs."""
-        if not handed:
-            return
-        try:
-            publish(self.broker, handed)
-        except Unavailable as exc:
-            log.warning("broker unavailable, %d job(s) left for the relay: %s", len(handed), exc)
-            return
-        self.sent.add(entries)
-
-    def publish(self, committed: list[Job], *, new: bool = True) -> None:
-        """Hand committed unpublished jobs to Redis (counting them as submitted if ``new``); if it is
-        down, the relay does."""
-        if not committed:
-            return
-        if new:
-            _count_submitted(committed)
-        try:
-            self.marks.add(publish(self.broker, committed))
-        except Unavailable as exc:
-            log.warning("broker unavailable, %d job(s) left for the relay: %s", len(committed), exc)
-
-
-def _count_submitted(jobs: list[Job]) -> None:
-    for job in jobs:
-        metrics.jobs_submitted_total.labels(job.task, job.queue).inc()
 
 
 class JobsResource:

@@ -29,9 +29,9 @@ from services.api.openapi import (
 )
 from services.api.problems import PROBLEM
 from services.api.resources.jobs import MAX_LIMIT
-from services.scheduler.definition import SCHEDULE_ID
 from shared.catalog import TaskSpec
 from shared.job import JobStatus
+from shared.schedules.definition import SCHEDULE_ID
 from shared.store.tasks import TaskRegistry
 
 JSON = "application/json"

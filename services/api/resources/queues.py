@@ -5,11 +5,12 @@ from __future__ import annotations
 import falcon
 
 from services.api.body import read_json
-from services.api.resources.jobs import Submitter, parse_limit
+from services.api.resources.jobs import parse_limit
+from shared.broker.queues import drop_dead_letters, queue_stats
 from shared.catalog import QUEUE_NAME
 from shared.errors import FieldError, InvalidInput, NotFound
-from shared.queues import drop_dead_letters, queue_stats
 from shared.store.jobs import JobFilter
+from shared.submission.submitter import Submitter
 
 MAX_REQUEUE_IDS = 1000
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import falcon
 
 from services.api.body import read_json
-from services.scheduler.definition import next_run_after_change, parse_schedule
 from shared.errors import Conflict, FieldError, InvalidInput
 from shared.job import utcnow
+from shared.schedules.definition import next_run_after_change, parse_schedule
 from shared.store.schedules import DEFINITION_FIELDS, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 

@@ -7,12 +7,13 @@ from typing import Any
 import falcon
 
 from services.api.body import read_json
-from services.api.resources.jobs import MAX_BATCH, Submitter
-from services.api.validation import Submission, build_job
+from services.api.resources.jobs import MAX_BATCH
 from shared.errors import Conflict, FieldError, InvalidInput
 from shared.ids import new_id
 from shared.job import Job, utcnow
 from shared.store.workflows import WORKFLOW_TYPES, Workflow, WorkflowStatus, WorkflowStore
+from shared.submission.submitter import Submitter
+from shared.submission.validation import Submission, build_job
 from shared.workflows import WorkflowEngine
 
 _FIELDS = {"type", "steps", "callback"}

@@ -23,7 +23,8 @@ from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.threading import raise_thread_exception
 
-from services.worker.middleware.status import Cancelled, JobStatusMiddleware
+from services.worker.middleware.claims import Claims
+from services.worker.middleware.outcomes import Cancelled, Outcomes
 from shared.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,15 @@ class Watchdog(Middleware):
     def __init__(
         self,
         store: JobStore,
-        status: JobStatusMiddleware,
+        claims: Claims,
+        outcomes: Outcomes,
         *,
         interval_s: float = 0.25,
         exit_process: Callable[[int], None] = os._exit,
     ) -> None:
         self.store = store
-        self.status = status
+        self.claims = claims
+        self.outcomes = outcomes
         self.interval_s = interval_s
         self.exit_process = exit_process
         self._signalled: set[str] = set()
@@ -67,17 +70,17 @@ class Watchdog(Middleware):
                 log.exception("watchdog check failed; next check in %.2fs", self.interval_s)
 
     def check_once(self) -> None:
-        reserved = self.status.reservations.job_ids()
+        reserved = self.claims.reservations.job_ids()
         if reserved:
-            self.status.cancel_reserved(set(self.store.cancel_requested_among(reserved)))
-        running = self.status.running()
+            self.outcomes.cancel_reserved(set(self.store.cancel_requested_among(reserved)))
+        running = self.claims.running()
         if not running:
             self._signalled.clear()
             return
         by_id = {entry.job.id: entry for entry in running}
         for job_id in self.store.cancel_requested_among(by_id):
             entry = by_id[job_id]
-            if job_id in self._signalled or not self.status.is_running(job_id, entry.thread_id):
+            if job_id in self._signalled or not self.claims.is_running(job_id, entry.thread_id):
                 continue
             self._signalled.add(job_id)
             log.info("interrupting cancelled job %s", job_id)
@@ -93,7 +96,7 @@ class Watchdog(Middleware):
                 entry.job.id,
                 hard_limit_s(limit),
             )
-            self.status.record_hard_timeout(entry.job, hard_limit_s(limit))
+            self.outcomes.record_hard_timeout(entry.job, hard_limit_s(limit))
             logging.shutdown()
             self.exit_process(HARD_LIMIT_EXIT_CODE)
             return

@@ -6,7 +6,7 @@ import falcon.testing
 import pytest
 
 from services.api.app import create_app
-from shared.broker import build_broker
+from shared.broker.publishing import build_broker
 from shared.settings import Settings, parse_api_keys
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry

@@ -12,10 +12,10 @@ import redis
 from falcon import testing
 
 from services.api.app import create_app
+from services.scheduler.relay import relay
 from services.worker.tasks import load_task_modules
-from shared.broker import build_broker
+from shared.broker.publishing import build_broker
 from shared.job import JobStatus, utcnow
-from shared.outbox import relay
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobFilter, JobStore
@@ -189,7 +189,7 @@ def test_broker_down_still_accepts_and_leaves_the_job_for_the_relay(
     settings: Settings, store: JobStore, registry: TaskRegistry, redis_url: str, redis_client: redis.Redis
 ) -> None:
     from services.api.app import create_app
-    from shared.broker import build_broker
+    from shared.broker.publishing import build_broker
 
     # Given an API whose Redis does not answer
     dead = build_broker("redis://127.0.0.1:1/0")
@@ -263,7 +263,7 @@ def test_store_down_is_a_clear_503_not_a_500(settings: Settings, registry: TaskR
     from sqlalchemy import create_engine
 
     from services.api.app import create_app
-    from shared.broker import build_broker
+    from shared.broker.publishing import build_broker
 
     # Given an API whose job store cannot be opened
     dead_store = JobStore(

@@ -16,13 +16,13 @@ from openapi_spec_validator.validation import OpenAPIV31SpecValidator
 
 from services.api.openapi import JOB_OPTIONS
 from services.api.resources.openapi import OPERATIONS
-from services.api.validation import JOB_FIELDS, MAX_DELAY_S, MAX_TIME_LIMIT_S
-from services.scheduler.definition import READ_ONLY_FIELDS
+from shared.broker.queues import QueueStats
 from shared.job import Job, JobStatus, utcnow
-from shared.queues import QueueStats
+from shared.schedules.definition import READ_ONLY_FIELDS
 from shared.store.schedules import DEFINITION_FIELDS
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import Workflow
+from shared.submission.validation import JOB_FIELDS, MAX_DELAY_S, MAX_TIME_LIMIT_S
 from tests.services.api.conftest import ADMIN
 
 Doc = dict[str, Any]

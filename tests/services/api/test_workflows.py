@@ -99,7 +99,7 @@ def test_workflow_validation_names_each_problem_and_stores_nothing(client: testi
 
 
 def test_a_workflow_left_behind_by_a_dead_worker_is_moved_on(client: testing.TestClient, store: JobStore) -> None:
-    from shared.broker import build_broker
+    from shared.broker.publishing import build_broker
     from shared.store.tasks import TaskRegistry
     from shared.store.workflows import WorkflowStore
     from shared.workflows import WorkflowEngine

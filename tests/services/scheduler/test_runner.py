@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from services.scheduler.leader import LeaderLease
 from services.scheduler.runner import CATCH_UP_SUFFIX, Runner
 from services.scheduler.ticks import tick_job_id
-from shared.broker import build_broker
+from shared.broker.publishing import build_broker
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.schedules import Misfire, Schedule, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry

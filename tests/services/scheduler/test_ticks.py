@@ -6,8 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from services.scheduler.ticks import MAX_SCAN, Run, id_time, plan_ticks, tick_job_id
-from services.scheduler.triggers import cron_trigger, interval_trigger
 from shared.ids import is_id
+from shared.schedules.triggers import cron_trigger, interval_trigger
 from shared.store.schedules import Misfire
 
 NOON = datetime(2024, 6, 1, 12, tzinfo=UTC)

@@ -11,24 +11,25 @@ import pytest
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 
-from services.api.resources.jobs import Submitter
-from services.api.validation import Submission, build_job
-from services.worker.middleware.status import JobStatusMiddleware
+from services.worker.consumer import AckSets, ClaimsAhead, DeferredAcks, WorkerBroker
+from services.worker.middleware.claims import Claims
 from services.worker.process import build_worker_broker
-from shared.broker import build_broker
+from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
 from shared.catalog import Catalog
 from shared.errors import FieldError
 from shared.job import Job
 from shared.settings import Settings
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
+from shared.submission.submitter import Submitter
+from shared.submission.validation import Submission, build_job
 
 
 @dataclass
 class Harness:
     broker: RedisBroker
     worker: Worker
-    status: JobStatusMiddleware
+    claims: Claims
     store: JobStore
     submitter: Submitter
 
@@ -63,15 +64,29 @@ def worker_settings(redis_url: str, tmp_path: Path, database_url: str) -> Settin
 
 @pytest.fixture
 def harness(worker_settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry) -> Iterator[Harness]:
-    broker, status, worker_store = build_worker_broker(worker_settings, catalog, owner="test-worker")
+    wiring = build_worker_broker(worker_settings, catalog, owner="test-worker")
+    broker = wiring.broker
     for queue in catalog.queues():
         broker.declare_queue(queue)
     broker.emit_after("process_boot")
     worker = Worker(broker, worker_threads=2, worker_timeout=50)
     # As in a worker process: consumers claim jobs before handing out their messages.
-    status.claim_ahead(broker, 2)  # type: ignore[arg-type]
+    wiring.claims.claim_ahead(2)
     worker.start()
     submitter = Submitter(store, registry, build_broker(worker_settings.require_redis_url("tests")), 1 << 20)
-    yield Harness(broker=broker, worker=worker, status=status, store=worker_store, submitter=submitter)
+    yield Harness(broker=broker, worker=worker, claims=wiring.claims, store=wiring.store, submitter=submitter)
     worker.stop(timeout=5000)
-    broker.close()
+    wiring.close()
+
+
+def worker_broker(
+    redis_url: str, owner: str, *, claims: ClaimsAhead | None = None, deferred_acks: DeferredAcks | None = None
+) -> WorkerBroker:
+    """A worker's broker with no middleware, its consumers' collaborators given (or none)."""
+    client = redis_client(redis_url)
+    return WorkerBroker(
+        ack_sets=AckSets(client, namespace=NAMESPACE, owner=owner),
+        claims=claims,
+        deferred_acks=deferred_acks,
+        **broker_options(client, middleware=[], heartbeat_timeout_s=60.0, dead_message_ttl_s=86400.0),
+    )

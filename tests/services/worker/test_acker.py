@@ -8,13 +8,14 @@ from collections.abc import Callable
 import redis
 
 from services.worker.acker import Acker
+from services.worker.consumer import AckSets
 from services.worker.status_writer import StatusWriter
-from shared.broker import build_broker, message_for
+from shared.broker.publishing import NAMESPACE, message_for
 from shared.job import Job, JobStatus
 from shared.store.attempts import FinishRequest
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
-from shared.waking_broker import DEFERRED_ACK
+from tests.services.worker.conftest import worker_broker
 from tests.shared.store.test_engine import write_lock_held_elsewhere
 from tests.shared.store.test_jobs import make_job
 
@@ -39,8 +40,9 @@ def test_the_ack_waits_for_the_commit_through_a_store_outage(
     store = JobStore(engine)
     job = make_job()
     store.insert([job])
-    broker = build_broker(redis_url)
-    broker.broker_id = OWNER
+    finals: list[Job] = []
+    acker = Acker(AckSets(redis_client, namespace=NAMESPACE, owner=OWNER), on_final=finals.append)
+    broker = worker_broker(redis_url, OWNER, deferred_acks=acker)
     broker.enqueue(message_for(job))
     consumer = broker.consume("default", prefetch=1, timeout=100)
     message = next(message for message in consumer if message is not None)
@@ -48,14 +50,13 @@ def test_the_ack_waits_for_the_commit_through_a_store_outage(
     assert claimed.job is not None
     acks = f"dramatiq:__acks__.{OWNER}.default"
     assert redis_client.scard(acks) == 1
-    finals: list[Job] = []
-    writer, acker = StatusWriter(store), Acker(broker, on_final=finals.append)
+    writer = StatusWriter(store)
 
     # And another process holding the store's write lock
     with write_lock_held_elsewhere(sqlite_url):
         # When the job's success is handed over and the consumer is told to ack
         request = FinishRequest(job.id, OWNER, JobStatus.SUCCEEDED, result="done")
-        setattr(message, DEFERRED_ACK, acker.after(writer.finish_later(request), claimed.job))
+        acker.defer(message.options["redis_message_id"], writer.finish_later(request), claimed.job)
         consumer.ack(message)
         # Then while the store cannot commit, the message stays unacked and the row running
         time.sleep(0.6)
@@ -73,8 +74,7 @@ def test_the_ack_waits_for_the_commit_through_a_store_outage(
 
 
 def test_a_message_without_a_deferred_ack_is_acked_at_once(redis_url: str, redis_client: redis.Redis) -> None:
-    broker = build_broker(redis_url)
-    broker.broker_id = OWNER
+    broker = worker_broker(redis_url, OWNER)
     broker.enqueue(message_for(make_job()))
     consumer = broker.consume("default", prefetch=1, timeout=100)
     message = next(message for message in consumer if message is not None)

@@ -15,16 +15,16 @@ import pytest
 import redis
 
 from services.api.resources.jobs import Submitter
-from services.api.validation import Submission, build_job
 from services.worker.supervisor import MAX_RESTART_DELAY_S, restart_delay_s
-from shared.broker import build_broker
+from shared.broker.orphans import HEARTBEATS, requeue_orphans
+from shared.broker.publishing import build_broker
 from shared.errors import FieldError
 from shared.job import Job, JobStatus
-from shared.orphans import HEARTBEATS, requeue_orphans
 from shared.redis_server import free_port
 from shared.store.engine import create_store_engine
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
+from shared.submission.validation import Submission, build_job
 
 
 @dataclass

@@ -12,7 +12,7 @@ from shared.errors import SettingsError, Unavailable
 from shared.ids import new_id
 from shared.redis_server import free_port
 from shared.results import ResultStorage, build_result_storage
-from shared.results_s3 import SPOOL_MAX_BYTES, S3Storage
+from shared.results.s3 import SPOOL_MAX_BYTES, S3Storage
 from shared.settings import Settings
 from tests.conftest import s3_client
 

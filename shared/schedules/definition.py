@@ -12,8 +12,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-from services.api.validation import args_errors
-from services.scheduler.triggers import (
+from shared.catalog import TaskSpec
+from shared.errors import FieldError
+from shared.schedules.triggers import (
     MAX_INTERVAL_S,
     TimingError,
     build_trigger,
@@ -21,10 +22,9 @@ from services.scheduler.triggers import (
     first_tick_at_or_after,
     zone,
 )
-from shared.catalog import TaskSpec
-from shared.errors import FieldError
 from shared.store.schedules import DEFINITION_FIELDS, Misfire, Schedule, ScheduleSource
 from shared.store.tasks import TaskRegistry
+from shared.submission.validation import args_errors
 
 SCHEDULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Ids of the built-in housekeeping schedules start with this; nobody else may use it.

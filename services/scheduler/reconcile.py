@@ -21,7 +21,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from dramatiq.errors import DecodeError
 
-from shared.broker import publish
+from shared.broker.publishing import publish
 from shared.job import Job, utcnow
 from shared.store.jobs import JobStore
 

@@ -26,8 +26,8 @@ from shared.batches import take_batch
 from shared.errors import Conflict
 from shared.ids import new_id
 from shared.job import Job
-from shared.outbox import BackgroundWrites
 from shared.store.jobs import JobStore
+from shared.submission.outbox import BackgroundWrites
 
 log = logging.getLogger(__name__)
 Stored = list[tuple[Job, bool]]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from services.client_cli import ProgressView, add_commands, parse_value, render_progress, run
 from shared.client import JobrelayClient
+from shared.client.cli import ProgressView, add_commands, parse_value, render_progress, run
 from shared.redis_server import free_port
 from tests.services.worker.conftest import Harness, harness, worker_settings  # noqa: F401
-from tests.shared.test_client import ADMIN, WRITER, api_url, database_url  # noqa: F401
+from tests.shared.client.test_client import ADMIN, WRITER, api_url, database_url  # noqa: F401
 
 BAR = re.compile(r"^\[[#-]{20}\] +\d{1,3}%  (.+  )?\((queued|scheduled|running|retrying|succeeded|failed|cancelled)\)$")
 

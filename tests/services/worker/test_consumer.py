@@ -1,50 +1,19 @@
-"""Idle workers wake on enqueue: the wake-up tokens and the consumer that waits for them."""
+"""The worker's consumer: it waits for a wake-up token when idle, and puts back what a replaced one dropped."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-import dramatiq
 import redis
 
-from shared.broker import build_broker
-from shared.waking_broker import WAKE_TOKENS, wake_key
-
-
-def message(queue: str = "default") -> dramatiq.Message[object]:
-    return dramatiq.Message(queue_name=queue, actor_name="a.b", args=(), kwargs={}, options={})
-
-
-def test_enqueue_leaves_a_bounded_number_of_wake_tokens(redis_url: str, redis_client: redis.Redis) -> None:
-    broker = build_broker(redis_url)
-    broker.enqueue(message())
-    assert redis_client.llen(wake_key("default")) == 1
-    for _ in range(WAKE_TOKENS + 10):
-        broker.enqueue(message())
-    assert redis_client.llen(wake_key("default")) == WAKE_TOKENS
-    assert redis_client.llen("dramatiq:default") == WAKE_TOKENS + 11
-
-
-def test_enqueue_survives_redis_losing_its_scripts(redis_url: str, redis_client: redis.Redis) -> None:
-    # Given a broker that has enqueued once (so it calls the dispatch script by digest)
-    broker = build_broker(redis_url)
-    broker.enqueue_many([(message(), None)])
-    # When Redis forgets its scripts (as after a restart)
-    redis_client.script_flush()
-    # Then the next enqueues load it again and land once each
-    broker.enqueue_many([(message(), None), (message(), None)])
-    broker.enqueue(message())
-    assert redis_client.llen("dramatiq:default") == 4
-
-
-def test_delayed_messages_wake_nobody(redis_url: str, redis_client: redis.Redis) -> None:
-    build_broker(redis_url).enqueue(message(), delay=60_000)
-    assert redis_client.llen(wake_key("default.DQ")) == 0 and redis_client.llen(wake_key("default")) == 0
+from shared.broker.waking import wake_key
+from tests.services.worker.conftest import worker_broker
+from tests.shared.broker.test_waking import message
 
 
 def test_an_idle_consumer_waits_for_a_token_then_fetches(redis_url: str, redis_client: redis.Redis) -> None:
-    broker = build_broker(redis_url)
+    broker = worker_broker(redis_url, "consumer-under-test")
     consumer = broker.consume("default", prefetch=4, timeout=100)
     # Given an idle consumer blocked on the empty queue
     results: list[object] = []
@@ -68,7 +37,7 @@ def test_an_idle_consumer_waits_for_a_token_then_fetches(redis_url: str, redis_c
 def test_a_new_consumer_puts_back_what_the_old_one_dropped_and_leaves_what_is_in_hand(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    broker = build_broker(redis_url)
+    broker = worker_broker(redis_url, "consumer-under-test")
     acks = f"dramatiq:__acks__.{broker.broker_id}.default"
     sent = [broker.enqueue(message()) for _ in range(3)]
     # Given a consumer that handed one message to a worker thread and holds the next prefetched
@@ -87,17 +56,17 @@ def test_a_new_consumer_puts_back_what_the_old_one_dropped_and_leaves_what_is_in
     for proxy in (held, *received):
         assert proxy is not None
         second.ack(proxy)
-    assert redis_client.scard(acks) == 0 and broker.in_hand("default") == set()
+    assert redis_client.scard(acks) == 0 and broker.ack_sets.in_hand("default") == set()
 
 
 def test_nacked_and_requeued_messages_leave_the_hand(redis_url: str) -> None:
-    broker = build_broker(redis_url)
+    broker = worker_broker(redis_url, "consumer-under-test")
     broker.enqueue(message())
     broker.enqueue(message())
     consumer = broker.consume("default", prefetch=2, timeout=100)
     nacked, requeued = next(consumer), next(consumer)
     assert nacked is not None and requeued is not None
-    assert len(broker.in_hand("default")) == 2
+    assert len(broker.ack_sets.in_hand("default")) == 2
     consumer.nack(nacked)
     consumer.requeue([requeued])
-    assert broker.in_hand("default") == set()
+    assert broker.ack_sets.in_hand("default") == set()

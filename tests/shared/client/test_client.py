@@ -1,6 +1,6 @@
 """``shared.client`` against the real API served over loopback HTTP (wsgiref), a real Redis and store.
 
-The server fixtures here are imported by ``tests/services/test_client_cli.py`` too.
+The server fixtures here are imported by ``tests/shared/client/test_cli.py`` too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 
 from services.api.app import create_app
-from shared.broker import build_broker
+from shared.broker.publishing import build_broker
 from shared.client import (
     BadRequest,
     ClientError,

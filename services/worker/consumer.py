@@ -1,12 +1,14 @@
-"""A Redis broker whose idle workers wake the moment a message arrives, without polling Redis hard.
+"""The worker's side of the Redis broker: fetch, hand out, ack, put back.
 
-Dramatiq's Redis consumer polls an empty queue with a backoff of up to its
-worker timeout, which makes an idle worker late by up to that much (a
-second by default). Here every enqueue also pushes a token on
-``jobrelay:wake:<queue>`` (trimmed to a few), and an idle consumer waits in
-``BLPOP`` on that list: it wakes at once when work arrives and costs one
-command per ``WAIT_S`` while nothing does. Delay queues keep Dramatiq's
-polling, since their messages become due by the clock, not by an enqueue.
+A message goes from Redis to a worker thread through here. Before handing out
+the messages it fetched, the consumer asks its ``ClaimsAhead`` (the claims
+middleware's reservations) how many may go now; when a thread is done, the
+ack of a succeeded job goes to its ``DeferredAcks`` (the acker, which acks once
+the job's final status is committed) and any other ack goes straight to Redis.
+Both collaborators come through ``WorkerBroker``'s constructor.
+
+An idle consumer waits in ``BLPOP`` on the queue's wake-up list
+(``shared/broker/waking.py``) instead of sleeping.
 """
 
 from __future__ import annotations
@@ -20,32 +22,18 @@ from typing import Any, Protocol
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff, current_millis, dq_name
+from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed, DecodeError
-from dramatiq.message import Message, get_encoder
+from dramatiq.message import Message
 
-from shared.ids import random_uuid
+from shared.broker.waking import WakingRedisBroker, acks_key, is_delay_queue, wake_key
 
 log = logging.getLogger(__name__)
 
-WAKE_PREFIX = "jobrelay:wake:"
-#: Tokens kept per queue: enough to wake every idle consumer of a burst, never a pile.
-WAKE_TOKENS = 64
 #: Longest an idle consumer blocks before it looks again (and lets a stopping worker go).
 WAIT_S = 1.0
-#: A middleware that sets this attribute on a ``MessageProxy`` to a callable takes over the
-#: message's ack: the consumer calls it with the queue name and the Redis message id instead
-#: of acking (the status middleware acks once the job's final status is committed).
-DEFERRED_ACK = "jobrelay_deferred_ack"
-
-
-def wake_key(queue_name: str) -> str:
-    return WAKE_PREFIX + queue_name
-
-
-def is_delay_queue(queue_name: str) -> bool:
-    return queue_name.endswith(".DQ")
-
+#: Longest a consumer holding claimable messages waits for room before it looks again (acks go out meanwhile).
+ROOM_WAIT_S = 0.01
 
 #: Dramatiq's "ack" (dispatch.lua) for many messages of one queue: out of the worker's ack set, then
 #: out of the queue's message hash. KEYS: the ack set, the message hash; ARGV: redis message ids.
@@ -74,128 +62,41 @@ class ClaimsAhead(Protocol):
         """Undo the claims of messages going back to their queue; raises if it cannot."""
 
 
-#: Longest a consumer holding claimable messages waits for room before it looks again (acks go out meanwhile).
-ROOM_WAIT_S = 0.01
+class DeferredAcks(Protocol):
+    """Who acks a message once its job's final status is committed (``services/worker/acker.py``)."""
+
+    def take(self, redis_message_id: str) -> Callable[[str, str], None] | None:
+        """The ack that replaces the consumer's own for this message copy, if one was deferred (once)."""
 
 
-class WakingRedisBroker(RedisBroker):
-    _ack_script: Any = None
-    #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
-    _dispatch_loaded = False
-    #: Set by a worker that claims jobs before its consumers hand their messages out.
-    claims_ahead: ClaimsAhead | None = None
+class AckSets:
+    """This process's ack sets in Redis, and which of their messages its worker threads hold now."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, client: redis.Redis, *, namespace: str, owner: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.owner = owner
+        self._ack_script: Any = None
         #: Per queue, the Redis message ids this process's consumers handed to its worker
         #: threads and has not acked, nacked or requeued yet: the only legitimate members
         #: of its ack set once a consumer is replaced (see ``_WakingConsumer``).
         self._in_hand: dict[str, set[str]] = {}
-        self._in_hand_lock = threading.Lock()
+        self._lock = threading.Lock()
+
+    def key(self, queue_name: str) -> str:
+        return acks_key(self.namespace, self.owner, queue_name)
 
     def hand_out(self, queue_name: str, redis_message_id: str) -> None:
-        with self._in_hand_lock:
+        with self._lock:
             self._in_hand.setdefault(queue_name, set()).add(redis_message_id)
 
     def handed_back(self, queue_name: str, redis_message_ids: Iterable[str]) -> None:
-        with self._in_hand_lock:
+        with self._lock:
             self._in_hand.get(queue_name, set()).difference_update(redis_message_ids)
 
     def in_hand(self, queue_name: str) -> set[str]:
-        with self._in_hand_lock:
+        with self._lock:
             return set(self._in_hand.get(queue_name, ()))
-
-    def acks_key(self, queue_name: str) -> str:
-        """This process's ack set of ``queue_name``: the messages fetched and not acked yet."""
-        return f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
-
-    @property
-    def consumer_class(self) -> type[_RedisConsumer]:
-        return _WakingConsumer
-
-    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
-        """Dramatiq's enqueue script and the wake-up token, in one round trip."""
-
-        def fill(pipe: redis.client.Pipeline) -> None:
-            self._enqueue_in(pipe, queue_name, message_id, data)
-            self._wake_in(pipe, {queue_name})
-
-        return self._execute(fill)[0]
-
-    def enqueue_many(self, messages: list[tuple[Message[Any], int | None]]) -> None:
-        """``enqueue`` for many messages (with their delays in ms) in one round trip.
-
-        Like ``RedisBroker.enqueue``, each copy gets its own ``redis_message_id``
-        and a delayed one goes to the delay queue with its ``eta``.
-        """
-        sent: list[tuple[Message[Any], int | None]] = []
-        # NOTE: what Dramatiq's dispatch script does per enqueue (an HSET of the message and an
-        # RPUSH of its id), done per queue for all the messages at once: one command per queue
-        # instead of one script call per message, in one MULTI/EXEC round trip.
-        by_queue: dict[str, dict[str, bytes]] = {}
-        encode = get_encoder().encode
-        now_ms = current_millis()
-        for message, delay in messages:
-            # NOTE: ``Message.copy`` and ``Message.encode`` go through ``dataclasses`` per
-            # message, which cost more than the rest of a batch's publish; this builds the
-            # same copy and the same encoding directly.
-            redis_message_id = random_uuid()
-            options = {**message.options, "redis_message_id": redis_message_id}
-            queue_name = message.queue_name
-            if delay is not None:
-                queue_name = dq_name(queue_name)
-                options["eta"] = now_ms + delay
-            fields: dict[str, Any] = {
-                "queue_name": queue_name,
-                "actor_name": message.actor_name,
-                "args": message.args,
-                "kwargs": message.kwargs,
-                "options": options,
-                "message_id": message.message_id,
-                "message_timestamp": message.message_timestamp,
-            }
-            if self.middleware:
-                message = Message(**fields)
-                self.emit_before("enqueue", message, delay)
-                sent.append((message, delay))
-            by_queue.setdefault(queue_name, {})[redis_message_id] = encode(fields)
-        pipe = self.client.pipeline(transaction=True)
-        for queue_name, encoded in by_queue.items():
-            pipe.hset(f"{self.namespace}:{queue_name}.msgs", mapping=encoded)  # type: ignore[arg-type]
-            pipe.rpush(f"{self.namespace}:{queue_name}", *encoded)
-        self._wake_in(pipe, set(by_queue))
-        pipe.execute()
-        for message, delay in sent:
-            self.emit_after("enqueue", message, delay)
-
-    def _execute(self, fill: Callable[[redis.client.Pipeline], None]) -> list[Any]:
-        """Run a pipeline of dispatch script calls in one round trip.
-
-        NOTE: redis-py sends ``SCRIPT EXISTS`` before every pipeline that calls a script,
-        a second round trip per publish. Once the script is known to be loaded it is
-        called by its digest directly; if Redis lost it (a restart), no enqueue of the
-        pipeline ran, so it runs again the redis-py way, which loads the script (a
-        repeated wake-up token is harmless).
-        """
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            fill(pipe)
-            try:
-                results: list[Any] = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                self._dispatch_loaded = False
-                continue
-            self._dispatch_loaded = True
-            return results
-        raise AssertionError("unreachable")
-
-    def _wake_in(self, pipe: redis.client.Pipeline, queues: set[str]) -> None:
-        for queue_name in queues:
-            if not is_delay_queue(queue_name):
-                pipe.lpush(wake_key(queue_name), 1)
-                pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
 
     def ack_many(self, acks: list[tuple[str, str]]) -> None:
         """Dramatiq's ack of many ``(queue name, redis message id)`` pairs, one script call per queue."""
@@ -205,31 +106,38 @@ class WakingRedisBroker(RedisBroker):
         if self._ack_script is None:
             self._ack_script = self.client.register_script(_ACK_MANY)
         for queue_name, ids in by_queue.items():
-            keys = [self.acks_key(queue_name), f"{self.namespace}:{queue_name}.msgs"]
+            keys = [self.key(queue_name), f"{self.namespace}:{queue_name}.msgs"]
             self._ack_script(keys=keys, args=ids)
             self.handed_back(queue_name, ids)
 
-    def _enqueue_in(self, pipe: redis.client.Pipeline, queue_name: str, message_id: str, data: bytes) -> None:
-        self._dispatch_in(pipe, "enqueue", queue_name, message_id, data)
 
-    def _dispatch_in(self, pipe: redis.client.Pipeline, command: str, queue_name: str, *args: str | bytes) -> None:
-        """Dramatiq's dispatch script (``RedisBroker._dispatch``), queued on ``pipe``."""
-        script = self.scripts["dispatch"]
-        argv = [
-            command,
-            current_millis(),
+class WorkerBroker(WakingRedisBroker):
+    """The broker of a worker process: its consumers claim ahead, hand acks over and wake on tokens."""
+
+    def __init__(
+        self,
+        *,
+        ack_sets: AckSets,
+        claims: ClaimsAhead | None = None,
+        deferred_acks: DeferredAcks | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.broker_id = ack_sets.owner
+        self.ack_sets = ack_sets
+        self.claims = claims
+        self.deferred_acks = deferred_acks
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> _WakingConsumer:
+        return _WakingConsumer(
+            self,
             queue_name,
-            self.broker_id,
-            self.heartbeat_timeout,
-            self.dead_message_ttl,
-            0,
-            self._max_unpack_size(),
-            *args,
-        ]
-        if self._dispatch_loaded:
-            pipe.evalsha(script.sha, 1, self.namespace, *argv)
-        else:
-            script(keys=[self.namespace], args=argv, client=pipe)
+            prefetch,
+            timeout,
+            ack_sets=self.ack_sets,
+            claims=None if is_delay_queue(queue_name) else self.claims,
+            deferred_acks=self.deferred_acks,
+        )
 
 
 class _WakingConsumer(_RedisConsumer):
@@ -238,10 +146,23 @@ class _WakingConsumer(_RedisConsumer):
     NOTE: the fetch path mirrors ``dramatiq.brokers.redis._RedisConsumer.__next__`` (2.x).
     """
 
-    broker: WakingRedisBroker
+    broker: WorkerBroker
 
-    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+    def __init__(
+        self,
+        broker: RedisBroker,
+        queue_name: str,
+        prefetch: int,
+        timeout: int,
+        *,
+        ack_sets: AckSets,
+        claims: ClaimsAhead | None,
+        deferred_acks: DeferredAcks | None,
+    ) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
+        self.ack_sets = ack_sets
+        self.claims = claims
+        self.deferred_acks = deferred_acks
         # NOTE: after an error Dramatiq's consumer thread starts a new consumer and the old one's
         # messages in memory are dropped: the delayed messages its thread held (it resets its
         # delay queue), the prefetched messages not handed out yet, and the messages of a fetch
@@ -254,20 +175,21 @@ class _WakingConsumer(_RedisConsumer):
         self._ready = 0
 
     def ack(self, message: MessageProxy) -> None:
-        """Ack now, or hand the ack to whoever set ``DEFERRED_ACK`` on the message (after a commit)."""
-        deferred: Callable[[str, str], None] | None = getattr(message, DEFERRED_ACK, None)
+        """Ack now, or hand the ack to the deferred acks when they hold one for this copy (after a commit)."""
+        redis_message_id = message.options["redis_message_id"]
+        deferred = self.deferred_acks.take(redis_message_id) if self.deferred_acks is not None else None
         if deferred is None:
             super().ack(message)
-            self.broker.handed_back(self.queue_name, [message.options["redis_message_id"]])
+            self.ack_sets.handed_back(self.queue_name, [redis_message_id])
             return
         # The message leaves this consumer's prefetch count now; its ack set entry stays in
         # Redis until the deferred ack is done, so a crash before then still recovers it.
         self.queued_message_ids.discard(message.message_id)
-        deferred(self.queue_name, message.options["redis_message_id"])
+        deferred(self.queue_name, redis_message_id)
 
     def nack(self, message: MessageProxy) -> None:
         super().nack(message)
-        self.broker.handed_back(self.queue_name, [message.options["redis_message_id"]])
+        self.ack_sets.handed_back(self.queue_name, [message.options["redis_message_id"]])
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -276,7 +198,7 @@ class _WakingConsumer(_RedisConsumer):
                 self._reclaim = False
             while True:
                 if self.message_cache:
-                    claims = None if is_delay_queue(self.queue_name) else self.broker.claims_ahead
+                    claims = self.claims
                     if claims is not None and self._ready == 0:
                         self._ready = claims.ready(self._candidates())
                         if self._ready == 0:
@@ -296,7 +218,7 @@ class _WakingConsumer(_RedisConsumer):
                             self._dead_letter_undecodable(data)
                             continue
                     self.queued_message_ids.add(message.message_id)
-                    self.broker.hand_out(self.queue_name, message.options["redis_message_id"])
+                    self.ack_sets.hand_out(self.queue_name, message.options["redis_message_id"])
                     return MessageProxy(message)
                 messages = []
                 if self.outstanding_message_count < self.prefetch:
@@ -339,7 +261,7 @@ class _WakingConsumer(_RedisConsumer):
         redis_message_ids = [message.options["redis_message_id"] for message in messages]
         if self._give_back(redis_message_ids):
             super().requeue(messages)
-            self.broker.handed_back(self.queue_name, redis_message_ids)
+            self.ack_sets.handed_back(self.queue_name, redis_message_ids)
 
     def close(self) -> None:
         """Give back the claims of messages still in the prefetch (they stay in the ack set: the
@@ -349,7 +271,7 @@ class _WakingConsumer(_RedisConsumer):
 
     def _give_back(self, redis_message_ids: list[str]) -> bool:
         """``ClaimsAhead.give_back`` for these messages; False (logged) when the store refused."""
-        claims = self.broker.claims_ahead
+        claims = self.claims
         if claims is None or not redis_message_ids:
             return True
         try:
@@ -368,7 +290,7 @@ class _WakingConsumer(_RedisConsumer):
         it is one of this consumer's unacked ids (at most its prefetch).
         """
         client = self.broker.client
-        acks = self.broker.acks_key(self.queue_name)
+        acks = self.ack_sets.key(self.queue_name)
         stored = f"{self.broker.namespace}:{self.queue_name}.msgs"
         redis_ids = list(client.smembers(acks))
         for redis_id, value in zip(redis_ids, client.hmget(stored, redis_ids) if redis_ids else [], strict=True):
@@ -385,15 +307,15 @@ class _WakingConsumer(_RedisConsumer):
         both, and the requeue script skips ids no longer in the ack set, so a message being
         acked is never put back.
         """
-        acks = self.broker.acks_key(self.queue_name)
+        acks = self.ack_sets.key(self.queue_name)
         members: set[str] = {member.decode() for member in self.broker.client.smembers(acks)}  # type: ignore[union-attr]
         if not is_delay_queue(self.queue_name):
-            members -= self.broker.in_hand(self.queue_name)
+            members -= self.ack_sets.in_hand(self.queue_name)
         redis_ids = sorted(members)
         if not redis_ids:
             return
-        claims = self.broker.claims_ahead
-        if claims is not None and not is_delay_queue(self.queue_name):
+        claims = self.claims
+        if claims is not None:
             # Claims made ahead for the dropped prefetch go back before the messages do.
             claims.give_back(redis_ids)
         for start in range(0, len(redis_ids), 1000):

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 import redis
 
-from shared.broker import NAMESPACE
+from shared.broker.publishing import NAMESPACE
+from shared.broker.waking import WAKE_TOKENS, is_delay_queue, wake_key
 from shared.store.jobs import JobStore
-from shared.waking_broker import WAKE_TOKENS, is_delay_queue, wake_key
 
 log = logging.getLogger(__name__)
 

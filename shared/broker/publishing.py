@@ -7,6 +7,7 @@ metrics share one key.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import dramatiq
 import redis
@@ -15,9 +16,9 @@ from dramatiq.middleware import Middleware
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared.broker.waking import WakingRedisBroker
 from shared.errors import Unavailable
 from shared.job import Job, due_for_broker, utcnow
-from shared.waking_broker import WakingRedisBroker
 
 NAMESPACE = "dramatiq"
 
@@ -42,16 +43,29 @@ def build_broker(
     dead_message_ttl_s: float = 7 * 86400.0,
 ) -> WakingRedisBroker:
     """A Redis broker with exactly the middleware given (none by default, as the API needs)."""
-    client = redis_client(redis_url)
     return WakingRedisBroker(
-        client=client,
-        namespace=NAMESPACE,
-        middleware=middleware or [],
-        heartbeat_timeout=int(heartbeat_timeout_s * 1000),
-        dead_message_ttl=int(dead_message_ttl_s * 1000),
-        # NOTE: Dramatiq's random maintenance is replaced by our deterministic orphan requeue.
-        maintenance_chance=0,
+        **broker_options(
+            redis_client(redis_url),
+            middleware=middleware or [],
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            dead_message_ttl_s=dead_message_ttl_s,
+        )
     )
+
+
+def broker_options(
+    client: redis.Redis, *, middleware: list[Middleware], heartbeat_timeout_s: float, dead_message_ttl_s: float
+) -> dict[str, Any]:
+    """The keyword arguments of every jobrelay Redis broker (the worker's subclass takes them too)."""
+    return {
+        "client": client,
+        "namespace": NAMESPACE,
+        "middleware": middleware,
+        "heartbeat_timeout": int(heartbeat_timeout_s * 1000),
+        "dead_message_ttl": int(dead_message_ttl_s * 1000),
+        # NOTE: Dramatiq's random maintenance is replaced by our deterministic orphan requeue.
+        "maintenance_chance": 0,
+    }
 
 
 def message_for(job: Job) -> dramatiq.Message[object]:

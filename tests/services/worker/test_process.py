@@ -1,4 +1,4 @@
-"""The status middleware driving real Dramatiq workers against a real Redis and store."""
+"""A wired worker (claims, metrics, results, outcomes, workflows, acker) on a real Redis and store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import redis
 
 import tests.services.worker.tasks_for_tests  # noqa: F401 - registers the testing.* tasks
-from shared.broker import message_for
+from shared.broker.publishing import message_for
 from shared.ids import new_id
 from shared.job import JobStatus
 from shared.results import build_result_storage
@@ -112,7 +112,7 @@ def test_a_message_for_an_unknown_task_fails_its_job_with_a_clear_error(harness:
 def seen_short_jobs(harness: Harness) -> None:
     """Make the worker's running average of job durations short, as after many quick jobs."""
     for _ in range(200):
-        harness.status.reservations.observe(0.001)
+        harness.claims.reservations.observe(0.001)
 
 
 def test_a_job_claimed_ahead_and_cancelled_before_it_starts_never_runs(harness: Harness) -> None:
@@ -124,7 +124,7 @@ def test_a_job_claimed_ahead_and_cancelled_before_it_starts_never_runs(harness: 
         harness.wait(sleeper.id, until=lambda j: j.status is JobStatus.RUNNING)
     job = harness.submit({"task": "diagnostics.echo", "args": {"message": "never"}})
     harness.wait(job.id, until=lambda j: j.status is JobStatus.RUNNING)
-    assert job.id in harness.status.reservations.job_ids()
+    assert job.id in harness.claims.reservations.job_ids()
     # When an operator cancels it
     harness.store.cancel(job.id)
     # Then it is recorded cancelled before any thread starts it, and it never runs
@@ -163,7 +163,7 @@ def test_a_job_this_worker_claimed_without_knowing_is_run_not_skipped(harness: H
     # Given a job whose claim by this worker committed but whose answer was lost (a commit that
     # raised after writing, a claim retried), so the row is running under this worker's lease
     job = harness.submit({"task": "diagnostics.echo", "args": {"message": "mine"}, "delay_s": 60})
-    assert harness.store.claim(job.id, owner=harness.status.owner, lease_s=30).outcome is ClaimOutcome.CLAIMED
+    assert harness.store.claim(job.id, owner=harness.claims.owner, lease_s=30).outcome is ClaimOutcome.CLAIMED
     # When its message arrives
     harness.broker.enqueue(message_for(job))
     # Then the worker runs it once, as the attempt it already counted, instead of skipping it as a duplicate

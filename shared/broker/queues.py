@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from prometheus_client.core import GaugeMetricFamily
 
-from shared.broker import NAMESPACE
+from shared.broker.publishing import NAMESPACE
 from shared.metrics import PREFIX
 from shared.store.jobs import JobStore
 

@@ -1,19 +1,17 @@
-"""The outbox relay on a real store and Redis, and the background writes of the API's marks."""
+"""The outbox relay on a real store and Redis."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
-import pytest
 import redis
 from dramatiq import Message
 
-from shared.broker import build_broker
+from services.scheduler.relay import relay
+from shared.broker.publishing import build_broker
 from shared.ids import new_id
 from shared.job import JobStatus, utcnow
-from shared.outbox import BackgroundWrites, relay
 from shared.store.jobs import JobStore
 from tests.shared.store.test_jobs import make_job
 
@@ -70,31 +68,3 @@ def test_relay_leaves_entries_younger_than_the_grace(
     assert relay(store, build_broker(redis_url), grace_s=60) == 0
     assert messages_of(redis_client) == []
     assert [found for found, _ in store.outbox_left(older_than=utcnow() + timedelta(seconds=1))] == [entry]
-
-
-def test_background_writes_hand_over_ids_in_batches_and_survive_a_failed_write() -> None:
-    written: list[list[str]] = []
-    done = threading.Event()
-
-    def write(ids: list[str]) -> None:
-        if ids == ["bad"]:
-            raise RuntimeError("store down")
-        written.append(ids)
-        if sum(map(len, written)) == 5:
-            done.set()
-
-    writes = BackgroundWrites(write, "test marks", interval_s=0.05, max_batch=3)
-    writes.add(["bad"])
-    time.sleep(0.2)
-    writes.add(["a", "b"])
-    writes.add(["c", "d", "e"])
-    assert done.wait(5)
-    assert [id_ for batch in written for id_ in batch] == ["a", "b", "c", "d", "e"]
-    assert max(map(len, written)) <= 3
-
-
-def test_take_hands_pending_ids_to_a_caller_that_writes_them_itself() -> None:
-    writes = BackgroundWrites(lambda ids: pytest.fail("written in the background"), "test", interval_s=10)
-    writes.add(["a", "b"])
-    assert writes.take() == ["a", "b"]
-    assert writes.take() == []

@@ -8,9 +8,9 @@ import time
 import redis
 from prometheus_client import CollectorRegistry
 
-from shared.broker import build_broker, message_for, redis_client
+from shared.broker.publishing import build_broker, message_for, redis_client
+from shared.broker.queues import QueueGauges, drop_dead_letters, oldest_age_s, queue_stats
 from shared.job import JobStatus
-from shared.queues import QueueGauges, drop_dead_letters, oldest_age_s, queue_stats
 from shared.store.jobs import JobStore
 from tests.shared.store.test_jobs import make_job
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.scheduler.ticks import ticks_between
-from services.scheduler.triggers import (
+from shared.schedules.triggers import (
     TimingError,
     build_trigger,
     cron_trigger,

@@ -8,9 +8,9 @@ import redis
 from dramatiq import Message
 from sqlalchemy import Engine, update
 
-from shared.broker import build_broker, message_for
+from services.scheduler.reconcile import LostMessages
+from shared.broker.publishing import build_broker, message_for
 from shared.job import JobStatus
-from shared.reconcile import LostMessages
 from shared.store.jobs import JobStore
 from shared.store.models import jobs
 from tests.shared.store.test_jobs import make_job

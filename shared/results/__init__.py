@@ -137,7 +137,7 @@ def build_result_storage(url: str) -> ResultStorage:
         except ValueError as exc:
             raise SettingsError(f"RESULT_STORAGE_URL: {exc}") from None
         # NOTE: imported here, so a deployment on file:// never loads boto3 (about 0.15 s per process).
-        from shared.results_s3 import S3Storage
+        from shared.results.s3 import S3Storage
 
         return S3Storage.connect(location)
     raise SettingsError(f"RESULT_STORAGE_URL: scheme {parsed.scheme!r} is not supported; use file:// or s3://")

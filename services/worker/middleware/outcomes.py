@@ -1,0 +1,209 @@
+"""Outcomes: every attempt's end is recorded in the store (succeeded, retrying, failed, cancelled).
+
+A success is handed to the status writer and its message acked by the acker once
+the commit is done, off the worker thread; any other outcome is committed here,
+waiting out a store outage, before Dramatiq acks or nacks the message. A retry
+gets a new message (its row says ``retrying`` first); a failure for good is
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Middleware
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from services.worker.acker import Acker
+from services.worker.middleware.claims import Attempt, Claims
+from services.worker.middleware.workflows import WorkflowAdvance
+from services.worker.outages import deliver, persist
+from services.worker.retry_policy import Decision, Retry, decide
+from services.worker.status_writer import StatusWriter
+from shared import metrics
+from shared.catalog import Catalog, TaskDefinition
+from shared.errors import TaskError
+from shared.job import Job, JobStatus, utcnow
+from shared.store.attempts import FinishRequest
+from shared.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeLimitExceeded):
+        message = "the task exceeded its time limit"
+    return {
+        "type": type(exc).__name__,
+        "message": message[:2000],
+        "retryable": retryable,
+        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+    }
+
+
+class Cancelled(BaseException):
+    """Raised inside a running task whose job was cancelled (a BaseException, so `except Exception` misses it)."""
+
+
+class HardTimeLimitExceeded(Exception):
+    """Recorded for a job whose process was replaced because it ran past its hard time limit."""
+
+
+class Outcomes(Middleware):
+    """Listed after ``WorkflowAdvance`` and before ``Results`` (hooks run last-listed first)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        writes: StatusWriter,
+        catalog: Catalog,
+        *,
+        claims: Claims,
+        workflows: WorkflowAdvance,
+        acker: Acker | None,
+        owner: str,
+    ) -> None:
+        self.store = store
+        self.writes = writes
+        self.catalog = catalog
+        self.claims = claims
+        self.workflows = workflows
+        #: Succeeded jobs are acked after their commit, off the worker thread (None: at once).
+        self.acker = acker
+        self.owner = owner
+
+    def close(self) -> None:
+        """Commit and ack what is still pending (after the worker stopped)."""
+        self.writes.stop()
+        if self.acker is not None:
+            self.acker.stop()
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        attempt = self.claims.current(message)
+        if attempt is None:
+            return
+        job = attempt.job
+        failure = exception if exception is not None else attempt.result_error
+        if failure is not None:
+            self._fail(broker, message, job, failure)
+            attempt.final = True
+            return
+        attempt.ack_deferred = self._succeed(message, attempt)
+        attempt.final = not attempt.ack_deferred
+        metrics.job_series(job.task, job.queue).succeeded.inc()
+        log.info("job succeeded in %.3fs", time.monotonic() - attempt.started_s)
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        """A message Dramatiq dead-letters on its own (an actor no worker has) fails its job for good."""
+        exc = message._exception
+        if exc is None:
+            return
+        error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "retryable": False}
+        try:
+            if self.store.fail_undelivered(message.message_id, error):
+                metrics.jobs_failed_total.labels(message.actor_name, message.queue_name).inc()
+                log.error("job %s dead-lettered without running: %s", message.message_id, error["message"])
+        except Exception:
+            log.exception("could not record the dead letter of job %s", message.message_id)
+
+    # -- outcomes decided outside an attempt's hooks (the watchdog's) ---------
+
+    def cancel_reserved(self, job_ids: set[str]) -> None:
+        """Record cancelled the claimed jobs an operator cancelled before they started."""
+        error = {"type": "Cancelled", "message": "cancelled before it started", "retryable": False}
+        for claim in self.claims.reservations.drop_jobs(job_ids):
+            job = claim.job
+            if job is None:
+                continue
+            self._finish(job, JobStatus.CANCELLED, error=error)
+            metrics.jobs_cancelled_total.labels(job.task, job.queue).inc()
+            log.info("job %s cancelled before it started", job.id)
+            self.workflows.ended(job)
+
+    def record_hard_timeout(self, job: Job, limit_s: float) -> None:
+        """Record the outcome of a job whose process is about to be replaced.
+
+        Nothing is enqueued: the message stays unacked, and the supervisor puts it
+        back when this process is gone; a ``retrying`` row lets it run again.
+        """
+        exc = HardTimeLimitExceeded(f"the task ran past its hard time limit of {limit_s:g}s; its process was replaced")
+        decision, error = self._decide(job, exc)
+        status = JobStatus.RETRYING if decision.retry else JobStatus.FAILED
+        self.store.finish(job.id, owner=self.owner, status=status, error=error, next_attempt_at=utcnow())
+        counter = metrics.jobs_retried_total if decision.retry else metrics.jobs_failed_total
+        counter.labels(job.task, job.queue).inc()
+
+    # -- writes ----------------------------------------------------------------
+
+    def _succeed(self, message: MessageProxy, attempt: Attempt) -> bool:
+        """Record the success; True when its commit, ack and workflow advance are left to the acker."""
+        job = attempt.job
+        if self.acker is not None:
+            request = FinishRequest(
+                job.id, self.owner, JobStatus.SUCCEEDED, result=attempt.result, result_url=attempt.result_url
+            )
+            self.acker.defer(message.options["redis_message_id"], self.writes.finish_later(request), job)
+            return True
+        if not self._finish(job, JobStatus.SUCCEEDED, result=attempt.result, result_url=attempt.result_url):
+            log.warning("job %s finished after its lease passed to another worker", job.id)
+        return False
+
+    def _finish(self, job: Job, status: JobStatus, **fields: Any) -> bool:
+        """Record the end of this attempt, waiting out a store outage; False if the lease was lost."""
+        request = FinishRequest(job.id, self.owner, status, **fields)
+        return persist(lambda: self.writes.finish(request))
+
+    def _decide(self, job: Job, exc: BaseException) -> tuple[Decision, dict[str, Any]]:
+        try:
+            definition: TaskDefinition | None = self.catalog.get(job.task)
+        except TaskError:
+            definition = None
+        decision = decide(definition, exc, attempts=job.attempts, max_retries=job.max_retries)
+        return decision, error_body(exc, retryable=decision.retryable)
+
+    def _fail(self, broker: Broker, message: MessageProxy, job: Job, exc: BaseException) -> None:
+        labels = (job.task, job.queue)
+        if isinstance(exc, Cancelled):
+            error = {"type": "Cancelled", "message": "cancelled while running", "retryable": False}
+            self._finish(job, JobStatus.CANCELLED, error=error)
+            metrics.jobs_cancelled_total.labels(*labels).inc()
+            log.info("job %s cancelled while running", job.id)
+            return
+        decision, error = self._decide(job, exc)
+        if decision.retry:
+            next_at = utcnow() + timedelta(seconds=decision.delay_s)
+            self._finish(job, JobStatus.RETRYING, error=error, next_attempt_at=next_at)
+            # A new message for the next attempt; the current one is acked after this hook.
+            retry: dramatiq.Message[Any] = dramatiq.Message(
+                queue_name=job.queue,
+                actor_name=job.task,
+                args=(),
+                kwargs=message.kwargs,
+                options={k: v for k, v in message.options.items() if k not in ("eta", "redis_message_id")},
+                message_id=job.id,
+                message_timestamp=message.message_timestamp,
+            )
+            deliver(lambda: broker.enqueue(retry, delay=int(decision.delay_s * 1000)))
+            metrics.jobs_retried_total.labels(*labels).inc()
+            if not isinstance(exc, Retry):
+                log.warning("job %s attempt %d failed, retrying in %.2fs", job.id, job.attempts, decision.delay_s)
+            return
+        self._finish(job, JobStatus.FAILED, error=error)
+        metrics.jobs_failed_total.labels(*labels).inc()
+        log.error("job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"])
+        # Dramatiq nacks failed messages, which moves them to the dead-letter queue.
+        message.fail()

@@ -1,0 +1,53 @@
+"""Results: what a succeeded task returned goes into its row, or into result storage when large.
+
+Runs before the outcomes middleware records the success (Dramatiq calls
+``after_process_message`` hooks last-listed first): the outcome then has the
+result to commit, or the reason it could not be stored, which fails the attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Middleware
+
+from services.worker.middleware.claims import Claims
+from shared.results import ResultStorage, encode_result
+
+log = logging.getLogger(__name__)
+
+
+class Results(Middleware):
+    def __init__(self, claims: Claims, results: ResultStorage, *, inline_max_bytes: int) -> None:
+        self.claims = claims
+        self.results = results
+        self.inline_max_bytes = inline_max_bytes
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        attempt = self.claims.current(message)
+        if attempt is None or exception is not None or attempt.context is None:
+            return
+        job, context = attempt.job, attempt.context
+        try:
+            body = encode_result(context.result)
+            result_url = f"/v1/jobs/{job.id}/result" if context.result_file_type else None
+            value = context.result
+            if result_url is None and len(body) > self.inline_max_bytes:
+                self.results.put(job.id, body, "application/json")
+                value, result_url = None, f"/v1/jobs/{job.id}/result"
+        except Exception as exc:
+            # NOTE: the task ran but its result could not be stored (result storage full or
+            # away); left alone, the row would stay running with its message acked.
+            log.error("job %s: storing its result failed: %s", job.id, exc)
+            attempt.result_error = exc
+            return
+        attempt.result, attempt.result_url = value, result_url

@@ -1,0 +1,158 @@
+"""A Redis broker whose enqueues wake idle workers the moment a message arrives.
+
+Dramatiq's Redis consumer polls an empty queue with a backoff of up to its
+worker timeout, which makes an idle worker late by up to that much (a
+second by default). Here every enqueue also pushes a token on
+``jobrelay:wake:<queue>`` (trimmed to a few), and an idle consumer waits in
+``BLPOP`` on that list (``services/worker/consumer.py``): it wakes at once when
+work arrives and costs one command per wait while nothing does. Delay queues
+keep Dramatiq's polling, since their messages become due by the clock, not by
+an enqueue.
+
+This module is the publishing half, which the API, the scheduler and the worker
+share; the consuming half lives with the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
+from dramatiq.message import Message, get_encoder
+
+from shared.ids import random_uuid
+
+WAKE_PREFIX = "jobrelay:wake:"
+#: Tokens kept per queue: enough to wake every idle consumer of a burst, never a pile.
+WAKE_TOKENS = 64
+
+
+def wake_key(queue_name: str) -> str:
+    return WAKE_PREFIX + queue_name
+
+
+def is_delay_queue(queue_name: str) -> bool:
+    return queue_name.endswith(".DQ")
+
+
+def acks_key(namespace: str, broker_id: str, queue_name: str) -> str:
+    """A worker process's ack set of ``queue_name``: the messages it fetched and has not acked yet."""
+    return f"{namespace}:__acks__.{broker_id}.{queue_name}"
+
+
+class WakingRedisBroker(RedisBroker):
+    #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
+    _dispatch_loaded = False
+
+    def acks_key(self, queue_name: str) -> str:
+        """This process's ack set of ``queue_name``: the messages fetched and not acked yet."""
+        return acks_key(self.namespace, self.broker_id, queue_name)
+
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
+        """Dramatiq's enqueue script and the wake-up token, in one round trip."""
+
+        def fill(pipe: redis.client.Pipeline) -> None:
+            self._enqueue_in(pipe, queue_name, message_id, data)
+            self._wake_in(pipe, {queue_name})
+
+        return self._execute(fill)[0]
+
+    def enqueue_many(self, messages: list[tuple[Message[Any], int | None]]) -> None:
+        """``enqueue`` for many messages (with their delays in ms) in one round trip.
+
+        Like ``RedisBroker.enqueue``, each copy gets its own ``redis_message_id``
+        and a delayed one goes to the delay queue with its ``eta``.
+        """
+        sent: list[tuple[Message[Any], int | None]] = []
+        # NOTE: what Dramatiq's dispatch script does per enqueue (an HSET of the message and an
+        # RPUSH of its id), done per queue for all the messages at once: one command per queue
+        # instead of one script call per message, in one MULTI/EXEC round trip.
+        by_queue: dict[str, dict[str, bytes]] = {}
+        encode = get_encoder().encode
+        now_ms = current_millis()
+        for message, delay in messages:
+            # NOTE: ``Message.copy`` and ``Message.encode`` go through ``dataclasses`` per
+            # message, which cost more than the rest of a batch's publish; this builds the
+            # same copy and the same encoding directly.
+            redis_message_id = random_uuid()
+            options = {**message.options, "redis_message_id": redis_message_id}
+            queue_name = message.queue_name
+            if delay is not None:
+                queue_name = dq_name(queue_name)
+                options["eta"] = now_ms + delay
+            fields: dict[str, Any] = {
+                "queue_name": queue_name,
+                "actor_name": message.actor_name,
+                "args": message.args,
+                "kwargs": message.kwargs,
+                "options": options,
+                "message_id": message.message_id,
+                "message_timestamp": message.message_timestamp,
+            }
+            if self.middleware:
+                message = Message(**fields)
+                self.emit_before("enqueue", message, delay)
+                sent.append((message, delay))
+            by_queue.setdefault(queue_name, {})[redis_message_id] = encode(fields)
+        pipe = self.client.pipeline(transaction=True)
+        for queue_name, encoded in by_queue.items():
+            pipe.hset(f"{self.namespace}:{queue_name}.msgs", mapping=encoded)  # type: ignore[arg-type]
+            pipe.rpush(f"{self.namespace}:{queue_name}", *encoded)
+        self._wake_in(pipe, set(by_queue))
+        pipe.execute()
+        for message, delay in sent:
+            self.emit_after("enqueue", message, delay)
+
+    def _execute(self, fill: Callable[[redis.client.Pipeline], None]) -> list[Any]:
+        """Run a pipeline of dispatch script calls in one round trip.
+
+        NOTE: redis-py sends ``SCRIPT EXISTS`` before every pipeline that calls a script,
+        a second round trip per publish. Once the script is known to be loaded it is
+        called by its digest directly; if Redis lost it (a restart), no enqueue of the
+        pipeline ran, so it runs again the redis-py way, which loads the script (a
+        repeated wake-up token is harmless).
+        """
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                results: list[Any] = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._dispatch_loaded = False
+                continue
+            self._dispatch_loaded = True
+            return results
+        raise AssertionError("unreachable")
+
+    def _wake_in(self, pipe: redis.client.Pipeline, queues: set[str]) -> None:
+        for queue_name in queues:
+            if not is_delay_queue(queue_name):
+                pipe.lpush(wake_key(queue_name), 1)
+                pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
+
+    def _enqueue_in(self, pipe: redis.client.Pipeline, queue_name: str, message_id: str, data: bytes) -> None:
+        self._dispatch_in(pipe, "enqueue", queue_name, message_id, data)
+
+    def _dispatch_in(self, pipe: redis.client.Pipeline, command: str, queue_name: str, *args: str | bytes) -> None:
+        """Dramatiq's dispatch script (``RedisBroker._dispatch``), queued on ``pipe``."""
+        script = self.scripts["dispatch"]
+        argv = [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            0,
+            self._max_unpack_size(),
+            *args,
+        ]
+        if self._dispatch_loaded:
+            pipe.evalsha(script.sha, 1, self.namespace, *argv)
+        else:
+            script(keys=[self.namespace], args=argv, client=pipe)
