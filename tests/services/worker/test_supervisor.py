@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.api.resources.jobs import Submitter
 from services.worker.supervisor import MAX_RESTART_DELAY_S, restart_delay_s
 from shared.broker.orphans import HEARTBEATS, requeue_orphans
 from shared.broker.publishing import build_broker
@@ -24,6 +23,7 @@ from shared.redis_server import free_port
 from shared.store.engine import create_store_engine
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
+from shared.submission.submitter import Submitter
 from shared.submission.validation import Submission, build_job
 
 
