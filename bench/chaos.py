@@ -193,22 +193,22 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
 - **An undecodable message stranded its neighbours.** Dramatiq raises out of its Redis consumer on a payload
   it cannot decode (Bogdanp/dramatiq#375); the consumer restarted and every message prefetched with the payload
   stayed in the live worker's ack set, never run, until the process died, when the payload came back and did it
-  again (30 of 30 neighbours lost in the poison scenario). `shared/broker/waking.py` now dead-letters the
-  payload and goes on.
+  again (30 of 30 neighbours lost in the poison scenario). The worker's consumer (`services/worker/consumer.py`)
+  now dead-letters the payload and goes on.
 - **A retry sent while Redis was down was lost.** The row said `retrying`, the message for the next attempt
   failed to enqueue, Dramatiq logged the error and acked the current message: 6 of 300 jobs stayed `retrying`
   for good in the Redis scenario. The worker now waits for Redis before it acks, as it waits for the store
-  (`deliver` in `services/worker/middleware/status.py`).
+  (`deliver` in `services/worker/outages.py`, called by `services/worker/middleware/outcomes.py`).
 - **A Redis blip stranded every delayed message a worker held.** After a connection error Dramatiq's consumer
   thread resets its in-memory delay queue and starts a new consumer; the ids of the delayed messages (retries
   waiting out their backoff, jobs with `delay_s` or `eta`) stayed in the live worker's ack set, recovered
   only when the process died or looked dead for `WORKER_DEAD_AFTER_S`. A shorter outage left those jobs
   `retrying` or `scheduled` for good (14 of 300 in the fast form; 100 of 100 in a targeted run with 2 s of
   Redis away). A new delay-queue consumer now puts its own unacked messages back first
-  (`shared/broker/waking.py`).
+  (`services/worker/consumer.py`).
 - **A result that could not be stored left its job `running` forever.** An error from result storage (disk
   full, bucket away) escaped the status middleware after the task returned; Dramatiq logged it and acked the
-  message. The attempt now fails like any other (`services/worker/middleware/status.py`), retried or
+  message. The attempt now fails like any other (`services/worker/middleware/results.py`, `outcomes.py`), retried or
   dead-lettered, and an operator's retry stores the result once there is space.
 - **One young crashing worker process paused the recovery of the others.** The supervisor slept its 5 s
   crash-loop pause inline, so every other dead process waited 5 s per slot before its messages went back;
@@ -247,7 +247,7 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   duplicate. A group of claims now
   commits as one, and a claim that finds the job under this worker's own lease (`OWNED`) runs it, unless
   a thread or a claim ahead of this worker already has it or its attempt just ended here
-  (`shared/store/attempts.py`, `services/worker/middleware/status.py`).
+  (`shared/store/attempts.py`, `services/worker/middleware/claims.py`).
 - **Gunicorn answered 501 to an empty `Transfer-Encoding`.** Schemathesis sent `Transfer-Encoding:` with
   no value; gunicorn refused it before the application with a 501 in HTML. Requests gunicorn refuses are
   now answered in problem+json, an unreadable transfer coding with a 400, and every operation documents

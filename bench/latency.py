@@ -134,8 +134,8 @@ jobs/s from 4 client threads. Milliseconds from the API's `created_at` to the wo
 Idle targets: p50 under 5 ms ({"met" if statistics.median(idle_started) < 0.005 else "not met"}), p99 under 25 ms
 ({"met" if percentile(idle_started, 0.99) < 0.025 else "not met"}). Loaded target (at about half of what this
 stack sustains end to end): p99 under 50 ms ({"met" if percentile(loaded_started, 0.99) < 0.05 else "not met"}).
-Idle workers wait in `BLPOP` on a wake-up list that every enqueue pushes to
-(`shared/broker/waking.py`), so they start a job as soon as it is published instead of on their
+Idle workers wait in `BLPOP` (`services/worker/consumer.py`) on a wake-up list that every enqueue
+pushes to (`shared/broker/waking.py`), so they start a job as soon as it is published instead of on their
 next poll, at one Redis command per second per idle consumer.
 
 {link}
