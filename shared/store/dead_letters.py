@@ -1,0 +1,95 @@
+"""Dead letters and counts per queue: the store's side of the operator's queue and retry endpoints.
+
+``JobStore`` (``shared/store/jobs.py``) takes these methods from ``DeadLetters``.
+A dead letter is a job that failed for good (``dead`` set on its row); it stays
+one until an operator requeues or purges it, or pruning deletes its row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import ColumnElement, Engine, func, select, update
+
+from shared.job import Job, JobStatus, utcnow
+from shared.store.engine import write_transaction
+from shared.store.models import jobs
+
+#: Final states an operator can send a job back to the queue from.
+RETRYABLE_FINAL = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+
+
+class DeadLetters:
+    """The job store's dead-letter and queue-count methods (each one transaction)."""
+
+    engine: Engine
+
+    def requeue(self, job_ids: Iterable[str], *, queue: str | None = None, dead_only: bool = False) -> list[Job]:
+        """Put failed, cancelled or expired jobs back to ``queued`` (attempts keep counting).
+
+        Returns the jobs requeued; the caller publishes them. Jobs in other states are left alone.
+        """
+        ids = list(job_ids)
+        if not ids:
+            return []
+        now = utcnow()
+        conditions: list[ColumnElement[bool]] = [
+            jobs.c.id.in_(ids),
+            jobs.c.status.in_([s.value for s in RETRYABLE_FINAL]),
+        ]
+        if queue is not None:
+            conditions.append(jobs.c.queue == queue)
+        if dead_only:
+            conditions.append(jobs.c.dead.is_(True))
+        with write_transaction(self.engine) as conn:
+            chosen = [row.id for row in conn.execute(select(jobs.c.id).where(*conditions).with_for_update())]
+            if chosen:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(chosen))
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        dead=False,
+                        cancel_requested=False,
+                        published_at=None,
+                        finished_at=None,
+                        next_attempt_at=None,
+                        scheduled_for=None,
+                        updated_at=now,
+                    )
+                )
+            if not chosen:
+                return []
+            return [Job.from_row(row) for row in conn.execute(select(jobs).where(jobs.c.id.in_(chosen)))]
+
+    def dead_ids(self, queue: str, *, limit: int = 1000, before: str | None = None) -> list[str]:
+        query = select(jobs.c.id).where(jobs.c.queue == queue, jobs.c.dead.is_(True))
+        if before is not None:
+            query = query.where(jobs.c.id < before)
+        with self.engine.connect() as conn:
+            return [row.id for row in conn.execute(query.order_by(jobs.c.id.desc()).limit(limit))]
+
+    def purge_dead(self, queue: str) -> int:
+        """Take every dead letter of a queue out of the dead-letter queue (the job rows stay, ``failed``)."""
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(
+                update(jobs).where(jobs.c.queue == queue, jobs.c.dead.is_(True)).values(dead=False, updated_at=utcnow())
+            )
+        return done.rowcount
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Running and dead jobs per queue, from the indexes on status and on dead letters."""
+        counts: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            running = select(jobs.c.queue, func.count()).where(jobs.c.status == JobStatus.RUNNING.value)
+            for queue, n in conn.execute(running.group_by(jobs.c.queue)):
+                counts.setdefault(queue, {"running": 0, "dead": 0})["running"] = n
+            dead = select(jobs.c.queue, func.count()).where(jobs.c.dead.is_(True))
+            for queue, n in conn.execute(dead.group_by(jobs.c.queue)):
+                counts.setdefault(queue, {"running": 0, "dead": 0})["dead"] = n
+        return counts
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            return {status: count for status, count in rows}
