@@ -71,6 +71,9 @@ jobs_retried_total = Counter(PREFIX + "jobs_retried_total", "Attempts failed and
 jobs_cancelled_total = Counter(PREFIX + "jobs_cancelled_total", "Jobs cancelled.", _JOB)
 jobs_expired_total = Counter(PREFIX + "jobs_expired_total", "Jobs past their max age.", _JOB)
 jobs_duplicates_skipped_total = Counter(PREFIX + "jobs_duplicates_skipped_total", "Duplicate deliveries skipped.", _JOB)
+consumer_restarts_total = Counter(
+    PREFIX + "worker_consumer_restarts_total", "Consumer threads found dead and started again.", ("queue",)
+)
 jobs_in_progress = Gauge(PREFIX + "jobs_in_progress", "Attempts running now.", _JOB, multiprocess_mode="livesum")
 job_duration_seconds = Histogram(PREFIX + "job_duration_seconds", "Attempt run time.", _JOB, buckets=DURATION_BUCKETS)
 job_queue_wait_seconds = Histogram(

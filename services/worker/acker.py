@@ -15,11 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-import redis
-
 from services.worker.consumer import AckSets
 from services.worker.outages import until_up
 from shared.batches import take_batch
+from shared.broker.waking import REDIS_DOWN
 from shared.job import Job
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class Acker:
 
     def _send(self, batch: list[_Ack]) -> None:
         pairs = [(item.queue_name, item.redis_message_id) for item in batch]
-        until_up(lambda: self.ack_sets.ack_many(pairs), (redis.ConnectionError, redis.TimeoutError), "Redis")
+        until_up(lambda: self.ack_sets.ack_many(pairs), REDIS_DOWN, "Redis")
         for item in batch:
             if not item.committed.result():
                 log.warning("job %s finished after its lease passed to another worker", item.job.id)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import redis
@@ -47,6 +48,21 @@ for _, message_id in ipairs(ARGV) do
 end
 return acked
 """
+
+
+@contextmanager
+def connection_lost() -> Iterator[None]:
+    """Redis away (refused, reset, or a socket past its timeout) raises Dramatiq's ``ConnectionClosed``.
+
+    NOTE: Dramatiq's consumer thread reconnects on ``ConnectionClosed`` and keeps the messages its
+    worker threads hold; any other error makes it close its consumer, and an error there ends the
+    thread for good (no more fetches or delayed messages of its queue in this process). Dramatiq
+    maps ``redis.ConnectionError`` only; ``redis.TimeoutError`` is not one (Bogdanp/dramatiq#894).
+    """
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionClosed(exc) from None
 
 
 class ClaimsAhead(Protocol):
@@ -179,7 +195,8 @@ class _WakingConsumer(_RedisConsumer):
         redis_message_id = message.options["redis_message_id"]
         deferred = self.deferred_acks.take(redis_message_id) if self.deferred_acks is not None else None
         if deferred is None:
-            super().ack(message)
+            with connection_lost():
+                super().ack(message)
             self.ack_sets.handed_back(self.queue_name, [redis_message_id])
             return
         # The message leaves this consumer's prefetch count now; its ack set entry stays in
@@ -188,7 +205,8 @@ class _WakingConsumer(_RedisConsumer):
         deferred(self.queue_name, redis_message_id)
 
     def nack(self, message: MessageProxy) -> None:
-        super().nack(message)
+        with connection_lost():
+            super().nack(message)
         self.ack_sets.handed_back(self.queue_name, [message.options["redis_message_id"]])
 
     def __next__(self) -> MessageProxy | None:
@@ -234,7 +252,7 @@ class _WakingConsumer(_RedisConsumer):
                 self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                 time.sleep(backoff_ms / 1000)
                 return None
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionClosed(exc) from None
 
     def _candidates(self) -> list[Message[Any] | None]:
@@ -260,7 +278,8 @@ class _WakingConsumer(_RedisConsumer):
         messages = list(messages)
         redis_message_ids = [message.options["redis_message_id"] for message in messages]
         if self._give_back(redis_message_ids):
-            super().requeue(messages)
+            with connection_lost():
+                super().requeue(messages)
             self.ack_sets.handed_back(self.queue_name, redis_message_ids)
 
     def close(self) -> None:

@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import redis
-
+from shared.broker.waking import REDIS_DOWN
 from shared.store.engine import STORE_DOWN
 
 log = logging.getLogger(__name__)
@@ -46,4 +45,4 @@ def deliver(send: Callable[[], T]) -> T:
     current message is acked after the hook; giving up here would leave the job
     with no message to run it, for good.
     """
-    return until_up(send, (redis.ConnectionError, redis.TimeoutError), "Redis")
+    return until_up(send, REDIS_DOWN, "Redis")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 
 from services.worker.acker import Acker
 from services.worker.consumer import AckSets, WorkerBroker
+from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX, ConsumerWatch
 from services.worker.context import current_job
 from services.worker.heartbeat import Heartbeat
 from services.worker.middleware.claims import Claims
@@ -99,18 +102,21 @@ class WorkerWiring:
         self.broker.close()
 
 
-def build_worker_broker(settings: Settings, catalog: Catalog, *, owner: str) -> WorkerWiring:
+def build_worker_broker(
+    settings: Settings, catalog: Catalog, *, owner: str, client: redis.Redis | None = None
+) -> WorkerWiring:
     """The path of a message through a worker, wired in the order it is travelled.
 
     The consumer (``consumer.py``) fetches and asks ``Claims`` to claim ahead; the
     middleware run in list order before the task and in reverse order after it:
     claim, time the attempt, store the result, record the outcome, advance the
-    workflow; the acker acks a success once its commit is done.
+    workflow; the acker acks a success once its commit is done. ``client``: the Redis client
+    of the consumers and acks (tests give one that fails chosen commands).
     """
     engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     store = JobStore(engine)
     redis_url = settings.require_redis_url("the worker")
-    client = redis_client(redis_url)
+    client = client or redis_client(redis_url)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
     results = build_result_storage(settings.effective_result_storage_url)
     writes = StatusWriter(store)
@@ -153,6 +159,10 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=100)
+    # NOTE: Dramatiq's consumer backs off (sleeps) whenever its prefetch is all in flight; with
+    # status writes in the loop a message stays in flight longer, so keep more of them fetched.
+    worker.queue_prefetch = threads * PREFETCH_PER_THREAD
     heartbeat = Heartbeat(
         client=broker.client,
         store=store,
@@ -161,12 +171,10 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
         interval_s=settings.worker_heartbeat_s,
         lease_s=settings.job_lease_s,
         liveness_file=Path(settings.data_dir) / "worker-alive",
+        consumers=ConsumerWatch(worker),
+        down_file=Path(settings.data_dir) / f"{CONSUMERS_DOWN_PREFIX}{os.getpid()}",
     )
     heartbeat.beat_once()
-    worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=100)
-    # NOTE: Dramatiq's consumer backs off (sleeps) whenever its prefetch is all in flight; with
-    # status writes in the loop a message stays in flight longer, so keep more of them fetched.
-    worker.queue_prefetch = threads * PREFETCH_PER_THREAD
     wiring.claims.claim_ahead(threads)
     if settings.worker_metrics:
         start_job_series([(spec.name, spec.queue) for spec in catalog.specs() if spec.queue in queues])

@@ -16,7 +16,7 @@ from dramatiq.middleware import Middleware
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from shared.broker.waking import WakingRedisBroker
+from shared.broker.waking import REDIS_DOWN, WakingRedisBroker
 from shared.errors import Unavailable
 from shared.job import Job, due_for_broker, utcnow
 
@@ -107,6 +107,6 @@ def publish(broker: RedisBroker, batch: Sequence[Job]) -> list[str]:
         else:
             for message, delay_ms in messages:
                 broker.enqueue(message, delay=delay_ms)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except REDIS_DOWN as exc:
         raise Unavailable(f"Redis cannot be reached: {exc}") from exc
     return [message.message_id for message, _ in messages]

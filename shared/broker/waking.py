@@ -21,11 +21,16 @@ from typing import Any
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message, get_encoder
 
 from shared.ids import random_uuid
 
 WAKE_PREFIX = "jobrelay:wake:"
+#: What a Redis call raises when Redis is away: refused, reset, or a socket that stalled past its
+#: timeout (redis-py's TimeoutError is not a ConnectionError, Bogdanp/dramatiq#894), or Dramatiq's
+#: own ``ConnectionClosed`` that the broker raises in their place.
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, ConnectionClosed)
 #: Tokens kept per queue: enough to wake every idle consumer of a burst, never a pile.
 WAKE_TOKENS = 64
 
@@ -52,13 +57,21 @@ class WakingRedisBroker(RedisBroker):
         return acks_key(self.namespace, self.broker_id, queue_name)
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
-        """Dramatiq's enqueue script and the wake-up token, in one round trip."""
+        """Dramatiq's enqueue script and the wake-up token, in one round trip.
+
+        NOTE: a Redis that is away raises ``ConnectionClosed``, as Dramatiq's own broker does:
+        a worker's consumer thread enqueues due delayed messages, and handles only that as a
+        connection loss (reconnecting); anything else made it close and, failing that too, end.
+        """
 
         def fill(pipe: redis.client.Pipeline) -> None:
             self._enqueue_in(pipe, queue_name, message_id, data)
             self._wake_in(pipe, {queue_name})
 
-        return self._execute(fill)[0]
+        try:
+            return self._execute(fill)[0]
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionClosed(exc) from None
 
     def enqueue_many(self, messages: list[tuple[Message[Any], int | None]]) -> None:
         """``enqueue`` for many messages (with their delays in ms) in one round trip.

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX
 from shared.settings import Settings
 from tests.deploy.manifests import REPO, Rendered, containers, venv_bin
 
@@ -90,3 +91,11 @@ def test_heartbeat_probe_behaves(rendered_all: dict[str, Rendered], tmp_path: Pa
     old = time.time() - 120
     os.utime(alive, (old, old))
     assert probe() == 1, "heartbeat two minutes old, but the probe passes"
+    # A process with a consumer thread down makes the worker not ready (and, left so, not live)
+    alive.touch()
+    down = tmp_path / f"{CONSUMERS_DOWN_PREFIX}1234"
+    down.write_text("default.DQ\n")
+    assert probe() == 1, "a consumer is down, but the probe passes"
+    # and the file a dead process left behind stops counting once it is old
+    os.utime(down, (old, old))
+    assert probe() == 0, "a consumers-down file two minutes old still fails the probe"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 
@@ -62,9 +64,11 @@ def worker_settings(redis_url: str, tmp_path: Path, database_url: str) -> Settin
     )
 
 
-@pytest.fixture
-def harness(worker_settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry) -> Iterator[Harness]:
-    wiring = build_worker_broker(worker_settings, catalog, owner="test-worker")
+@contextmanager
+def running_harness(
+    settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry, client: redis.Redis | None = None
+) -> Iterator[Harness]:
+    wiring = build_worker_broker(settings, catalog, owner="test-worker", client=client)
     broker = wiring.broker
     for queue in catalog.queues():
         broker.declare_queue(queue)
@@ -73,17 +77,30 @@ def harness(worker_settings: Settings, catalog: Catalog, store: JobStore, regist
     # As in a worker process: consumers claim jobs before handing out their messages.
     wiring.claims.claim_ahead(2)
     worker.start()
-    submitter = Submitter(store, registry, build_broker(worker_settings.require_redis_url("tests")), 1 << 20)
-    yield Harness(broker=broker, worker=worker, claims=wiring.claims, store=wiring.store, submitter=submitter)
-    worker.stop(timeout=5000)
-    wiring.close()
+    try:
+        submitter = Submitter(store, registry, build_broker(settings.require_redis_url("tests")), 1 << 20)
+        yield Harness(broker=broker, worker=worker, claims=wiring.claims, store=wiring.store, submitter=submitter)
+    finally:
+        worker.stop(timeout=5000)
+        wiring.close()
+
+
+@pytest.fixture
+def harness(worker_settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry) -> Iterator[Harness]:
+    with running_harness(worker_settings, catalog, store, registry) as running:
+        yield running
 
 
 def worker_broker(
-    redis_url: str, owner: str, *, claims: ClaimsAhead | None = None, deferred_acks: DeferredAcks | None = None
+    redis_url: str,
+    owner: str,
+    *,
+    claims: ClaimsAhead | None = None,
+    deferred_acks: DeferredAcks | None = None,
+    client: redis.Redis | None = None,
 ) -> WorkerBroker:
     """A worker's broker with no middleware, its consumers' collaborators given (or none)."""
-    client = redis_client(redis_url)
+    client = client or redis_client(redis_url)
     return WorkerBroker(
         ack_sets=AckSets(client, namespace=NAMESPACE, owner=owner),
         claims=claims,

@@ -28,3 +28,14 @@ def retry_later(after_s: float) -> None:
     from services.worker.retry_policy import Retry
 
     raise Retry(after_s=after_s)
+
+
+@task(name="testing.wait_for_file", queue="default", max_retries=0, time_limit_s=60)
+def wait_for_file(path: str) -> str:
+    """Run until ``path`` exists (at most 30 s): a test decides when this job's body ends."""
+    from pathlib import Path
+
+    deadline = time.monotonic() + 30
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "released"

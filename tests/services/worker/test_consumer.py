@@ -1,14 +1,21 @@
-"""The worker's consumer: it waits for a wake-up token when idle, and puts back what a replaced one dropped."""
+"""The worker's consumer: it waits for a wake-up token when idle, puts back what a replaced one dropped, and
+turns every Redis outage into the connection loss Dramatiq's consumer thread survives."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
+import dramatiq
+import pytest
 import redis
+from dramatiq.errors import ConnectionClosed
 
+from shared.broker.publishing import build_broker
 from shared.broker.waking import wake_key
 from tests.services.worker.conftest import worker_broker
+from tests.services.worker.redis_faults import Faults, dispatch
 from tests.shared.broker.test_waking import message
 
 
@@ -70,3 +77,61 @@ def test_nacked_and_requeued_messages_leave_the_hand(redis_url: str) -> None:
     consumer.nack(nacked)
     consumer.requeue([requeued])
     assert broker.ack_sets.in_hand("default") == set()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("error", [redis.ConnectionError, redis.TimeoutError])
+def test_a_failed_enqueue_of_a_due_delayed_message_and_of_the_requeue_after_it_stop_no_consumer(
+    redis_url: str, error: type[Exception]
+) -> None:
+    # Given a worker whose Redis refuses the enqueue of the first due delayed message and then the
+    # requeue of the delayed messages its consumer holds (Redis restarting at that moment)
+    faults = Faults()
+    faults.fail(dispatch("enqueue", "default"), error=error)
+    faults.fail(dispatch("requeue", "default.DQ"), error=error)
+    broker = worker_broker(redis_url, "delays-under-test", client=faults.client(redis_url))
+    ran: list[str] = []
+    dramatiq.actor(lambda tag: ran.append(tag), actor_name="noted", queue_name="default", broker=broker)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        # When one delayed message becomes due while another still waits in the consumer
+        build_broker(redis_url).enqueue(message_for_actor("noted", "soon"), delay=200)
+        build_broker(redis_url).enqueue(message_for_actor("noted", "later"), delay=1500)
+        # Then both faults happened, the delay queue's consumer is still alive, and both messages ran
+        assert wait_until(lambda: sorted(ran) == ["later", "soon"]), f"ran {ran}; faults {faults.rules}"
+        assert all(rule.hits == rule.times for rule in faults.rules[:1])
+        assert worker.consumers["default.DQ"].is_alive()
+    finally:
+        worker.stop(timeout=5000)
+        broker.close()
+
+
+def message_for_actor(actor: str, tag: str) -> dramatiq.Message[object]:
+    return dramatiq.Message(queue_name="default", actor_name=actor, args=(tag,), kwargs={}, options={})
+
+
+@pytest.mark.parametrize("step", ["ack", "nack", "requeue"])
+def test_ack_nack_and_requeue_turn_a_redis_timeout_into_a_connection_loss(redis_url: str, step: str) -> None:
+    # Given a consumer holding a message, and a Redis whose socket times out on the next such call
+    faults = Faults()
+    broker = worker_broker(redis_url, f"{step}-under-test", client=faults.client(redis_url))
+    broker.enqueue(message())
+    consumer = broker.consume("default", prefetch=1, timeout=100)
+    held = next(m for m in consumer if m is not None)
+    faults.fail(dispatch(step, "default"), error=redis.TimeoutError)
+    # When the consumer acks, nacks or puts it back
+    # Then Dramatiq's consumer thread gets the error it reconnects on (and retries acks), not another
+    with pytest.raises(ConnectionClosed):
+        if step == "requeue":
+            consumer.requeue([held])
+        else:
+            getattr(consumer, step)(held)

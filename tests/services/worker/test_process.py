@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from pathlib import Path
 
+import pytest
 import redis
+from prometheus_client import REGISTRY
 
 import tests.services.worker.tasks_for_tests  # noqa: F401 - registers the testing.* tasks
 from shared.broker.publishing import message_for
+from shared.catalog import Catalog
 from shared.ids import new_id
 from shared.job import JobStatus
 from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.attempts import ClaimOutcome
-from tests.services.worker.conftest import Harness
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+from tests.services.worker.conftest import Harness, running_harness
+from tests.services.worker.redis_faults import Faults, dispatch
 
 
 def test_echo_runs_to_succeeded_with_its_result(harness: Harness) -> None:
@@ -169,3 +177,62 @@ def test_a_job_this_worker_claimed_without_knowing_is_run_not_skipped(harness: H
     # Then the worker runs it once, as the attempt it already counted, instead of skipping it as a duplicate
     done = harness.wait(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.result == "mine" and done.attempts == 1
+
+
+def test_a_duplicate_delivery_skipped_while_the_job_runs_leaves_the_running_attempt_alone(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # Given a job running on one thread (Redis lost its message, so the relay published it again)
+    release = tmp_path / "release"
+    job = harness.submit({"task": "testing.wait_for_file", "args": {"path": str(release)}})
+    harness.wait(job.id, until=lambda j: j.status is JobStatus.RUNNING)
+    skipped = ("jobrelay_jobs_duplicates_skipped_total", {"task": job.task, "queue": job.queue})
+    before = REGISTRY.get_sample_value(*skipped) or 0.0
+    # When the second delivery reaches the other thread and is skipped as a duplicate
+    harness.broker.enqueue(message_for(job))
+    deadline = time.monotonic() + 10
+    while (REGISTRY.get_sample_value(*skipped) or 0.0) <= before:
+        assert time.monotonic() < deadline, "the second delivery was never skipped"
+        time.sleep(0.02)
+    # Then the first attempt still ends with its outcome recorded (the skip used to drop its entry,
+    # so its end found nothing to record and the row stayed running for good)
+    release.touch()
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == "released" and done.attempts == 1
+
+
+@pytest.mark.parametrize("error", [redis.ConnectionError, redis.TimeoutError])
+def test_a_retry_whose_publish_redis_refuses_is_sent_once_redis_answers(
+    worker_settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry, error: type[Exception]
+) -> None:
+    # Given a worker whose Redis refuses the publish of a retry's message twice
+    faults = Faults()
+    rule = faults.fail(dispatch("enqueue", "default.DQ"), error=error, times=2)
+    client = faults.client(worker_settings.require_redis_url("tests"))
+    with running_harness(worker_settings, catalog, store, registry, client=client) as harness:
+        # When a job fails its first attempt
+        job = harness.submit({"task": "diagnostics.fail", "args": {"succeed_on_attempt": 2}})
+        # Then its retry goes out once Redis answers, and the job succeeds on its second attempt
+        done = harness.wait(job.id, timeout_s=20)
+        assert rule.hits == 2
+        assert done.status is JobStatus.SUCCEEDED and done.attempts == 2
+
+
+def test_an_ack_redis_refuses_is_sent_again_and_the_job_not_run_twice(
+    worker_settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry, redis_client: redis.Redis
+) -> None:
+    # Given a worker whose Redis refuses its next batch of acks (the script that acks many)
+    faults = Faults()
+    rule = faults.fail(lambda text: text[0].upper() in ("EVALSHA", "EVAL", "SCRIPT") and "__acks__" in " ".join(text))
+    client = faults.client(worker_settings.require_redis_url("tests"))
+    with running_harness(worker_settings, catalog, store, registry, client=client) as harness:
+        # When a job succeeds
+        job = harness.submit({"task": "diagnostics.echo", "args": {"message": "acked"}})
+        done = harness.wait(job.id)
+        # Then its message is acked once Redis answers (nothing left in the ack set or the queue)
+        deadline = time.monotonic() + 10
+        while redis_client.hlen("dramatiq:default.msgs"):
+            assert time.monotonic() < deadline, "the message was never acked"
+            time.sleep(0.02)
+        assert rule.hits == 1
+        assert done.status is JobStatus.SUCCEEDED and harness.store.get(job.id).attempts == 1
