@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LINT_PATHS := shared services tests $(wildcard bench)
 
-.PHONY: run test lint format install system-deps bench bench-quick chaos clean
+.PHONY: run test lint format install system-deps bench bench-quick chaos soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench-quick: $(BENCH_STAMP) system-deps
 ## The long form of the fault-injection suite: writes docs/reliability.md.
 chaos: install system-deps
 	$(BIN)/python -m bench.chaos
+
+## The Redis and worker-death scenarios, SOAK_RUNS times each (30), with the CPUs kept busy.
+SOAK_RUNS ?= 30
+soak: install system-deps
+	SOAK_RUNS=$(SOAK_RUNS) $(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

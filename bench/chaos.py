@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, make_url, text
 
 from bench.report import machine
+from bench.soak import keep_soak_section
 from tests.reliability.api_faults import bad_input, security, slow_client_capacity
 from tests.reliability.audit import Report
 from tests.reliability.cluster import Cluster
@@ -162,6 +163,7 @@ def write_doc(
         else "The fast form was not timed in this run."
     )
     DOC.parent.mkdir(parents=True, exist_ok=True)
+    previous = DOC.read_text() if DOC.exists() else ""
     DOC.write_text(
         f"""# Reliability: the fault-injection suite
 
@@ -264,6 +266,33 @@ Still open:
   event loop while it runs, and a keep-alive client stays on one worker. Run the API behind a proxy that
   buffers request bodies (ingress-nginx does by default).
 - A 1 MiB body of 60,000 unknown arguments still costs about a second of CPU to check.
+- **Redis restarts stopped a worker's retries and delayed jobs for good** (issue: a Redis restart at the
+  wrong moment). A worker's consumer thread of a delay queue enqueues each due message itself;
+  `do_enqueue` let a raw `redis.ConnectionError` out, which Dramatiq's consumer thread takes for an
+  unexpected error: it closes its consumer, whose requeue of the delayed messages it holds failed too,
+  and the thread ended. The process stayed up and ready with no consumer of `default.DQ`: no retry and
+  no delayed job of `default` ran in it again. `redis.TimeoutError` (a stalled socket) took the same path
+  on every call, since Dramatiq maps only `ConnectionError` (Bogdanp/dramatiq#894). Now the enqueue
+  (`shared/broker/waking.py`), ack, nack, requeue and fetch (`services/worker/consumer.py`,
+  `connection_lost`) raise Dramatiq's `ConnectionClosed` for both, which the thread survives by
+  reconnecting (the new consumer puts the delay queue's ack set back first). A consumer thread that ends
+  anyway is started again by the heartbeat (`services/worker/consumer_watch.py`), counted in
+  `jobrelay_worker_consumer_restarts_total`, and the worker's probes fail while
+  `$DATA_DIR/consumers-down.<pid>` is fresh. Deterministic tests: `tests/services/worker/test_consumer.py`
+  (a Redis client that refuses the exact enqueue, then the requeue: fails on 56f3f81),
+  `test_process.py` (a retry's publish refused twice, an ack batch refused), `test_consumer_watch.py`.
+- **A job left `running` with its message gone.** When Redis lost a running job's message (SIGKILL, or
+  a publish lost with the connection), the outbox relay or the lost-message reconcile published it again;
+  a second thread of the same worker took that delivery, found the row running under its own lease and
+  skipped it as a duplicate, and the skip hook removed the running entry by job id: the entry of the
+  first thread, still inside the task. When the task ended, the status hook found no entry, recorded
+  nothing, and Dramatiq acked the message: the row stayed `running` with no message anywhere, its lease
+  no longer renewed by anyone. The intent was in the store all along; the loss was the worker forgetting
+  its own attempt. The skip hook now removes only the attempt of its own thread
+  (`services/worker/middleware/claims.py`, `after_skip_message`); the deterministic test
+  (`test_a_duplicate_delivery_skipped_while_the_job_runs_leaves_the_running_attempt_alone`, a job held
+  in its task while its duplicate is skipped) failed every time on 56f3f81 with the row `running`, and
+  needs no sweeper of `running` rows.
 
 ## Static checks
 
@@ -277,6 +306,8 @@ SQL is built only through SQLAlchemy: a test walks the syntax trees of `shared/`
 `%`-formatting, `.format()` or concatenation, and finds none.
 """
     )
+    # The soak table (`make soak`) is written by bench/soak.py; it stays.
+    keep_soak_section(previous)
 
 
 if __name__ == "__main__":

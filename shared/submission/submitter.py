@@ -1,6 +1,7 @@
 """The job-submission service: validate, commit, then publish, with the row durable before the answer.
 
-The API's resources and the scheduler's fires both submit through here; a job the
+The API's resources submit through here (the scheduler's fires write their rows in
+``services/scheduler/runner.py`` with the same validation and publish); a job the
 broker cannot take now stays in the store for the outbox relay.
 """
 
