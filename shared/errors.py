@@ -28,8 +28,34 @@ class SettingsError(JobrelayError):
     title = "Invalid setting"
 
 
+class BadRequest(JobrelayError):
+    """The body is not JSON at all (400), unlike ``InvalidInput`` (valid JSON, wrong content: 422)."""
+
+    title = "Malformed request"
+
+
 class InvalidInput(JobrelayError):
     title = "Invalid input"
+
+
+class PayloadTooLarge(JobrelayError):
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(JobrelayError):
+    title = "Unsupported media type"
+
+
+class Unauthorized(JobrelayError):
+    """No credentials, or credentials nobody issued."""
+
+    title = "Unauthorized"
+
+
+class Forbidden(JobrelayError):
+    """Known credentials without the permission this request needs."""
+
+    title = "Forbidden"
 
 
 class NotFound(JobrelayError):

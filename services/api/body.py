@@ -8,7 +8,7 @@ from typing import Any
 
 import falcon
 
-from services.api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 _MAX_DEPTH = 64
 #: JSON, no type at all, or curl's default for `-d` (the body must still be JSON).

@@ -10,44 +10,37 @@ import falcon
 import redis
 
 from services.api.problems import PROBLEM, problem_body
-from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError, NotFound, Unavailable
+from shared.errors import (
+    BadRequest,
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    JobrelayError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from shared.store.engine import STORE_DOWN
 
 #: A problem lists at most this many errors (a 1 MiB body can hold 60,000 wrong arguments).
 MAX_ERRORS = 100
 log = logging.getLogger(__name__)
 
-_STATUS = {
-    InvalidInput: 422,
+#: The HTTP status of each class of the error tree; any other ``JobrelayError`` is a 500.
+_STATUS: dict[type[JobrelayError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidInput: 422,
     Unavailable: 503,
 }
-
-
-class BadRequest(JobrelayError):
-    """The body is not JSON at all (400), unlike ``InvalidInput`` (valid JSON, wrong content: 422)."""
-
-    title = "Malformed request"
-
-
-class PayloadTooLarge(JobrelayError):
-    title = "Payload too large"
-
-
-class UnsupportedMediaType(JobrelayError):
-    title = "Unsupported media type"
-
-
-class Unauthorized(JobrelayError):
-    title = "Unauthorized"
-
-
-class Forbidden(JobrelayError):
-    title = "Forbidden"
-
-
-_STATUS.update({BadRequest: 400, PayloadTooLarge: 413, UnsupportedMediaType: 415, Unauthorized: 401, Forbidden: 403})
 
 
 def problem(

@@ -8,8 +8,7 @@ from typing import Any
 
 import falcon
 
-from services.api.errors import Forbidden, Unauthorized
-from shared.errors import NotFound
+from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.ids import new_id
 from shared.logs import reset_log_context, set_log_context
 from shared.settings import ApiKey
