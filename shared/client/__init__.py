@@ -2,8 +2,11 @@
 
 Callers get plain dicts shaped exactly as the API documents them, and every
 error the API can answer with becomes a typed ``ClientError`` carrying the
-problem+json fields, so scripts can ``except NotFound`` rather than parse
+problem+json fields, so scripts can ``except ApiNotFound`` rather than parse
 status codes. The bearer token is kept out of every message and repr.
+
+The classes for an HTTP answer are named ``Api<what the API said>``, so none
+shares a name with the server's own error tree (``shared.errors.NotFound``).
 """
 
 from __future__ import annotations
@@ -60,39 +63,39 @@ class ClientError(Exception):
         super().__init__(text)
 
 
-class BadRequest(ClientError):
+class ApiBadRequest(ClientError):
     """400: the body was not JSON."""
 
 
-class Unauthorized(ClientError):
+class ApiUnauthorized(ClientError):
     """401: no token, or a token the server does not know."""
 
 
-class Forbidden(ClientError):
+class ApiForbidden(ClientError):
     """403: a known token without the scope this call needs."""
 
 
-class NotFound(ClientError):
+class ApiNotFound(ClientError):
     """404: no such job (or route, or result yet)."""
 
 
-class Conflict(ClientError):
+class ApiConflict(ClientError):
     """409: the job's state forbids this (cancel a finished job, reuse an idempotency key)."""
 
 
-class PayloadTooLarge(ClientError):
+class ApiPayloadTooLarge(ClientError):
     """413: the request body is over the server's limit."""
 
 
-class InvalidRequest(ClientError):
+class ApiInvalidRequest(ClientError):
     """422: the request was understood but is invalid; ``errors`` names each problem by JSON pointer."""
 
 
-class ServiceUnavailable(ClientError):
+class ApiUnavailable(ClientError):
     """503: a dependency of the server (Redis, the store) is down; retrying later may work."""
 
 
-class ServerError(ClientError):
+class ApiServerError(ClientError):
     """Any other 5xx."""
 
 
@@ -109,14 +112,14 @@ class WaitTimeout(ClientError, TimeoutError):
 
 
 _BY_STATUS: dict[int, type[ClientError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: PayloadTooLarge,
-    422: InvalidRequest,
-    503: ServiceUnavailable,
+    400: ApiBadRequest,
+    401: ApiUnauthorized,
+    403: ApiForbidden,
+    404: ApiNotFound,
+    409: ApiConflict,
+    413: ApiPayloadTooLarge,
+    422: ApiInvalidRequest,
+    503: ApiUnavailable,
 }
 
 
@@ -130,7 +133,7 @@ def error_for_response(status: int, content_type: str, body: bytes, *, method: s
             problem = None
     if not isinstance(problem, dict):
         problem = {"detail": body.decode("utf-8", "replace").strip()[:200]}
-    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else ClientError)
+    cls = _BY_STATUS.get(status) or (ApiServerError if status >= 500 else ClientError)
     raw_errors = problem.get("errors")
     errors = [e for e in raw_errors if isinstance(e, dict)] if isinstance(raw_errors, list) else []
     return cls(
@@ -261,11 +264,11 @@ class JobrelayClient:
         return self._call("POST", "/v1/jobs/batch", body={"jobs": [dict(job) for job in jobs]})["jobs"]
 
     def get(self, job_id: str) -> Job:
-        """The job as it is now; ``NotFound`` for an unknown id."""
+        """The job as it is now; ``ApiNotFound`` for an unknown id."""
         return self._call("GET", self._job_path(job_id))
 
     def result(self, job_id: str) -> Any:
-        """The job's result: decoded JSON, or bytes for a stored non-JSON body. ``NotFound`` until done."""
+        """The job's result: decoded JSON, or bytes for a stored non-JSON body. ``ApiNotFound`` until done."""
         return self._call("GET", self._job_path(job_id, "/result"))
 
     def wait(
@@ -293,11 +296,11 @@ class JobrelayClient:
             time.sleep(poll_s if left is None else min(poll_s, left))
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a job; ``Conflict`` if it is already final."""
+        """Cancel a job; ``ApiConflict`` if it is already final."""
         return self._call("POST", self._job_path(job_id, "/cancel"))
 
     def retry(self, job_id: str) -> Job:
-        """Run a failed, cancelled or expired job again; ``Conflict`` in other states."""
+        """Run a failed, cancelled or expired job again; ``ApiConflict`` in other states."""
         return self._call("POST", self._job_path(job_id, "/retry"))
 
     def list(

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from shared.client import ClientError, ConnectionFailed, Job, JobrelayClient, Unauthorized
+from shared.client import ApiUnauthorized, ClientError, ConnectionFailed, Job, JobrelayClient
 
 COMMANDS = frozenset({"submit", "status"})
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -209,7 +209,7 @@ def _status(client: JobrelayClient, args: argparse.Namespace) -> int:
 
 def _explain(exc: ClientError) -> str:
     """The error's one line plus what to do about the usual setup mistakes."""
-    if isinstance(exc, Unauthorized):
+    if isinstance(exc, ApiUnauthorized):
         return f"{exc} (give a token: JOBRELAY_TOKEN or --token)"
     if isinstance(exc, ConnectionFailed):
         return f"{exc} (is the API running? set JOBRELAY_URL or --url)"

@@ -17,18 +17,18 @@ import pytest
 from services.api.app import create_app
 from shared.broker.publishing import build_broker
 from shared.client import (
-    BadRequest,
+    ApiBadRequest,
+    ApiConflict,
+    ApiForbidden,
+    ApiInvalidRequest,
+    ApiNotFound,
+    ApiPayloadTooLarge,
+    ApiServerError,
+    ApiUnauthorized,
+    ApiUnavailable,
     ClientError,
-    Conflict,
     ConnectionFailed,
-    Forbidden,
-    InvalidRequest,
     JobrelayClient,
-    NotFound,
-    PayloadTooLarge,
-    ServerError,
-    ServiceUnavailable,
-    Unauthorized,
     WaitTimeout,
     error_for_response,
     job_request,
@@ -97,7 +97,7 @@ def test_submit_with_delay_is_scheduled(api: JobrelayClient) -> None:
 def test_idempotency_key_returns_the_original_job(api: JobrelayClient) -> None:
     first = api.submit("diagnostics.echo", ECHO_ARGS, idempotency_key="order-42")
     assert api.submit("diagnostics.echo", ECHO_ARGS, idempotency_key="order-42")["id"] == first["id"]
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(ApiConflict) as caught:
         api.submit("diagnostics.echo", {"message": "other"}, idempotency_key="order-42")
     assert caught.value.status == 409
 
@@ -120,7 +120,7 @@ def test_list_filters_and_iter_jobs_follows_cursors(api: JobrelayClient) -> None
 def test_cancel_then_cancel_again_is_a_conflict(api: JobrelayClient) -> None:
     job = api.submit("diagnostics.echo", ECHO_ARGS, delay_s=60)
     assert api.cancel(job["id"])["status"] == "cancelled"
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(ApiConflict) as caught:
         api.cancel(job["id"])
     assert caught.value.status == 409 and caught.value.title == "Conflict"
     assert caught.value.method == "POST" and caught.value.path == f"/v1/jobs/{job['id']}/cancel"
@@ -151,14 +151,14 @@ def test_wait_times_out_with_the_last_state(api: JobrelayClient) -> None:
 
 def test_result_before_success_is_not_found(api: JobrelayClient) -> None:
     job = api.submit("diagnostics.echo", ECHO_ARGS)
-    with pytest.raises(NotFound):
+    with pytest.raises(ApiNotFound):
         api.result(job["id"])
 
 
 def test_wrong_token_is_unauthorized_and_never_shown(api_url: str) -> None:
     secret = "not-a-known-token-s3cr3t"
     client = JobrelayClient(api_url, secret)
-    with pytest.raises(Unauthorized) as caught:
+    with pytest.raises(ApiUnauthorized) as caught:
         client.list()
     error = caught.value
     assert error.status == 401 and error.detail
@@ -169,42 +169,42 @@ def test_wrong_token_is_unauthorized_and_never_shown(api_url: str) -> None:
 def test_read_only_token_is_forbidden_to_submit(api_url: str) -> None:
     reader = JobrelayClient(api_url, READER)
     assert reader.list()["items"] == []
-    with pytest.raises(Forbidden) as caught:
+    with pytest.raises(ApiForbidden) as caught:
         reader.submit("diagnostics.echo", ECHO_ARGS)
     assert caught.value.status == 403 and "write" in caught.value.detail
     assert READER not in str(caught.value) and READER not in repr(caught.value)
 
 
 def test_unknown_job_is_not_found(api: JobrelayClient) -> None:
-    with pytest.raises(NotFound) as caught:
+    with pytest.raises(ApiNotFound) as caught:
         api.get("no-such-job")
     assert caught.value.status == 404
 
 
 def test_invalid_arguments_are_invalid_request_with_paths(api: JobrelayClient) -> None:
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(ApiInvalidRequest) as caught:
         api.submit("diagnostics.sleep", {"seconds": -1, "extra": True})
     error = caught.value
     paths = {e["path"] for e in error.errors}
     assert error.status == 422 and "/args/seconds" in paths
     assert "/args/seconds" in str(error) and "\n" not in str(error)
-    with pytest.raises(InvalidRequest) as batch:
+    with pytest.raises(ApiInvalidRequest) as batch:
         api.submit_batch([job_request("diagnostics.echo", ECHO_ARGS), job_request("no.such.task")])
     assert batch.value.errors and all(e["path"].startswith("/jobs/1/") for e in batch.value.errors)
 
 
 def test_oversized_body_is_payload_too_large(api: JobrelayClient) -> None:
-    with pytest.raises(PayloadTooLarge) as caught:
+    with pytest.raises(ApiPayloadTooLarge) as caught:
         api.submit("diagnostics.echo", {"message": "x" * (1024 * 1024 + 1)})
     assert caught.value.status == 413
 
 
 def test_retry_posts_to_the_retry_route(api: JobrelayClient) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(ApiNotFound):
         api.retry("no-such-job")
     queued = api.submit("diagnostics.echo", ECHO_ARGS)
     # A GET would be 405; only a POST to /retry reaches the state check that refuses a queued job.
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(ApiConflict) as caught:
         api.retry(queued["id"])
     assert caught.value.method == "POST" and caught.value.path == f"/v1/jobs/{queued['id']}/retry"
 
@@ -224,7 +224,7 @@ def test_non_http_base_url_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(400, BadRequest), (405, ClientError), (500, ServerError), (502, ServerError), (503, ServiceUnavailable)],
+    [(400, ApiBadRequest), (405, ClientError), (500, ApiServerError), (502, ApiServerError), (503, ApiUnavailable)],
 )
 def test_error_mapping_covers_statuses_a_test_server_cannot_produce(status: int, cls: type[ClientError]) -> None:
     problem = b'{"title": "T", "status": 0, "detail": "D", "errors": [{"path": "/x", "message": "m"}]}'
