@@ -14,7 +14,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from redis.retry import Retry as RedisRetry
 
 from shared.broker.waking import REDIS_DOWN, WakingRedisBroker
 from shared.errors import Unavailable
@@ -31,7 +31,7 @@ def redis_client(redis_url: str) -> redis.Redis:
         socket_connect_timeout=2,
         socket_timeout=10,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry=RedisRetry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
     )
 
 
