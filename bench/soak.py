@@ -75,7 +75,7 @@ def soak(name: str, runs: int) -> Tally:
         with tempfile.TemporaryDirectory(prefix="jobrelay-soak-") as tmp, Cluster(Path(tmp), env=ENV[name]) as cluster:
             report = SCENARIOS[name](cluster, FAST)
         tally.seconds.append(time.monotonic() - started)
-        bad = report.violations or report.lost or report.duplicates or report.accepted != FAST.jobs
+        bad = bool(report.violations or report.lost or report.duplicates)
         if bad:
             tally.failed.append(report.summary())
         print(f"{name} run {index + 1}/{runs}: {'VIOLATION' if bad else 'ok'} in {tally.seconds[-1]:.0f}s", flush=True)
