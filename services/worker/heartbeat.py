@@ -12,7 +12,7 @@ import redis
 from services.worker.consumer_watch import ConsumerWatch
 from services.worker.middleware.claims import Claims
 from shared.broker.orphans import beat
-from shared.store.jobs import JobStore
+from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class Heartbeat(threading.Thread):
         self,
         *,
         client: redis.Redis,
-        store: JobStore,
+        store: JobStoreProtocol,
         claims: Claims,
         owner: str,
         interval_s: float,

@@ -21,7 +21,7 @@ from typing import Any
 
 from shared.batches import take_batch
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest
-from shared.store.jobs import JobStore
+from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class _Pending:
 
 
 class StatusWriter:
-    def __init__(self, store: JobStore, *, max_batch: int = 256) -> None:
+    def __init__(self, store: JobStoreProtocol, *, max_batch: int = 256) -> None:
         self.store = store
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()

@@ -30,7 +30,7 @@ from shared.job import Job
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage
 from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
-from shared.store.jobs import JobStore
+from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
 #: How many ended jobs a process remembers (``_recent``): far more than end between a claim and its start.
@@ -63,7 +63,7 @@ class Claims(Middleware):
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStoreProtocol,
         writes: StatusWriter,
         results: ResultStorage,
         *,

@@ -31,7 +31,7 @@ from shared.catalog import Catalog, TaskDefinition
 from shared.errors import TaskError
 from shared.job import Job, JobStatus, utcnow
 from shared.store.attempts import FinishRequest
-from shared.store.jobs import JobStore
+from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Outcomes(Middleware):
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStoreProtocol,
         writes: StatusWriter,
         catalog: Catalog,
         *,

@@ -25,7 +25,7 @@ from dramatiq.middleware.threading import raise_thread_exception
 
 from services.worker.middleware.claims import Claims
 from services.worker.middleware.outcomes import Cancelled, Outcomes
-from shared.store.jobs import JobStore
+from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def hard_limit_s(soft_limit_s: float) -> float:
 class Watchdog(Middleware):
     def __init__(
         self,
-        store: JobStore,
+        store: JobStoreProtocol,
         claims: Claims,
         outcomes: Outcomes,
         *,

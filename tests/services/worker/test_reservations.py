@@ -1,4 +1,4 @@
-"""Claims made before messages are handed out: how many, and what happens to them (pure logic)."""
+"""Claims made before messages are handed out: how many, and what happens to them and to their rows."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import dramatiq
 import pytest
 
 from services.worker.reservations import SHORT_JOB_S, Reservations
+from shared.clock import FakeClock
 from shared.job import Job, JobStatus, utcnow
 from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
+from shared.store.memory import MemoryJobStore
+from tests.shared.store.test_jobs import make_job
 
 
 def message(n: int) -> dramatiq.Message[object]:
@@ -155,3 +158,87 @@ def test_a_thread_freeing_up_wakes_a_waiting_consumer(book: Book) -> None:
     # Then the consumer wakes (long before its 60 s timeout)
     waiter.join(timeout=10)
     assert not waiter.is_alive()
+
+
+# -- on the store's twin: the claims ahead are rows held under a lease ----------
+
+
+def reservations_on(store: MemoryJobStore, owner: str = "w1", threads: int = 4) -> Reservations:
+    """Reservations claiming in ``store`` as the status writer and the claims middleware do."""
+    made = Reservations(
+        claim_many=lambda requests: store.commit_batch(requests, [])[0],
+        unclaim=lambda job_ids: store.unclaim(owner, job_ids),
+        busy=lambda: 0,
+        owner=owner,
+        lease_s=30,
+    )
+    made.threads = threads
+    return made
+
+
+def test_claims_ahead_hold_their_rows_until_given_back() -> None:
+    # Given two waiting jobs
+    store = MemoryJobStore()
+    store.insert([make_job(id="j1"), make_job(id="j2")])
+    ahead = reservations_on(store)
+    # When both messages are claimed ahead, then put back on the queue before a thread took them
+    assert ahead.ready([message(1), message(2)]) == 2
+    assert [store.get(job_id).lease_owner for job_id in ("j1", "j2")] == ["w1", "w1"]
+    ahead.give_back(["r1", "r2"])
+    # Then the rows wait again, their attempt not counted, for any worker to claim
+    for job_id in ("j1", "j2"):
+        row = store.get(job_id)
+        assert row.status is JobStatus.QUEUED and row.attempts == 0 and row.lease_owner is None
+    assert store.claim("j1", owner="w2", lease_s=30).outcome is ClaimOutcome.CLAIMED
+
+
+def test_a_claim_ahead_of_a_job_another_worker_runs_frees_its_room_at_once() -> None:
+    # Given a job w2 runs, and one waiting
+    store = MemoryJobStore()
+    store.insert([make_job(id="j1"), make_job(id="j2")])
+    store.claim("j1", owner="w2", lease_s=30)
+    ahead = reservations_on(store)
+    ahead.ready([message(1), message(2)])
+    # When the threads take their claims
+    duplicate = ahead.take("r1")
+    # Then the duplicate delivery is told so, its room is free, and w2 keeps its job
+    assert duplicate is not None and duplicate.outcome is ClaimOutcome.DUPLICATE
+    assert ahead.job_ids() == ["j2"]
+    ahead.give_back(["r1", "r2"])
+    assert store.get("j1").lease_owner == "w2" and store.get("j2").lease_owner is None
+
+
+def test_a_claim_ahead_keeps_its_lease_only_while_the_heartbeat_renews_it() -> None:
+    # Given a job claimed ahead for 30 s, on a clock that moves only when told
+    clock = FakeClock()
+    store = MemoryJobStore(clock)
+    store.insert([make_job(id="j1", created_at=clock.now())])
+    ahead = reservations_on(store)
+    ahead.ready([message(1)])
+    # When its thread is slow to start it, and the heartbeat renews what is claimed here
+    clock.advance(25)
+    store.renew_leases("w1", ahead.job_ids(), lease_s=30)
+    clock.advance(25)
+    # Then no other worker can take it
+    assert store.claim("j1", owner="w2", lease_s=30).outcome is ClaimOutcome.DUPLICATE
+    # When the renewals stop (a stuck process) and the lease runs out
+    clock.advance(6)
+    # Then another worker claims it, and the stale claim's finish is refused
+    assert store.claim("j1", owner="w2", lease_s=30).outcome is ClaimOutcome.CLAIMED
+    assert not store.finish("j1", owner="w1", status=JobStatus.SUCCEEDED)
+
+
+def test_a_job_cancelled_while_claimed_ahead_is_dropped_and_recorded_cancelled() -> None:
+    # Given two jobs claimed ahead, one of which an operator cancels before it starts
+    store = MemoryJobStore()
+    store.insert([make_job(id="j1"), make_job(id="j2")])
+    ahead = reservations_on(store)
+    ahead.ready([message(1), message(2)])
+    store.cancel("j2")
+    # When the watchdog asks which reserved jobs were cancelled and drops them
+    dropped = ahead.drop_jobs(set(store.cancel_requested_among(ahead.job_ids())))
+    assert [claim.job.id for claim in dropped if claim.job] == ["j2"]
+    # Then the worker can record it cancelled (it holds the lease), and its message skips at start
+    assert store.finish("j2", owner="w1", status=JobStatus.CANCELLED)
+    assert store.get("j2").status is JobStatus.CANCELLED and ahead.take("r2") is None
+    assert ahead.job_ids() == ["j1"]
