@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shared.errors import SettingsError
+from shared.mail import InvalidAddress, SmtpServer, parse_address
 from shared.results import S3Location
 
 T = TypeVar("T")
@@ -67,6 +68,12 @@ class Settings:
     leader_lease_s: float = 10.0
     relay_grace_s: float = 2.0
     store_timeout_s: float = 5.0
+    #: The built-in tasks' own settings, read by them through ``services.worker.context.current_settings``.
+    smtp_server: SmtpServer = dataclasses.field(default_factory=SmtpServer)
+    #: None: ``jobrelay@<this host's FQDN>``, decided when a mail is sent.
+    smtp_from: str | None = None
+    webhook_signing_secret: str | None = dataclasses.field(default=None, repr=False)
+    reports_database_url: str | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -74,6 +81,11 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'jobrelay.db').resolve()}"
+
+    @property
+    def effective_reports_database_url(self) -> str:
+        """``REPORTS_DATABASE_URL``, or the job store itself."""
+        return self.reports_database_url or self.effective_database_url
 
     @property
     def effective_result_storage_url(self) -> str:
@@ -121,6 +133,10 @@ class Settings:
             leader_lease_s=_get(env, "LEADER_LEASE_S", _float(1, 600), d.leader_lease_s),
             relay_grace_s=_get(env, "RELAY_GRACE_S", _float(0, 3600), d.relay_grace_s),
             store_timeout_s=_get(env, "STORE_TIMEOUT_S", _float(0.1, 600), d.store_timeout_s),
+            smtp_server=_get(env, "SMTP_URL", SmtpServer.from_url, d.smtp_server),
+            smtp_from=_get(env, "SMTP_FROM", _sender, None),
+            webhook_signing_secret=_get(env, "WEBHOOK_SIGNING_SECRET", str, None),
+            reports_database_url=_get(env, "REPORTS_DATABASE_URL", _database_url, None),
         )
 
 
@@ -135,8 +151,8 @@ def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: 
 
 
 def _shown(name: str, raw: str) -> str:
-    # NOTE: API_KEYS holds secrets and URLs may hold passwords; never echo them.
-    if name == "API_KEYS" or name.endswith("_URL"):
+    # NOTE: API_KEYS and *_SECRET hold secrets and URLs may hold passwords; never echo them.
+    if name == "API_KEYS" or name.endswith(("_URL", "_SECRET")):
         return "a value that is not shown"
     return repr(raw)
 
@@ -213,6 +229,29 @@ def _result_storage_url(raw: str) -> str:
     _url(("file", "s3"))(raw)
     if raw.startswith("s3"):
         S3Location.parse(raw)
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    """A SQLAlchemy URL of a database the store's engine speaks: SQLite or PostgreSQL."""
+    # NOTE: imported here, not at the top: importing settings (and ``jobrelay``) must stay cheap.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(raw).get_backend_name()
+    except (ArgumentError, ValueError):
+        raise ValueError("must be a SQLAlchemy URL, such as postgresql://user:password@host/db") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError("must be a sqlite:// or postgresql:// URL")
+    return raw
+
+
+def _sender(raw: str) -> str:
+    try:
+        parse_address(raw, "SMTP_FROM")
+    except InvalidAddress:
+        raise ValueError("must be an email address, addr or Name <addr>") from None
     return raw
 
 

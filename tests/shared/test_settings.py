@@ -12,6 +12,7 @@ from types import MappingProxyType
 import pytest
 
 from shared.errors import JobrelayError, SettingsError
+from shared.mail import SmtpServer
 from shared.settings import LOG_LEVELS, ApiKey, Settings, parse_api_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,10 @@ ALL_VARIABLES = (
     "JOB_RETENTION",
     "LEADER_LEASE_S",
     "RELAY_GRACE_S",
+    "SMTP_URL",
+    "SMTP_FROM",
+    "WEBHOOK_SIGNING_SECRET",
+    "REPORTS_DATABASE_URL",
 )
 
 TOKEN = "tok-Zq83hLw0pX"
@@ -87,6 +92,10 @@ def test_empty_environment_gives_the_defaults() -> None:
     assert settings.job_retention_s == 7 * 86400.0
     assert settings.leader_lease_s == 10.0
     assert settings.relay_grace_s == 2.0
+    assert settings.smtp_server == SmtpServer(host="localhost", port=25)
+    assert settings.smtp_from is None
+    assert settings.webhook_signing_secret is None
+    assert settings.reports_database_url is None
 
 
 @pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
@@ -419,6 +428,129 @@ def test_fractional_seconds_are_kept() -> None:
     assert settings.job_lease_s == 12.5
 
 
+# --- the built-in tasks' settings ----------------------------------------------------------
+
+
+def test_smtp_url_is_parsed_once_into_the_server() -> None:
+    settings = Settings.from_env(
+        {"SMTP_URL": f"smtp://relay%40corp:{PASSWORD}%2F1@mail.internal:587?starttls=1&timeout=5"}
+    )
+
+    assert settings.smtp_server == SmtpServer(
+        host="mail.internal",
+        port=587,
+        implicit_tls=False,
+        starttls=True,
+        user="relay@corp",
+        password=f"{PASSWORD}/1",
+        timeout_s=5.0,
+    )
+    assert PASSWORD not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "port", "implicit_tls"),
+    [
+        ("smtp://mail.internal", 25, False),
+        ("smtps://mail.internal", 465, True),
+        ("smtps://mail.internal:2465", 2465, True),
+    ],
+)
+def test_smtp_url_default_ports_follow_the_scheme(url: str, port: int, implicit_tls: bool) -> None:
+    server = Settings.from_env({"SMTP_URL": url}).smtp_server
+
+    assert (server.port, server.implicit_tls, server.starttls) == (port, implicit_tls, False)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://mail.internal", "must start with smtp:// or smtps://"),
+        ("mail.internal:25", "must start with smtp:// or smtps://"),
+        ("smtp://mail.internal:port", "the port must be a number"),
+        ("smtp://mail.internal:70000", "the port must be a number"),
+        ("smtp://mail.internal?timeout=soon", "timeout must be a number"),
+        ("smtp://mail.internal?timeout=0", "timeout must be between"),
+        ("smtp://mail.internal?starttls=maybe", "starttls must be on or off"),
+        ("smtp://mail.internal?tls=1", "unknown query parameter 'tls'"),
+        ("smtp://mail.internal?starttls", "key=value pairs"),
+        ("smtps://mail.internal?starttls=1", "starttls is for smtp://"),
+    ],
+)
+def test_malformed_smtp_urls_are_refused(url: str, reason: str) -> None:
+    error = refused({"SMTP_URL": url})
+
+    assert str(error).startswith("SMTP_URL:")
+    assert reason in str(error)
+
+
+@pytest.mark.parametrize("sender", ["noreply@example.com", "Jobrelay <noreply@example.com>"])
+def test_smtp_from_accepts_an_address_with_or_without_a_name(sender: str) -> None:
+    assert Settings.from_env({"SMTP_FROM": sender}).smtp_from == sender
+
+
+@pytest.mark.parametrize(
+    "sender", ["noreply", "noreply@", "@example.com", "no reply@example.com", "a@exa mple.com", "a@b.com, c@d.com"]
+)
+def test_smtp_from_that_is_not_an_address_is_refused(sender: str) -> None:
+    error = refused({"SMTP_FROM": sender})
+
+    assert str(error).startswith("SMTP_FROM: must be an email address")
+
+
+def test_webhook_signing_secret_is_kept_and_never_shown() -> None:
+    settings = Settings.from_env({"WEBHOOK_SIGNING_SECRET": TOKEN})
+
+    assert settings.webhook_signing_secret == TOKEN
+    assert TOKEN not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///var/lib/replica.db", "postgresql://reader@replica/jobs", "postgresql+psycopg://r:pw@replica:5432/j"],
+)
+def test_reports_database_url_accepts_sqlalchemy_urls_of_the_store_backends(url: str) -> None:
+    settings = Settings.from_env({"REPORTS_DATABASE_URL": url, "DATABASE_URL": "postgresql://primary/jobs"})
+
+    assert settings.reports_database_url == url
+    assert settings.effective_reports_database_url == url
+
+
+def test_reports_database_url_defaults_to_the_job_store(tmp_path: Path) -> None:
+    assert Settings.from_env({"DATABASE_URL": "postgresql://primary/jobs"}).effective_reports_database_url == (
+        "postgresql://primary/jobs"
+    )
+    assert Settings.from_env({"DATA_DIR": str(tmp_path)}).effective_reports_database_url == (
+        f"sqlite:///{tmp_path.resolve() / 'jobrelay.db'}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("replica.internal/jobs", "must be a SQLAlchemy URL"),
+        ("postgresql://replica:port/jobs", "must be a SQLAlchemy URL"),
+        ("mysql://reader@replica/jobs", "must be a sqlite:// or postgresql:// URL"),
+    ],
+)
+def test_reports_database_url_that_is_not_a_store_url_is_refused(url: str, reason: str) -> None:
+    error = refused({"REPORTS_DATABASE_URL": url})
+
+    assert str(error).startswith("REPORTS_DATABASE_URL:")
+    assert reason in str(error)
+
+
+def test_importing_the_module_does_not_import_sqlalchemy() -> None:
+    """``REPORTS_DATABASE_URL`` is checked with SQLAlchemy, imported only when the variable is set."""
+    code = "import sys, shared.settings; print('sqlalchemy' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -450,7 +582,9 @@ def test_the_error_does_not_chain_the_underlying_value_error() -> None:
     assert error.__suppress_context__ is True
 
 
-@pytest.mark.parametrize("name", ["REDIS_URL", "DATABASE_URL", "RESULT_STORAGE_URL"])
+@pytest.mark.parametrize(
+    "name", ["REDIS_URL", "DATABASE_URL", "RESULT_STORAGE_URL", "SMTP_URL", "REPORTS_DATABASE_URL"]
+)
 def test_url_errors_never_show_the_url(name: str) -> None:
     url = f"http://admin:{PASSWORD}@host.internal:1234/x"
 
