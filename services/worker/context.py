@@ -1,15 +1,17 @@
-"""What a running task can reach: its job, ``report_progress`` and ``result_file``."""
+"""What a running task can reach: its job, ``report_progress``, ``result_file`` and the worker's settings."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from shared.results import ResultStorage
+from shared.settings import Settings
 
 
 class ProgressSink(Protocol):
@@ -39,8 +41,32 @@ _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("cu
 MIN_PROGRESS_INTERVAL_S = 0.2
 
 
+_settings: Settings | None = None
+_settings_lock = threading.Lock()
+
+
 def current_job() -> JobContext | None:
     return _current.get()
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Give the tasks of this process ``settings``: the worker calls this once, at start (None forgets them)."""
+    global _settings
+    with _settings_lock:
+        _settings = settings
+
+
+def current_settings() -> Settings:
+    """The settings the worker parsed at start (``SMTP_URL``, ``REPORTS_DATABASE_URL``, ...), for tasks.
+
+    A task function called outside a worker (a script, a shell) gets them parsed from
+    the environment on first use, once, as the worker would have.
+    """
+    global _settings
+    with _settings_lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
 
 
 def enter_job(context: JobContext) -> contextvars.Token[JobContext | None]:

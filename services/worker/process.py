@@ -24,7 +24,7 @@ from dramatiq.middleware import TimeLimit
 from services.worker.acker import Acker
 from services.worker.consumer import AckSets, WorkerBroker
 from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX, ConsumerWatch
-from services.worker.context import current_job
+from services.worker.context import current_job, use_settings
 from services.worker.heartbeat import Heartbeat
 from services.worker.middleware.claims import Claims
 from services.worker.middleware.metrics import JobMetrics
@@ -151,6 +151,8 @@ def build_worker_broker(
 
 def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> None:
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
+    # The built-in tasks read SMTP_URL, WEBHOOK_SIGNING_SECRET, ... from these, never from the environment.
+    use_settings(settings)
     catalog = load_task_modules(settings.task_modules)
     wiring = build_worker_broker(settings, catalog, owner=owner)
     broker, store = wiring.broker, wiring.store

@@ -1,6 +1,7 @@
 """``emails.send``: one mail over SMTP, safe to retry.
 
-Configuration is read from the environment each time the task runs:
+Configuration comes from the worker's settings, parsed (and a malformed value
+refused) when the worker starts:
 
 - ``SMTP_URL``: ``smtp://[user:password@]host[:port][?starttls=1&timeout=30]``,
   or ``smtps://`` for TLS from the first byte (port 465). Default
@@ -18,24 +19,18 @@ or settings raise ``InvalidEmail``, both failing the job at once.
 
 from __future__ import annotations
 
-import os
-import re
 import smtplib
 import socket
 import ssl
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, make_msgid
 from typing import Annotated, Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from services.worker.context import current_job
+from services.worker.context import current_job, current_settings
 from shared.catalog import task
+from shared.mail import InvalidAddress, SmtpServer
+from shared.mail import parse_address as parse_any_address
 from shared.schema import Schema
-
-#: Seconds a socket operation with the SMTP server may take, unless ``SMTP_URL`` says ``?timeout=``.
-DEFAULT_TIMEOUT_S = 30.0
-_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+$")
-_TRUE = ("1", "true", "yes", "on")
 
 
 class EmailDeferred(Exception):
@@ -51,41 +46,11 @@ class InvalidEmail(ValueError):
 
 
 def parse_address(value: str, what: str) -> tuple[str, str]:
-    """``(display name, addr)`` of ``addr`` or ``Name <addr>``; minimal checks, the server has the last word."""
-    if any(ch in value for ch in "\r\n") or len(value) > 320:
-        raise InvalidEmail(f"{what}: {value[:80]!r} is not an email address")
-    name, addr = parseaddr(value)
-    # parseaddr() quietly repairs some mistakes ("a@exa mple.com"); what was written must be what is used.
-    written = value[value.rfind("<") + 1 : value.rfind(">")] if "<" in value else value
-    if written.strip() != addr:
-        raise InvalidEmail(f"{what}: {value!r} is not an email address")
-    domain = addr.rpartition("@")[2]
-    if len(addr) > 254 or not _ADDRESS.match(addr) or ".." in domain or domain.strip(".-") != domain:
-        raise InvalidEmail(f"{what}: {value!r} is not an email address")
-    return name, addr
-
-
-def _smtp_settings() -> dict[str, Any]:
-    raw = os.environ.get("SMTP_URL", "").strip() or "smtp://localhost:25"
-    # NOTE: the URL may hold a password; errors below never echo it.
-    parts = urlsplit(raw)
-    if parts.scheme not in ("smtp", "smtps"):
-        raise InvalidEmail("SMTP_URL: must start with smtp:// or smtps://")
-    query = parse_qs(parts.query)
+    """``(display name, addr)`` of ``addr`` or ``Name <addr>``; ``InvalidEmail`` (not retried) otherwise."""
     try:
-        port = parts.port or (465 if parts.scheme == "smtps" else 25)
-        timeout = float(query.get("timeout", [DEFAULT_TIMEOUT_S])[0])
-    except ValueError:
-        raise InvalidEmail("SMTP_URL: the port or timeout is not a number") from None
-    return {
-        "implicit_tls": parts.scheme == "smtps",
-        "host": parts.hostname or "localhost",
-        "port": port,
-        "user": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password or ""),
-        "starttls": query.get("starttls", ["0"])[0].lower() in _TRUE,
-        "timeout": timeout,
-    }
+        return parse_any_address(value, what)
+    except InvalidAddress as exc:
+        raise InvalidEmail(str(exc)) from None
 
 
 def _failure(code: int, message: bytes | str, what: str) -> Exception:
@@ -146,7 +111,8 @@ def send(
     recipients = [parse_address(value, "to") for value in to]
     if not recipients:
         raise InvalidEmail("to: at least one recipient is needed")
-    sender_name, sender_addr = parse_address(os.environ.get("SMTP_FROM", "").strip() or _default_sender(), "SMTP_FROM")
+    settings = current_settings()
+    sender_name, sender_addr = parse_address(settings.smtp_from or _default_sender(), "SMTP_FROM")
     context = current_job()
     domain = sender_addr.rsplit("@", 1)[1]
     message_id = f"<{context.job_id}.jobrelay@{domain}>" if context else make_msgid("jobrelay", domain)
@@ -160,7 +126,7 @@ def send(
         message_id=message_id,
     )
     envelope_to = [addr for _, addr in recipients]
-    refused = _transmit(_smtp_settings(), message, sender_addr, envelope_to)
+    refused = _transmit(settings.smtp_server, message, sender_addr, envelope_to)
     return {
         "message_id": message_id,
         "accepted": [addr for addr in envelope_to if addr not in refused],
@@ -173,26 +139,24 @@ def _default_sender() -> str:
 
 
 def _transmit(
-    settings: dict[str, Any], message: EmailMessage, sender: str, recipients: list[str]
+    server: SmtpServer, message: EmailMessage, sender: str, recipients: list[str]
 ) -> dict[str, tuple[int, bytes]]:
     """One SMTP session; SMTP errors become ``EmailDeferred`` or ``EmailRejected`` by reply code."""
     tls = ssl.create_default_context()
     try:
-        if settings["implicit_tls"]:
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                settings["host"], settings["port"], timeout=settings["timeout"], context=tls
-            )
+        if server.implicit_tls:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(server.host, server.port, timeout=server.timeout_s, context=tls)
         else:
-            smtp = smtplib.SMTP(settings["host"], settings["port"], timeout=settings["timeout"])
+            smtp = smtplib.SMTP(server.host, server.port, timeout=server.timeout_s)
     except smtplib.SMTPConnectError as exc:
         raise _failure(exc.smtp_code, exc.smtp_error, "connect") from exc
     except (OSError, smtplib.SMTPException) as exc:
-        raise EmailDeferred(f"cannot reach the SMTP server {settings['host']}:{settings['port']}: {exc}") from exc
+        raise EmailDeferred(f"cannot reach the SMTP server {server.host}:{server.port}: {exc}") from exc
     try:
-        if settings["starttls"]:
+        if server.starttls:
             smtp.starttls(context=tls)
-        if settings["user"]:
-            smtp.login(settings["user"], settings["password"])
+        if server.user:
+            smtp.login(server.user, server.password)
         return smtp.send_message(message, from_addr=sender, to_addrs=recipients)
     except smtplib.SMTPNotSupportedError as exc:
         raise InvalidEmail(f"SMTP_URL: the server does not support what it asks for: {exc}") from exc

@@ -4,7 +4,8 @@ Reports are defined here, never submitted: a caller picks one by name and may
 set only the parameters it declares, which are bound, never spliced into SQL.
 They read the job store's ``jobs`` table through ``REPORTS_DATABASE_URL`` (a
 read replica, say), which defaults to the job store itself (``DATABASE_URL``,
-else ``sqlite:///$DATA_DIR/jobrelay.db``), on a connection that cannot write.
+else ``sqlite:///$DATA_DIR/jobrelay.db``), on a connection that cannot write;
+both come from the worker's settings.
 
 =================  ===============================================  ==================
 report             columns                                          params
@@ -34,12 +35,11 @@ from typing import Any, Literal, get_args
 from sqlalchemy import Connection, Engine, Float, Integer, String, bindparam, event, text
 from sqlalchemy.types import TypeEngine
 
-from services.worker.context import report_progress, result_file
+from services.worker.context import current_settings, report_progress, result_file
 from services.worker.tasks.pdf import write_table_pdf
 from shared.catalog import task
 from shared.errors import TaskError
 from shared.job import rfc3339
-from shared.settings import Settings
 from shared.store.engine import create_store_engine
 from shared.store.models import UtcDateTime
 
@@ -132,12 +132,12 @@ _engines_lock = threading.Lock()
 
 def job_store_url() -> str:
     """The job store's URL as the services compute it: ``DATABASE_URL``, else SQLite under ``DATA_DIR``."""
-    env = {name: os.environ[name] for name in ("DATABASE_URL", "DATA_DIR") if name in os.environ}
-    return Settings.from_env(env).effective_database_url
+    return current_settings().effective_database_url
 
 
 def reports_database_url() -> str:
-    return os.environ.get("REPORTS_DATABASE_URL", "").strip() or job_store_url()
+    """``REPORTS_DATABASE_URL``, else the job store."""
+    return current_settings().effective_reports_database_url
 
 
 def _query_only(dbapi_conn: Any, _record: Any) -> None:

@@ -1,8 +1,8 @@
 """``webhooks.deliver``: POST a signed JSON payload, retrying what a retry can fix.
 
 Receivers verify the ``X-Jobrelay-Signature: t=<unix time>,v1=<hex>`` header:
-``v1`` is the HMAC-SHA256, keyed with ``WEBHOOK_SIGNING_SECRET``, of
-``"<t>." + raw body``; rejecting old ``t`` values stops replays. Every attempt
+``v1`` is the HMAC-SHA256, keyed with ``WEBHOOK_SIGNING_SECRET`` (a setting the
+worker reads at start), of ``"<t>." + raw body``; rejecting old ``t`` values stops replays. Every attempt
 of one job carries the same ``X-Jobrelay-Delivery`` (the job id), so a
 receiver can drop a delivery it has already processed: delivery is
 at-least-once.
@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import http.client
 import json
-import os
 import re
 import time
 import urllib.error
@@ -30,7 +29,7 @@ from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
-from services.worker.context import current_job
+from services.worker.context import current_job, current_settings
 from services.worker.retry_policy import Retry
 from shared.catalog import task
 from shared.schema import Schema
@@ -135,7 +134,7 @@ def deliver(
 ) -> dict[str, Any]:
     """POST ``payload`` as JSON to ``url`` with an HMAC-SHA256 signature; retries 5xx, 429 and timeouts, not 4xx."""
     _check(url, headers)
-    secret = os.environ.get("WEBHOOK_SIGNING_SECRET", "")
+    secret = current_settings().webhook_signing_secret
     if not secret:
         raise InvalidWebhook("WEBHOOK_SIGNING_SECRET is not set; webhooks are never sent unsigned")
     context = current_job()

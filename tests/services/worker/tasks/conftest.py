@@ -1,17 +1,23 @@
-"""Running task functions directly inside a job context, with results in a directory."""
+"""Running task functions directly inside a job context, with results in a directory.
+
+The tasks read their settings (``SMTP_URL``, ``DATABASE_URL``, ...) as the worker
+gives them; here ``task_env`` parses them from the variables a test names, never
+from the test process's environment.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.worker.context import JobContext, enter_job, leave_job
+from services.worker.context import JobContext, enter_job, leave_job, use_settings
 from services.worker.tasks.reports import dispose_engines
 from shared.ids import new_id
 from shared.results import DirectoryStorage
+from shared.settings import Settings
 
 
 class ProgressLog:
@@ -36,6 +42,22 @@ def job(results: DirectoryStorage) -> Iterator[JobContext]:
     token = enter_job(context)
     yield context
     leave_job(token)
+
+
+@pytest.fixture(autouse=True)
+def task_env() -> Iterator[Callable[..., Settings]]:
+    """``task_env(SMTP_URL=...)``: the tasks' settings from these variables and those named before (blank unsets)."""
+    variables: dict[str, str] = {}
+
+    def configure(**given: str) -> Settings:
+        variables.update(given)
+        settings = Settings.from_env(variables)
+        use_settings(settings)
+        return settings
+
+    configure()
+    yield configure
+    use_settings(None)
 
 
 @pytest.fixture(autouse=True)

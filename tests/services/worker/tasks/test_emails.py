@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -18,6 +18,9 @@ from services.worker.retry_policy import decide
 from services.worker.tasks.emails import EmailDeferred, EmailRejected, InvalidEmail, send
 from shared.catalog import default_catalog
 from shared.redis_server import free_port
+from shared.settings import Settings
+
+TaskEnv = Callable[..., Settings]
 
 
 @dataclass
@@ -49,14 +52,13 @@ class Mailbox:
 
 
 @pytest.fixture
-def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
+def mailbox(task_env: TaskEnv) -> Iterator[Mailbox]:
     box = Mailbox(port=free_port())
     controller = Controller(
         box, hostname="127.0.0.1", port=box.port, authenticator=box.authenticate, auth_require_tls=False
     )
     controller.start()
-    monkeypatch.setenv("SMTP_URL", f"smtp://127.0.0.1:{box.port}?timeout=5")
-    monkeypatch.setenv("SMTP_FROM", "Jobrelay <noreply@example.com>")
+    task_env(SMTP_URL=f"smtp://127.0.0.1:{box.port}?timeout=5", SMTP_FROM="Jobrelay <noreply@example.com>")
     yield box
     controller.stop()
 
@@ -95,8 +97,8 @@ def test_a_retry_sends_the_same_message_id(mailbox: Mailbox, job: JobContext) ->
     assert first == second
 
 
-def test_credentials_from_the_url_are_used(mailbox: Mailbox, job: JobContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMTP_URL", f"smtp://relay:s3cret%2Fpw@127.0.0.1:{mailbox.port}?timeout=5")
+def test_credentials_from_the_url_are_used(mailbox: Mailbox, job: JobContext, task_env: TaskEnv) -> None:
+    task_env(SMTP_URL=f"smtp://relay:s3cret%2Fpw@127.0.0.1:{mailbox.port}?timeout=5")
     send(to=["alice@example.com"], subject="hi", body="authenticated")
     assert mailbox.logins == ["relay"] and len(mailbox.messages) == 1
 
@@ -124,9 +126,8 @@ def test_temporary_refusal_is_retried(mailbox: Mailbox, job: JobContext) -> None
     assert _retried(caught.value)
 
 
-def test_server_down_is_retried(job: JobContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMTP_URL", f"smtp://127.0.0.1:{free_port()}?timeout=2")
-    monkeypatch.setenv("SMTP_FROM", "noreply@example.com")
+def test_server_down_is_retried(job: JobContext, task_env: TaskEnv) -> None:
+    task_env(SMTP_URL=f"smtp://127.0.0.1:{free_port()}?timeout=2", SMTP_FROM="noreply@example.com")
     with pytest.raises(EmailDeferred, match="cannot reach") as caught:
         send(to=["alice@example.com"], subject="hi", body="anyone?")
     assert _retried(caught.value)
@@ -135,10 +136,8 @@ def test_server_down_is_retried(job: JobContext, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     "address", ["", "alice", "alice@", "@example.com", "a b@example.com", "alice@exa mple.com", "x@y.com\r\nBcc: z@q"]
 )
-def test_malformed_addresses_are_refused_before_connecting(
-    address: str, job: JobContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SMTP_URL", f"smtp://127.0.0.1:{free_port()}")
+def test_malformed_addresses_are_refused_before_connecting(address: str, job: JobContext, task_env: TaskEnv) -> None:
+    task_env(SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(InvalidEmail) as caught:
         send(to=[address], subject="hi", body="x")
     assert not _retried(caught.value)

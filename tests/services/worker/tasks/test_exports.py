@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -15,14 +16,15 @@ from services.worker.tasks.exports import BATCH_ROWS, EXPORT_COLUMNS, InvalidExp
 from shared.catalog import default_catalog
 from shared.job import JobStatus, utcnow
 from shared.results import DirectoryStorage
+from shared.settings import Settings
 from shared.store.jobs import JobStore
 from tests.services.worker.tasks.conftest import ProgressLog
 from tests.shared.store.test_jobs import make_job
 
 
 @pytest.fixture(autouse=True)
-def _exports_read_the_test_store(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", database_url)
+def _exports_read_the_test_store(database_url: str, task_env: Callable[..., Settings]) -> None:
+    task_env(DATABASE_URL=database_url)
 
 
 def _jsonl(results: DirectoryStorage, job: JobContext) -> list[dict]:

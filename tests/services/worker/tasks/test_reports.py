@@ -7,6 +7,7 @@ import io
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,15 +27,17 @@ from services.worker.tasks.reports import (
 from shared.catalog import default_catalog
 from shared.job import JobStatus, utcnow
 from shared.results import DirectoryStorage
+from shared.settings import Settings
 from shared.store.jobs import JobStore
 from tests.services.worker.tasks.conftest import ProgressLog
 from tests.shared.store.test_jobs import make_job
 
+TaskEnv = Callable[..., Settings]
+
 
 @pytest.fixture(autouse=True)
-def _reports_read_the_test_store(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.delenv("REPORTS_DATABASE_URL", raising=False)
+def _reports_read_the_test_store(database_url: str, task_env: TaskEnv) -> None:
+    task_env(DATABASE_URL=database_url)
 
 
 def _csv(results: DirectoryStorage, job: JobContext) -> list[list[str]]:
@@ -139,11 +142,10 @@ def test_bad_params_fail_without_retry(params: dict, store: JobStore, job: JobCo
 
 
 def test_reports_database_url_overrides_the_job_store(
-    store: JobStore, database_url: str, job: JobContext, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    store: JobStore, database_url: str, job: JobContext, task_env: TaskEnv, tmp_path: Path
 ) -> None:
     store.insert([make_job()])
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    monkeypatch.setenv("REPORTS_DATABASE_URL", database_url)
+    task_env(DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere.db'}", REPORTS_DATABASE_URL=database_url)
     assert generate(report="jobs_by_status")["rows"] == 1
 
 
@@ -156,7 +158,6 @@ def test_the_connection_cannot_write(store: JobStore, database_url: str) -> None
     assert read_only_engine(database_url) is read_only_engine(database_url)
 
 
-def test_job_store_url_defaults_to_sqlite_under_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("DATABASE_URL")
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+def test_job_store_url_defaults_to_sqlite_under_data_dir(task_env: TaskEnv, tmp_path: Path) -> None:
+    task_env(DATABASE_URL="", DATA_DIR=str(tmp_path))
     assert job_store_url() == f"sqlite:///{tmp_path.resolve() / 'jobrelay.db'}"

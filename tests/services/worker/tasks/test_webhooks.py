@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +23,10 @@ from services.worker.tasks.webhooks import (
     verify,
 )
 from shared.catalog import default_catalog
+from shared.settings import Settings
 
 SECRET = "whsec-test-0123456789"
+TaskEnv = Callable[..., Settings]
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+def receiver(task_env: TaskEnv) -> Iterator[Receiver]:
     script = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
@@ -69,7 +71,7 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     script.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/jobs"
-    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
+    task_env(WEBHOOK_SIGNING_SECRET=SECRET)
     yield script
     server.shutdown()
     server.server_close()
@@ -151,18 +153,18 @@ def test_slow_server_times_out_and_is_retried(receiver: Receiver, job: JobContex
     assert _retried(caught.value)
 
 
-def test_nobody_listening_is_retried(job: JobContext, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nobody_listening_is_retried(job: JobContext, task_env: TaskEnv) -> None:
     from shared.redis_server import free_port
 
-    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
+    task_env(WEBHOOK_SIGNING_SECRET=SECRET)
     with pytest.raises(DeliveryFailed) as caught:
         deliver(url=f"http://127.0.0.1:{free_port()}/", payload={})
     assert _retried(caught.value)
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost", "example.com"])
-def test_only_http_urls_are_accepted(url: str, job: JobContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
+def test_only_http_urls_are_accepted(url: str, job: JobContext, task_env: TaskEnv) -> None:
+    task_env(WEBHOOK_SIGNING_SECRET=SECRET)
     with pytest.raises(InvalidWebhook) as caught:
         deliver(url=url, payload={})
     assert not _retried(caught.value)
@@ -179,8 +181,21 @@ def test_reserved_or_malformed_headers_are_refused(
     assert receiver.received == []
 
 
-def test_no_secret_means_no_delivery(receiver: Receiver, job: JobContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WEBHOOK_SIGNING_SECRET")
+def test_no_secret_means_no_delivery(receiver: Receiver, job: JobContext, task_env: TaskEnv) -> None:
+    task_env(WEBHOOK_SIGNING_SECRET="")
+    with pytest.raises(InvalidWebhook, match="WEBHOOK_SIGNING_SECRET"):
+        deliver(url=receiver.url, payload={})
+    assert receiver.received == []
+
+
+def test_the_secret_comes_from_the_settings_not_the_environment(
+    receiver: Receiver, job: JobContext, task_env: TaskEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given: the variable set in the environment after the settings were parsed without it
+    task_env(WEBHOOK_SIGNING_SECRET="")
+    monkeypatch.setenv("WEBHOOK_SIGNING_SECRET", SECRET)
+
+    # When/Then: the task goes by its settings
     with pytest.raises(InvalidWebhook, match="WEBHOOK_SIGNING_SECRET"):
         deliver(url=receiver.url, payload={})
     assert receiver.received == []
