@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
-LINT_PATHS := shared services tests $(wildcard bench)
+LINT_PATHS := jobrelay shared services tests $(wildcard bench)
 
 .PHONY: run test lint format install system-deps bench bench-quick chaos soak clean
 

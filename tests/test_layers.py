@@ -113,6 +113,12 @@ def test_shared_does_not_import_services() -> None:
     assert_none(violations, "shared/ must not import services/ (shared code serves every service)")
 
 
+def test_shared_and_services_do_not_import_the_public_face() -> None:
+    known = source_modules()
+    violations = [i for path in known.values() for i in imports_of(path, known) if within(i.target, "jobrelay")]
+    assert_none(violations, "shared/ and services/ must not import jobrelay (it re-exports them for users)")
+
+
 def test_api_and_scheduler_do_not_import_each_other() -> None:
     violations = [
         i
