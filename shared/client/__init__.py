@@ -7,6 +7,7 @@ status codes. The bearer token is kept out of every message and repr.
 
 The classes for an HTTP answer are named ``Api<what the API said>``, so none
 shares a name with the server's own error tree (``shared.errors.NotFound``).
+Users import all of these from ``jobrelay``.
 """
 
 from __future__ import annotations
