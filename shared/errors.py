@@ -76,3 +76,7 @@ class TaskError(JobrelayError):
     """Raised inside the worker for problems with a task definition."""
 
     title = "Task error"
+
+
+class PermanentTaskFailure(Exception):
+    """An attempt no retry can mend (a result that is not JSON): the job fails at once, whatever its retries."""

@@ -91,8 +91,8 @@ class Job:
         data["status"] = JobStatus(data["status"])
         return cls(**data)
 
-    def to_api(self) -> dict[str, Any]:
-        """The job as API.md shows it."""
+    def to_api(self, *, traceback: bool = False) -> dict[str, Any]:
+        """The job as API.md shows it; the error's ``traceback`` only when asked (admin scope)."""
         body: dict[str, Any] = {
             "id": self.id,
             "task": self.task,
@@ -102,7 +102,7 @@ class Job:
             "progress": self.progress,
             "result": self.result,
             "result_url": self.result_url,
-            "error": self.error,
+            "error": self.error if traceback or not self.error else _without_traceback(self.error),
             "attempts": self.attempts,
             "max_retries": self.max_retries,
             "priority": self.priority,
@@ -119,3 +119,7 @@ class Job:
         if self.cancel_requested and not self.status.is_final:
             body["cancel_requested"] = True
         return body
+
+
+def _without_traceback(error: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in error.items() if key != "traceback"}

@@ -71,3 +71,9 @@ class Auth:
         if not key.allows(needed):
             raise Forbidden(f"the key {key.name!r} lacks the {needed!r} scope this request needs")
         req.context.api_key = key
+
+
+def sees_tracebacks(req: falcon.Request) -> bool:
+    """Whether this request's key may read a failed job's traceback (admin scope, or auth off)."""
+    key = getattr(req.context, "api_key", None)
+    return key is None or key.allows("admin")

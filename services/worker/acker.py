@@ -74,8 +74,15 @@ class Acker:
                 return
 
     def _send(self, batch: list[_Ack]) -> None:
+        refused = [item for item in batch if item.committed.exception() is not None]
+        for item in refused:
+            # NOTE: not acked: the message stays in this worker's ack set and is recovered (and its
+            # job claimed again) once the process is gone; the status writer logged why.
+            log.error("job %s: its outcome could not be stored; its message is left unacked", item.job.id)
+        batch = [item for item in batch if item.committed.exception() is None]
         pairs = [(item.queue_name, item.redis_message_id) for item in batch]
-        until_up(lambda: self.ack_sets.ack_many(pairs), REDIS_DOWN, "Redis")
+        if pairs:
+            until_up(lambda: self.ack_sets.ack_many(pairs), REDIS_DOWN, "Redis")
         for item in batch:
             if not item.committed.result():
                 log.warning("job %s finished after its lease passed to another worker", item.job.id)

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from shared.catalog import TaskDefinition
+from shared.errors import PermanentTaskFailure
 
 
 class Retry(Exception):
@@ -40,7 +41,7 @@ def decide(
 ) -> Decision:
     """Retry, and after how long, for an attempt (``attempts`` counts starts so far) that raised ``exc``."""
     non_retryable = definition.non_retryable_types if definition else ()
-    if non_retryable and isinstance(exc, non_retryable):
+    if isinstance(exc, PermanentTaskFailure) or (non_retryable and isinstance(exc, non_retryable)):
         return Decision(retry=False, retryable=False)
     if attempts > max_retries:
         return Decision(retry=False)

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.batches import take_batch
+from shared.job import JobStatus
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest
+from shared.store.engine import STORE_DOWN
 from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,12 @@ class StatusWriter:
                 requests.extend(pending.request if isinstance(pending.request, list) else [pending.request])
         try:
             claimed, finished = self.store.commit_batch(requests, finish_requests)
-        except BaseException as exc:
+        except Exception as exc:
+            if not isinstance(exc, STORE_DOWN):
+                # NOTE: a write the store refuses (a value it cannot encode, a constraint) fails the
+                # whole transaction; retried as one, it would hold every job beside it for good.
+                self._refused(batch, exc)
+                return
             # A waiting caller sees the failure and retries (the store may be down); the writes
             # nobody waits for go back in the queue after a pause.
             kept = [pending for pending in batch if pending.keep_trying]
@@ -131,3 +138,25 @@ class StatusWriter:
                 pending.future.set_result(next(answers))
         for pending, done in zip(finishes, finished, strict=True):
             pending.future.set_result(done)
+
+    def _refused(self, batch: list[_Pending], exc: Exception) -> None:
+        """Commit the writes of a refused batch one by one: the others go through at once, and only
+        the write the store refuses on its own fails (a finish is recorded failed instead)."""
+        if len(batch) > 1:
+            for pending in batch:
+                self._commit([pending])
+            return
+        [pending] = batch
+        request = pending.request
+        if isinstance(request, FinishRequest) and request.status is not JobStatus.FAILED:
+            log.error("job %s: the store refused its outcome (%s); recording it failed", request.job_id, exc)
+            error = {
+                "type": "OutcomeNotStored",
+                "message": f"the store refused this job's outcome: {type(exc).__name__}: {exc}"[:2000],
+                "retryable": False,
+            }
+            failed = FinishRequest(request.job_id, request.owner, JobStatus.FAILED, error=error)
+            self._commit([_Pending(failed, pending.future, pending.keep_trying)])
+            return
+        log.error("the store refused a write for good (%s: %s)", type(exc).__name__, exc)
+        pending.future.set_exception(exc)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urlparse, urlsplit
 
 from shared.errors import SettingsError
@@ -141,7 +140,3 @@ def build_result_storage(url: str) -> ResultStorage:
 
         return S3Storage.connect(location)
     raise SettingsError(f"RESULT_STORAGE_URL: scheme {parsed.scheme!r} is not supported; use file:// or s3://")
-
-
-def encode_result(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), default=str).encode()

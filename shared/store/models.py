@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +47,37 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class JsonResult(TypeDecorator[Any]):
+    """A job's result: JSON, with every integer exact on SQLite too.
+
+    NOTE: a column declared JSON has NUMERIC affinity in SQLite, which turns a bare number
+    stored as text into a number, and one beyond 64 bits into a float (2**64 + 1 came back
+    as 1.8446744073709552e19). A result may be a bare number, so on SQLite its JSON text is
+    stored as a BLOB, which no affinity converts; rows written as text still read back.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: Any) -> bytes | None:
+            return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            return json.loads(value) if isinstance(value, bytes | str) else value
+
+        return process
+
+
 jobs = Table(
     "jobs",
     metadata,
@@ -60,7 +92,7 @@ jobs = Table(
     Column("max_age_s", Float, nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("progress", JSON, nullable=True),
-    Column("result", JSON, nullable=True),
+    Column("result", JsonResult, nullable=True),
     Column("result_url", Text, nullable=True),
     Column("error", JSON, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),

@@ -10,6 +10,7 @@ from typing import Any
 import falcon
 
 from services.api.body import read_json
+from services.api.middleware import sees_tracebacks
 from shared.broker.queues import drop_dead_letters
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
@@ -50,7 +51,7 @@ class JobsResource:
         [(stored, created)] = self.submitter.submit_grouped([job])
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         resp.set_header("Location", f"/v1/jobs/{stored.id}")
-        resp.media = stored.to_api()
+        resp.media = stored.to_api(traceback=sees_tracebacks(req))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         errors: list[FieldError] = []
@@ -90,7 +91,10 @@ class JobsResource:
             page = self.submitter.store.page(filters, limit=limit, cursor=cursor)  # type: ignore[arg-type]
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
-        resp.media = {"items": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
+        resp.media = {
+            "items": [job.to_api(traceback=sees_tracebacks(req)) for job in page.items],
+            "next_cursor": page.next_cursor,
+        }
 
 
 class JobRetryResource:
@@ -108,7 +112,7 @@ class JobRetryResource:
             drop_dead_letters(self.submitter.broker.client, job.queue, [job_id])
         self.submitter.publish(requeued, new=False)
         resp.status = falcon.HTTP_202
-        resp.media = requeued[0].to_api()
+        resp.media = requeued[0].to_api(traceback=sees_tracebacks(req))
 
 
 class BatchResource:
@@ -134,7 +138,7 @@ class BatchResource:
             raise InvalidInput("the batch is invalid; nothing was accepted", errors)
         stored = self.submitter.submit([job for job in built if job is not None])
         resp.status = falcon.HTTP_202
-        resp.media = {"jobs": [job.to_api() for job, _created in stored]}
+        resp.media = {"jobs": [job.to_api(traceback=sees_tracebacks(req)) for job, _created in stored]}
 
 
 class JobResource:
@@ -144,7 +148,7 @@ class JobResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = self.store.get(job_id).to_api()
+        resp.media = self.store.get(job_id).to_api(traceback=sees_tracebacks(req))
 
 
 class JobResultResource:
@@ -180,4 +184,4 @@ class JobCancelResource:
         if job.workflow_id and job.status.is_final:
             self.workflows.advance(job.workflow_id)
         resp.status = falcon.HTTP_202
-        resp.media = job.to_api()
+        resp.media = job.to_api(traceback=sees_tracebacks(req))

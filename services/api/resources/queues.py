@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from services.api.body import read_json
+from services.api.middleware import sees_tracebacks
 from services.api.resources.jobs import parse_limit
 from shared.broker.queues import drop_dead_letters, queue_stats
 from shared.catalog import QUEUE_NAME
@@ -57,7 +58,10 @@ class DeadLettersResource:
             )
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
-        resp.media = {"items": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
+        resp.media = {
+            "items": [job.to_api(traceback=sees_tracebacks(req)) for job in page.items],
+            "next_cursor": page.next_cursor,
+        }
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         _check_queue(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -37,15 +38,29 @@ log = logging.getLogger(__name__)
 
 
 def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
-    message = str(exc) or type(exc).__name__
+    """``type``, ``message`` and ``retryable`` for every reader; ``traceback`` for admins (the API strips it).
+
+    NOTE: an exception's ``__str__`` is user code and may raise; the error is recorded anyway.
+    """
+    message = _safe(lambda: str(exc)) or type(exc).__name__
     if isinstance(exc, TimeLimitExceeded):
         message = "the task exceeded its time limit"
+    trace = _safe(lambda: "".join(traceback.format_exception(exc)))
+    if trace is None:
+        trace = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: <message unprintable>\n"
     return {
         "type": type(exc).__name__,
         "message": message[:2000],
         "retryable": retryable,
-        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        "traceback": trace[-4000:],
     }
+
+
+def _safe(text: Callable[[], str]) -> str | None:
+    try:
+        return text()
+    except Exception:
+        return None
 
 
 class Cancelled(BaseException):

@@ -1,5 +1,8 @@
 """Results: what a succeeded task returned goes into its row, or into result storage when large.
 
+The value is turned into strict JSON once (``shared/results/encoding.py``); one that has
+no JSON form fails the job for good, naming the type and where it is in the result.
+
 Runs before the outcomes middleware records the success (Dramatiq calls
 ``after_process_message`` hooks last-listed first): the outcome then has the
 result to commit, or the reason it could not be stored, which fails the attempt.
@@ -14,7 +17,8 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
 from services.worker.middleware.claims import Claims
-from shared.results import ResultStorage, encode_result
+from shared.results import ResultStorage
+from shared.results.encoding import ResultNotJSON, dumps, to_json
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +41,25 @@ class Results(Middleware):
         if attempt is None or exception is not None or attempt.context is None:
             return
         job, context = attempt.job, attempt.context
+        url = f"/v1/jobs/{job.id}/result"
         try:
-            body = encode_result(context.result)
-            result_url = f"/v1/jobs/{job.id}/result" if context.result_file_type else None
-            value = context.result
-            if result_url is None and len(body) > self.inline_max_bytes:
-                self.results.put(job.id, body, "application/json")
-                value, result_url = None, f"/v1/jobs/{job.id}/result"
+            if isinstance(context.result, bytes | bytearray) and not context.result_file_type:
+                self.results.put(job.id, bytes(context.result), "application/octet-stream")
+                attempt.result, attempt.result_url = None, url
+                return
+            value = to_json(context.result)
+            result_url = url if context.result_file_type else None
+            if result_url is None:
+                body = dumps(value)
+                if len(body) > self.inline_max_bytes:
+                    self.results.put(job.id, body, "application/json")
+                    value, result_url = None, url
+        except ResultNotJSON as exc:
+            # NOTE: refused here, before any write: a value the store cannot encode would fail the
+            # group commit of every job beside it.
+            log.error("job %s: %s", job.id, exc)
+            attempt.result_error = exc
+            return
         except Exception as exc:
             # NOTE: the task ran but its result could not be stored (result storage full or
             # away); left alone, the row would stay running with its message acked.

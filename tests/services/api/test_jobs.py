@@ -20,7 +20,8 @@ from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.tasks import TaskRegistry
-from tests.services.api.conftest import ADMIN, READER
+from tests.services.api.conftest import ADMIN, READER, WRITER
+from tests.shared.store.test_jobs import make_job
 
 ECHO = {"task": "diagnostics.echo", "args": {"message": "hi"}}
 
@@ -318,3 +319,25 @@ def test_a_problem_lists_at_most_100_errors_and_says_how_many_there_were(client:
     assert resp.status_code == 422
     assert len(resp.json["errors"]) == 100
     assert "the first 100 of 500 errors are listed" in resp.json["detail"]
+
+
+def test_a_failed_jobs_traceback_is_shown_to_admin_keys_only(client: testing.TestClient, store: JobStore) -> None:
+    # Given a failed job whose error carries a traceback
+    job = make_job()
+    store.insert([job])
+    store.claim(job.id, owner="w", lease_s=30)
+    error = {"type": "ValueError", "message": "bad", "retryable": False, "traceback": "File /srv/app/task.py"}
+    store.finish(job.id, owner="w", status=JobStatus.FAILED, error=error)
+    # When a read key and an admin key read it, alone and in the listing
+    for token, shown in ((READER, False), (WRITER, False), (ADMIN, True)):
+        headers = {"Authorization": f"Bearer {token}"}
+        one = client.simulate_get(f"/v1/jobs/{job.id}", headers=headers).json
+        listed = client.simulate_get("/v1/jobs", headers=headers).json["items"][0]
+        # Then type, message and retryable reach every reader; the traceback only admins
+        for body in (one, listed):
+            assert {k: body["error"][k] for k in ("type", "message", "retryable")} == {
+                "type": "ValueError",
+                "message": "bad",
+                "retryable": False,
+            }
+            assert ("traceback" in body["error"]) is shown, (token, body["error"])

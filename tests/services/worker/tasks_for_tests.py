@@ -39,3 +39,28 @@ def wait_for_file(path: str) -> str:
     while not Path(path).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return "released"
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+@task(name="testing.returns", queue="default", max_retries=3, time_limit_s=10)
+def returns(kind: str) -> object:
+    """Return (or raise) what a careless task might: each ``kind`` one case of shared/results/encoding.py."""
+    import datetime
+    import decimal
+
+    values: dict[str, object] = {
+        "datetime": {"at": datetime.datetime(2026, 12, 4, 18, 30, tzinfo=datetime.UTC)},
+        "decimal": decimal.Decimal("12.50"),
+        "huge": 2**64 + 1,
+        "bytes": b"\x00\x01binary",
+        "object": {"items": [1, object()]},
+        "nan": float("nan"),
+        "surrogate": "\ud800",
+    }
+    if kind == "unprintable":
+        raise _Unprintable()
+    return values[kind]

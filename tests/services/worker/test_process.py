@@ -236,3 +236,51 @@ def test_an_ack_redis_refuses_is_sent_again_and_the_job_not_run_twice(
             time.sleep(0.02)
         assert rule.hits == 1
         assert done.status is JobStatus.SUCCEEDED and harness.store.get(job.id).attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "result"),
+    [("datetime", {"at": "2026-12-04T18:30:00+00:00"}), ("decimal", "12.50"), ("huge", 2**64 + 1)],
+)
+def test_results_of_common_python_types_are_stored_as_json(harness: Harness, kind: str, result: object) -> None:
+    job = harness.submit({"task": "testing.returns", "args": {"kind": kind}})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == result and done.attempts == 1
+
+
+def test_bytes_become_a_result_file(harness: Harness, worker_settings: Settings) -> None:
+    job = harness.submit({"task": "testing.returns", "args": {"kind": "bytes"}})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result_url == f"/v1/jobs/{job.id}/result"
+    storage = build_result_storage(worker_settings.effective_result_storage_url)
+    assert storage.open(job.id) == (b"\x00\x01binary", "application/octet-stream")
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("object", "result is not JSON: object at /items/1"),
+        ("nan", "result is not JSON: float nan at /"),
+        ("surrogate", "result is not JSON: text with a lone surrogate at /"),
+    ],
+)
+def test_a_result_with_no_json_form_fails_its_job_at_once_and_the_worker_serves_the_next(
+    harness: Harness, kind: str, message: str
+) -> None:
+    # Given a task (with retries left) returning a value that has no JSON form
+    bad = harness.submit({"task": "testing.returns", "args": {"kind": kind}})
+    # When it ends, then its job failed for good with the type and place named
+    failed = harness.wait(bad.id)
+    assert failed.status is JobStatus.FAILED and failed.attempts == 1, failed
+    assert failed.error and failed.error["message"].startswith(message) and failed.error["retryable"] is False
+    # And the worker goes on serving: a job submitted after it succeeds
+    after = harness.submit({"task": "diagnostics.echo", "args": {"message": "next"}})
+    assert harness.wait(after.id, timeout_s=5).status is JobStatus.SUCCEEDED
+
+
+def test_an_exception_whose_str_raises_is_recorded_readably(harness: Harness) -> None:
+    job = harness.submit({"task": "testing.returns", "args": {"kind": "unprintable"}, "max_retries": 0})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.FAILED and done.error
+    assert done.error["type"] == "_Unprintable" and done.error["message"] == "_Unprintable"
+    assert "_Unprintable" in done.error["traceback"]
