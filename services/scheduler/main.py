@@ -43,6 +43,7 @@ from shared.store.jobs import JobStore
 from shared.store.schedules import ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
+from shared.submission.submitter import Submitter
 from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,12 @@ def run(settings: Settings) -> int:
         housekeeping.QUEUE_GAUGES: queue_names.refresh,
         housekeeping.RECONCILE: lambda: jobs_republished_total.inc(lost_messages.run()),
     }
+    submitter = Submitter(store, registry, broker)
     scheduler = BackgroundScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(20)})
     runner = Runner(
         scheduler=scheduler,
         schedules=schedules,
-        jobs=store,
-        registry=registry,
-        broker=broker,
+        submitter=submitter,
         lease=lease,
         housekeeping=work,
     )
@@ -116,6 +116,9 @@ def run(settings: Settings) -> int:
     _lead_while_running(lease, runner, stop, renew_every_s=settings.leader_lease_s / 3)
     runner.unload_all()
     scheduler.shutdown(wait=True)
+    # NOTE: the outbox entries of the last fires are deleted in the background; written now, the next
+    # leader's relay does not send those jobs again.
+    submitter.sent.flush()
     # NOTE: released only after in-flight fires finished, so the next leader starts from their records.
     lease.release()
     scheduler_is_leader.set(0)

@@ -3,7 +3,9 @@
 APScheduler only says *when* to wake up. What to fire is decided from the
 store at each wake-up (``next_run_at`` up to now, see ``ticks.py``), so a
 restart, a failover or a slow wake-up never loses or repeats a tick: a tick
-fired twice gets the same job id and the job store keeps one.
+fired twice gets the same job id and the job store keeps one. A tick's job is
+submitted as the API's jobs are (``shared/submission/``): validated, committed
+with an outbox entry, then published.
 """
 
 from __future__ import annotations
@@ -16,21 +18,17 @@ from datetime import datetime
 
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.date import DateTrigger
-from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy.exc import IntegrityError
 
 from services.scheduler import metrics
 from services.scheduler.leader import LeaderLease
 from services.scheduler.ticks import Plan, Run, plan_ticks, tick_job_id
-from shared.broker.publishing import publish
-from shared.errors import Unavailable
-from shared.job import Job, JobStatus, utcnow
+from shared.errors import InvalidInput
+from shared.job import utcnow
 from shared.logs import log_context
 from shared.schedules.triggers import TimingError, build_trigger, first_tick_at_or_after
-from shared.store.jobs import JobStore
 from shared.store.schedules import Misfire, Schedule, ScheduleSource, ScheduleStore
-from shared.store.tasks import TaskRegistry
-from shared.submission.validation import args_errors
+from shared.submission.submitter import Submitter
+from shared.submission.validation import build_scheduled_job
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +47,14 @@ class Runner:
         *,
         scheduler: BaseScheduler,
         schedules: ScheduleStore,
-        jobs: JobStore,
-        registry: TaskRegistry,
-        broker: RedisBroker,
+        submitter: Submitter,
         lease: LeaderLease,
         housekeeping: Mapping[str, Callable[[], object]],
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.scheduler = scheduler
         self.schedules = schedules
-        self.jobs = jobs
-        self.registry = registry
-        self.broker = broker
+        self.submitter = submitter
         self.lease = lease
         self.housekeeping = housekeeping
         self.clock = clock
@@ -185,43 +179,25 @@ class Runner:
         )
 
     def _fire_tick(self, schedule: Schedule, run: Run) -> bool:
-        """Create and publish the job of one tick; True when its job exists now (made here or by another replica)."""
-        spec = self.registry.get(schedule.task)
-        problems = args_errors(spec, schedule.args, "/args") if spec is not None else []
-        if spec is None or problems:
-            reason = (
-                f"task {schedule.task!r} is not registered by any worker"
-                if spec is None
-                else "; ".join(f"{p.path}: {p.message}" for p in problems)
+        """Submit the job of one tick; True when its job exists now (made here or by another replica)."""
+        try:
+            job = build_scheduled_job(
+                self.submitter.registry,
+                job_id=tick_job_id(schedule.id, run.fire_time),
+                schedule_id=schedule.id,
+                task=schedule.task,
+                args=schedule.args,
             )
-            log.error("schedule %s: tick %s not fired: %s", schedule.id, run.fire_time.isoformat(), reason)
+        except InvalidInput as exc:
+            log.error("schedule %s: tick %s not fired: %s", schedule.id, run.fire_time.isoformat(), exc.detail)
             metrics.schedule_misfires_total.labels(schedule.id, "error").inc()
             # NOTE: counted and logged, and the schedule moves on: retrying a tick that cannot be built would block it.
             return False
-        now = utcnow()
-        job = Job(
-            id=tick_job_id(schedule.id, run.fire_time),
-            task=spec.name,
-            queue=spec.queue,
-            status=JobStatus.QUEUED,
-            args=schedule.args,
-            max_retries=spec.max_retries,
-            priority=spec.priority,
-            time_limit_s=spec.time_limit_s,
-            max_age_s=spec.max_age_s,
-            created_at=now,
-            updated_at=now,
-            schedule_id=schedule.id,
-        )
-        try:
-            self.jobs.insert([job])
-        except IntegrityError:
+        # NOTE: the job id is derived from the tick, so a second leader's (or a restarted one's) submit of
+        # the same tick is refused by the store: never a double fire.
+        if not self.submitter.submit_once(job):
             log.info("schedule %s: tick %s fired already (job %s)", schedule.id, run.fire_time.isoformat(), job.id)
             return True
-        try:
-            self.jobs.mark_published(publish(self.broker, [job]))
-        except Unavailable as exc:
-            log.warning("schedule %s: job %s left for the outbox relay: %s", schedule.id, job.id, exc)
         lag_s = (utcnow() - run.fire_time).total_seconds()
         metrics.schedule_fires_total.labels(schedule.id).inc()
         metrics.schedule_lag_seconds.labels(schedule.id).observe(lag_s)

@@ -1,4 +1,4 @@
-"""Turning a job request body into a ``Job``, or into a list of what is wrong with it."""
+"""Turning a job request body, or a schedule's tick, into a ``Job``, or into what is wrong with it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from shared.catalog import QUEUE_NAME, TaskSpec
-from shared.errors import FieldError
+from shared.errors import FieldError, InvalidInput
 from shared.ids import new_id
 from shared.job import Job, JobStatus, utcnow
 from shared.store.tasks import TaskRegistry
@@ -179,6 +179,10 @@ def build_job(
     queue = body.get("queue")
     if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue)):
         errors.append(FieldError(f"{base}/queue", "must be a queue name (lowercase letters, digits, '_', '-')"))
+    elif queue is not None and not registry.knows_queue(queue):
+        known = ", ".join(registry.queues()) or "none"
+        message = f"no worker serves queue {queue!r} (no registered task uses it); the known queues: {known}"
+        errors.append(FieldError(f"{base}/queue", message))
     priority = _whole(body.get("priority", 0))
     if priority is None:
         priority = 0
@@ -199,9 +203,15 @@ def build_job(
     eta = _parse_eta(body.get("eta"), f"{base}/eta", errors)
     if eta is not None and delay_s:
         errors.append(FieldError(f"{base}/eta", "give either eta or delay_s, not both"))
+    elif eta is not None and eta > utcnow() + timedelta(seconds=MAX_DELAY_S):
+        errors.append(
+            FieldError(f"{base}/eta", f"is more than {MAX_DELAY_S / 86400:g} days ahead (the longest delay_s)")
+        )
     header_key = submission.idempotency_key
     if header_key is not None and not 1 <= len(header_key) <= 200:
         errors.append(FieldError("/headers/Idempotency-Key", "must be a string of 1 to 200 characters"))
+    elif header_key is not None and "\x00" in header_key:
+        errors.append(FieldError("/headers/Idempotency-Key", "must not contain U+0000"))
     key = body.get("idempotency_key", header_key)
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
         errors.append(FieldError(f"{base}/idempotency_key", "must be a string of 1 to 200 characters"))
@@ -234,4 +244,33 @@ def build_job(
         request_hash=request_hash(hashed) if key else None,
         request_id=submission.request_id,
         held=held,
+    )
+
+
+def build_scheduled_job(registry: TaskRegistry, *, job_id: str, schedule_id: str, task: str, args: Any) -> Job:
+    """The job of one tick of a schedule: its task's defaults, under the id the scheduler derived from the tick.
+
+    Raises ``InvalidInput`` saying why when the task is not registered or ``args`` no longer fit its
+    schema (a worker changed the task since the schedule was written).
+    """
+    spec = registry.get(task)
+    if spec is None:
+        raise InvalidInput(f"task {task!r} is not registered by any worker")
+    problems = args_errors(spec, args, "/args")
+    if problems:
+        raise InvalidInput("; ".join(f"{p.path}: {p.message}" for p in problems), problems)
+    now = utcnow()
+    return Job(
+        id=job_id,
+        task=spec.name,
+        queue=spec.queue,
+        status=JobStatus.QUEUED,
+        args=args,
+        max_retries=spec.max_retries,
+        priority=spec.priority,
+        time_limit_s=spec.time_limit_s,
+        max_age_s=spec.max_age_s,
+        created_at=now,
+        updated_at=now,
+        schedule_id=schedule_id,
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -17,9 +18,11 @@ from services.scheduler.leader import LeaderLease
 from services.scheduler.runner import CATCH_UP_SUFFIX, Runner
 from services.scheduler.ticks import tick_job_id
 from shared.broker.publishing import build_broker
+from shared.job import utcnow
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.schedules import Misfire, Schedule, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
+from shared.submission.submitter import Submitter
 
 NOON = datetime(2024, 6, 1, 12, tzinfo=UTC)
 
@@ -55,9 +58,7 @@ def replicas(
         replica.runner = Runner(
             scheduler=BackgroundScheduler(timezone="UTC"),
             schedules=ScheduleStore(engine),
-            jobs=JobStore(engine),
-            registry=registry,
-            broker=broker,
+            submitter=Submitter(JobStore(engine), registry, broker),
             lease=lease,
             housekeeping={"maintenance.relay": lambda r=replica: r.calls.append("relay")},
             clock=clock,
@@ -88,6 +89,16 @@ def jobs_of(engine: Engine, schedule_id: str) -> list[str]:
     return sorted(job.id for job in JobStore(engine).page(JobFilter(schedule_id=schedule_id), limit=500).items)
 
 
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Whether ``check`` holds within ``timeout_s`` (for what a background thread of the Submitter writes)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -98,6 +109,7 @@ def test_a_fire_inserts_and_publishes_the_tick_job_and_records_the_run(
     schedules = ScheduleStore(engine)
     schedules.create(every_second())
     fires_before = sample("jobrelay_schedule_fires_total", schedule="tick")
+    submitted_before = sample("jobrelay_jobs_submitted_total", task="diagnostics.echo", queue="default")
     replica = replicas[0]
     replica.clock.now = NOON + timedelta(milliseconds=3)
     replica.runner.fire("tick")
@@ -109,6 +121,9 @@ def test_a_fire_inserts_and_publishes_the_tick_job_and_records_the_run(
     stored = schedules.get("tick")
     assert stored.last_run_at == NOON and stored.next_run_at == NOON + timedelta(seconds=1)
     assert sample("jobrelay_schedule_fires_total", schedule="tick") == fires_before + 1
+    # And it went through the Submitter: its outbox entry goes once the job is in Redis, and it is no API submission
+    assert eventually(lambda: JobStore(engine).outbox_left(older_than=utcnow() + timedelta(seconds=1)) == [])
+    assert sample("jobrelay_jobs_submitted_total", task="diagnostics.echo", queue="default") == submitted_before
     assert sample("jobrelay_schedule_last_fire_timestamp_seconds", schedule="tick") == NOON.timestamp()
 
 
