@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -22,8 +21,8 @@ from apscheduler.triggers.date import DateTrigger
 from services.scheduler import metrics
 from services.scheduler.leader import LeaderLease
 from services.scheduler.ticks import Plan, Run, plan_ticks, tick_job_id
+from shared.clock import Clock, SystemClock
 from shared.errors import InvalidInput
-from shared.job import utcnow
 from shared.logs import log_context
 from shared.schedules.triggers import TimingError, build_trigger, first_tick_at_or_after
 from shared.store.schedules import Misfire, Schedule, ScheduleSource, ScheduleStore
@@ -50,17 +49,17 @@ class Runner:
         submitter: Submitter,
         lease: LeaderLease,
         housekeeping: Mapping[str, Callable[[], object]],
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.schedules = schedules
         self.submitter = submitter
         self.lease = lease
         self.housekeeping = housekeeping
-        self.clock = clock
+        self.clock: Clock = clock or SystemClock()
         self._loaded: dict[str, int] = {}  # schedule id -> version loaded into APScheduler
         self._locks: dict[str, threading.Lock] = {}
-        self._builtin_recorded: dict[str, float] = {}  # schedule id -> time.monotonic() of its last record
+        self._builtin_recorded: dict[str, float] = {}  # schedule id -> clock.monotonic() of its last record
         self._locks_guard = threading.Lock()
 
     # -- loading -----------------------------------------------------------
@@ -71,7 +70,7 @@ class Runner:
         for schedule_id in [sid for sid in self._loaded if sid not in wanted]:
             self._unload(schedule_id)
             log.info("schedule %s unloaded (disabled or deleted)", schedule_id)
-        now = self.clock()
+        now = self.clock.now()
         for schedule in wanted.values():
             if self._loaded.get(schedule.id) == schedule.version:
                 continue
@@ -125,7 +124,7 @@ class Runner:
         if schedule is None or not schedule.enabled:
             return
         trigger = build_trigger(schedule.cron, schedule.interval_s, schedule.timezone)
-        now = self.clock()
+        now = self.clock.now()
         due_from = schedule.next_run_at
         if due_from is None:
             first = first_tick_at_or_after(trigger, now)
@@ -136,8 +135,8 @@ class Runner:
             if early_s > EARLY_WAKE_S:
                 return  # a wake-up of a timing changed since (the reload is under way)
             # NOTE: a wake-up a hair early (clock granularity) waits; skipping would delay the tick a whole period.
-            time.sleep(early_s)
-            now = self.clock()
+            self.clock.sleep(early_s)
+            now = self.clock.now()
         plan = plan_ticks(
             trigger, due_from=due_from, now=now, misfire=schedule.misfire, grace_s=schedule.misfire_grace_s
         )
@@ -198,7 +197,7 @@ class Runner:
         if not self.submitter.submit_once(job):
             log.info("schedule %s: tick %s fired already (job %s)", schedule.id, run.fire_time.isoformat(), job.id)
             return True
-        lag_s = (utcnow() - run.fire_time).total_seconds()
+        lag_s = (self.clock.now() - run.fire_time).total_seconds()
         metrics.schedule_fires_total.labels(schedule.id).inc()
         metrics.schedule_lag_seconds.labels(schedule.id).observe(lag_s)
         metrics.schedule_last_fire_timestamp_seconds.labels(schedule.id).set(run.fire_time.timestamp())
@@ -217,7 +216,7 @@ class Runner:
         tick = plan.last_fire
         if tick is not None:
             work = self.housekeeping.get(schedule.id)
-            started = utcnow()
+            started = self.clock.now()
             try:
                 if work is None:
                     log.error("built-in schedule %s has no housekeeping function", schedule.id)
@@ -231,8 +230,8 @@ class Runner:
         # NOTE: the relay ticks every second, at the same instants as user schedules; a row write per run would
         # compete with their job inserts for SQLite's write lock. A stale next_run_at only makes the next
         # wake-up see a few due ticks, which housekeeping runs once anyway.
-        if time.monotonic() - self._builtin_recorded.get(schedule.id, float("-inf")) >= BUILTIN_RECORD_EVERY_S:
+        if self.clock.monotonic() - self._builtin_recorded.get(schedule.id, float("-inf")) >= BUILTIN_RECORD_EVERY_S:
             self.schedules.record_run(
                 schedule.id, version=schedule.version, last_run_at=tick, next_run_at=plan.next_run_at
             )
-            self._builtin_recorded[schedule.id] = time.monotonic()
+            self._builtin_recorded[schedule.id] = self.clock.monotonic()

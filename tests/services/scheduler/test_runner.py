@@ -1,4 +1,4 @@
-"""The leader's runner in-process, on a real Redis and store, with a fixed clock."""
+"""The leader's runner in-process, on a real Redis and store, with a fake clock that moves only when told."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from services.scheduler.leader import LeaderLease
 from services.scheduler.runner import CATCH_UP_SUFFIX, Runner
 from services.scheduler.ticks import tick_job_id
 from shared.broker.publishing import build_broker
+from shared.clock import FakeClock
 from shared.job import utcnow
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.schedules import Misfire, Schedule, ScheduleSource, ScheduleStore
@@ -28,18 +29,10 @@ NOON = datetime(2024, 6, 1, 12, tzinfo=UTC)
 
 
 @dataclass
-class Clock:
-    now: datetime = NOON
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
 class Replica:
     runner: Runner
     lease: LeaderLease
-    clock: Clock
+    clock: FakeClock
     calls: list[str] = field(default_factory=list)
 
 
@@ -53,7 +46,7 @@ def replicas(
         broker = build_broker(redis_url)
         lease = LeaderLease(redis_client, f"replica-{index}", ttl_s=5, key=f"test:leader:{index}")
         assert lease.refresh()
-        clock = Clock()
+        clock = FakeClock(NOON)
         replica = Replica(runner=None, lease=lease, clock=clock)  # type: ignore[arg-type]
         replica.runner = Runner(
             scheduler=BackgroundScheduler(timezone="UTC"),
@@ -111,7 +104,7 @@ def test_a_fire_inserts_and_publishes_the_tick_job_and_records_the_run(
     fires_before = sample("jobrelay_schedule_fires_total", schedule="tick")
     submitted_before = sample("jobrelay_jobs_submitted_total", task="diagnostics.echo", queue="default")
     replica = replicas[0]
-    replica.clock.now = NOON + timedelta(milliseconds=3)
+    replica.clock.advance(0.003)
     replica.runner.fire("tick")
     job = JobStore(engine).get(tick_job_id("tick", NOON))
     assert job.schedule_id == "tick" and job.task == "diagnostics.echo" and job.args == {"message": "tick"}
@@ -132,7 +125,7 @@ def test_two_overlapping_leaders_fire_each_tick_once(engine: Engine, replicas: l
     schedules.create(every_second())
     # Both wake up for 12:00:00 and 12:00:01 (the second one a little later, from stale state).
     for replica in replicas:
-        replica.clock.now = NOON + timedelta(seconds=1, milliseconds=10)
+        replica.clock.advance(1.010)
     replicas[0].runner.fire("tick")
     # The second replica woke from the state before the first recorded its run: put that state back.
     current = schedules.get("tick")
@@ -149,7 +142,7 @@ def test_a_new_leader_catches_up_missed_ticks_by_policy(engine: Engine, replicas
     missed_before = sample("jobrelay_schedule_misfires_total", schedule="skipped", outcome="skipped")
     # Given nobody fired from 12:00:00 to 12:00:20.5, with a grace time of 5 s
     replica = replicas[0]
-    replica.clock.now = NOON + timedelta(seconds=20, milliseconds=500)
+    replica.clock.advance(20.5)
     replica.runner.fire("coalesced")
     replica.runner.fire("skipped")
     # Then 12:00:16 .. 12:00:20 run normally; 12:00:00 .. 12:00:15 became one catch-up run for 12:00:15, or nothing
@@ -193,7 +186,7 @@ def test_builtin_schedules_run_their_function_once_per_wake_up(engine: Engine, r
     relay = every_second(id="maintenance.relay", task="maintenance.relay", args={}, source=ScheduleSource.BUILTIN)
     schedules.sync(ScheduleSource.BUILTIN, [relay])
     replica = replicas[0]
-    replica.clock.now = NOON + timedelta(seconds=3)
+    replica.clock.advance(3)
     replica.runner.fire("maintenance.relay")
     assert replica.calls == ["relay"]
     assert schedules.get("maintenance.relay").last_run_at == NOON + timedelta(seconds=3)
@@ -203,13 +196,12 @@ def test_builtin_schedules_run_their_function_once_per_wake_up(engine: Engine, r
 def test_sync_loads_changes_and_unloads(engine: Engine, replicas: list[Replica]) -> None:
     schedules = ScheduleStore(engine)
     runner = replicas[0].runner
-    replicas[0].clock.now = NOON - timedelta(seconds=10)
-    schedules.create(every_second())
+    schedules.create(every_second(next_run_at=NOON + timedelta(seconds=10)))
     runner.sync()
     assert runner.scheduler.get_job("tick") is not None
     assert runner.scheduler.get_job("tick" + CATCH_UP_SUFFIX) is None
     # Given the schedule changes while ticks are overdue
-    replicas[0].clock.now = NOON + timedelta(seconds=10)
+    replicas[0].clock.advance(20)
     current = schedules.get("tick")
     schedules.replace(replace(current, interval_s=5), expected_version=current.version)
     runner.sync()
@@ -221,3 +213,43 @@ def test_sync_loads_changes_and_unloads(engine: Engine, replicas: list[Replica])
     schedules.replace(replace(current, enabled=False), expected_version=current.version)
     runner.sync()
     assert runner.scheduler.get_jobs() == []
+
+
+def test_housekeeping_rows_record_their_runs_at_most_every_ten_seconds(engine: Engine, replicas: list[Replica]) -> None:
+    schedules = ScheduleStore(engine)
+    relay = every_second(id="maintenance.relay", task="maintenance.relay", args={}, source=ScheduleSource.BUILTIN)
+    schedules.sync(ScheduleSource.BUILTIN, [relay])
+    replica = replicas[0]
+    # Given the relay ran at 12:00:00, which its row records
+    replica.runner.fire("maintenance.relay")
+    assert schedules.get("maintenance.relay").last_run_at == NOON
+    # When it wakes up every second for nine more seconds
+    for _ in range(9):
+        replica.clock.advance(1)
+        replica.runner.fire("maintenance.relay")
+    # Then it runs each time, but its row is not written again (that write would queue behind the job inserts)
+    assert replica.calls == ["relay"] * 10
+    assert schedules.get("maintenance.relay").last_run_at == NOON
+    # And ten seconds after the last record, the next run is recorded
+    replica.clock.advance(1)
+    replica.runner.fire("maintenance.relay")
+    stored = schedules.get("maintenance.relay")
+    assert stored.last_run_at == NOON + timedelta(seconds=10)
+    assert stored.next_run_at == NOON + timedelta(seconds=11)
+
+
+def test_a_wake_up_a_hair_early_waits_on_the_clock_for_its_tick(engine: Engine, replicas: list[Replica]) -> None:
+    schedules = ScheduleStore(engine)
+    schedules.create(every_second(next_run_at=NOON + timedelta(seconds=1)))
+    replica = replicas[0]
+    # Given a wake-up a whole second before the tick: nothing fires, the tick stays due
+    replica.runner.fire("tick")
+    assert jobs_of(engine, "tick") == []
+    assert schedules.get("tick").next_run_at == NOON + timedelta(seconds=1)
+    # When it wakes up 0.2 s before the tick (within EARLY_WAKE_S)
+    replica.clock.advance(0.8)
+    replica.runner.fire("tick")
+    # Then it waited for the tick on its clock and fired it
+    assert replica.clock.now() == NOON + timedelta(seconds=1)
+    assert jobs_of(engine, "tick") == [tick_job_id("tick", NOON + timedelta(seconds=1))]
+    assert schedules.get("tick").next_run_at == NOON + timedelta(seconds=2)
