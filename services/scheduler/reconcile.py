@@ -22,8 +22,9 @@ from dramatiq.common import dq_name
 from dramatiq.errors import DecodeError
 
 from shared.broker.publishing import publish
-from shared.job import Job, utcnow
-from shared.store.jobs import JobStore
+from shared.clock import Clock, SystemClock
+from shared.job import Job
+from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,26 @@ log = logging.getLogger(__name__)
 class LostMessages:
     """Run by the scheduler leader every ``maintenance.reconcile`` tick; keeps its suspects between runs."""
 
-    def __init__(self, store: JobStore, broker: RedisBroker, *, min_age_s: float = 60.0, limit: int = 5000) -> None:
+    def __init__(
+        self,
+        store: JobStoreProtocol,
+        broker: RedisBroker,
+        *,
+        min_age_s: float = 60.0,
+        limit: int = 5000,
+        clock: Clock | None = None,
+    ) -> None:
         self.store = store
         self.broker = broker
         self.min_age_s = min_age_s
         self.limit = limit
+        self.clock: Clock = clock or SystemClock()
         self._suspects: dict[str, tuple[str, int]] = {}
 
     def run(self) -> int:
         """Publish again the jobs found without a message twice; returns how many."""
         waiting = self.store.waiting_published(
-            older_than=utcnow() - timedelta(seconds=self.min_age_s), limit=self.limit
+            older_than=self.clock.now() - timedelta(seconds=self.min_age_s), limit=self.limit
         )
         present = self.message_ids({job.queue for job in waiting}) if waiting else set()
         missing = {job.id: job for job in waiting if job.id not in present}

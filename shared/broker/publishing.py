@@ -11,7 +11,7 @@ from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
@@ -85,11 +85,12 @@ def message_for(job: Job) -> dramatiq.Message[object]:
     )
 
 
-def publish(broker: RedisBroker, batch: Sequence[Job]) -> list[str]:
+def publish(broker: Broker, batch: Sequence[Job]) -> list[str]:
     """Enqueue each job whose time is within the broker's delay horizon; returns the ids sent.
 
     All messages go in one Redis round trip. Raises ``Unavailable`` when Redis
     cannot be reached; the rows stay unpublished and the outbox relay sends them later.
+    Another broker (Dramatiq's ``StubBroker``, in unit tests) gets one ``enqueue`` per message.
     """
     now = utcnow()
     messages: list[tuple[dramatiq.Message[object], int | None]] = []

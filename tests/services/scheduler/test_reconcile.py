@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import redis
 from dramatiq import Message
 from sqlalchemy import Engine, update
 
 from services.scheduler.reconcile import LostMessages
 from shared.broker.publishing import build_broker, message_for
+from shared.clock import FakeClock
 from shared.job import JobStatus
 from shared.store.jobs import JobStore
 from shared.store.models import jobs
@@ -33,8 +32,10 @@ def test_a_job_without_a_message_twice_is_published_again_once(
     broker.enqueue(message_for(delayed), delay=60_000)
     with store.engine.begin() as conn:
         conn.execute(update(jobs).where(jobs.c.id == running.id).values(status=JobStatus.RUNNING.value))
-    time.sleep(0.01)
-    reconcile = LostMessages(store, broker, min_age_s=0)
+    # (the pass looks a second later on its clock, so every job is older than its min_age_s of 0)
+    clock = FakeClock()
+    clock.advance(1)
+    reconcile = LostMessages(store, broker, min_age_s=0, clock=clock)
 
     # When the pass runs once, the lost job is only a suspect
     assert reconcile.run() == 0
@@ -57,8 +58,9 @@ def test_a_suspect_whose_row_moved_on_is_left_alone(redis_url: str, redis_client
     job = make_job()
     store.insert([job])
     store.mark_published([job.id])
-    time.sleep(0.01)
-    reconcile = LostMessages(store, broker, min_age_s=0)
+    clock = FakeClock()
+    clock.advance(1)
+    reconcile = LostMessages(store, broker, min_age_s=0, clock=clock)
     assert reconcile.run() == 0
     # When a worker claims it and records a failed attempt (its retry message in motion)
     with engine.begin() as conn:
@@ -70,10 +72,15 @@ def test_a_suspect_whose_row_moved_on_is_left_alone(redis_url: str, redis_client
 
 def test_young_jobs_are_not_suspects(redis_url: str, redis_client: redis.Redis, store: JobStore) -> None:
     # Given a published job created just now, its message not yet in Redis
+    clock = FakeClock()
     job = make_job()
     store.insert([job])
     store.mark_published([job.id])
-    reconcile = LostMessages(store, build_broker(redis_url), min_age_s=60)
+    reconcile = LostMessages(store, build_broker(redis_url), min_age_s=60, clock=clock)
     # Then however often the pass runs, it waits for the job to be a minute old
     assert reconcile.run() == 0 and reconcile.run() == 0
     assert messages_of(redis_client, "default") == []
+    # And once it is past a minute old on the pass's clock, two runs without its message publish it again
+    clock.advance(65)
+    assert reconcile.run() == 0 and reconcile.run() == 1
+    assert messages_of(redis_client, "default") == [job.id]
