@@ -62,11 +62,18 @@ COUNT = {"type": "integer", "minimum": 0}
 QUEUE = {"type": "string", "pattern": QUEUE_NAME.pattern}
 PRIORITY = {"type": "integer", "minimum": PRIORITY_RANGE[0], "maximum": PRIORITY_RANGE[1]}
 
-#: The options a job request may carry next to ``task`` and ``args``, with the validator's ranges.
+#: The options a job request may carry next to ``task`` and ``args``, with the validator's ranges
+#: (each task's variant narrows ``queue`` to the queues of the registered tasks).
 JOB_OPTIONS: dict[str, Schema] = {
     "queue": nullable({**QUEUE, "description": "Overrides the task's queue."}),
     "delay_s": nullable({"type": "number", "minimum": 0, "maximum": MAX_DELAY_S}),
-    "eta": nullable({**DATE_TIME, "description": "RFC 3339 with an offset; not together with delay_s > 0."}),
+    "eta": nullable(
+        {
+            **DATE_TIME,
+            "description": f"RFC 3339 with an offset, at most {MAX_DELAY_S / 86400:g} days ahead; "
+            "not together with delay_s > 0.",
+        }
+    ),
     "priority": nullable({**PRIORITY, "description": "null means 0."}),
     "max_retries": nullable({"type": "integer", "minimum": 0, "maximum": MAX_RETRIES}),
     "time_limit_s": nullable({"type": "number", "minimum": MIN_LIMIT_S, "maximum": MAX_TIME_LIMIT_S}),
@@ -89,10 +96,23 @@ def _args(spec: TaskSpec, *, held: bool = False) -> tuple[Schema, bool]:
     return args, bool(required)
 
 
-def job_request_variant(spec: TaskSpec, *, step: bool = False, held: bool = False) -> Schema:
+def queue_option(queues: Iterable[str]) -> Schema:
+    """The queue override: one of the registered tasks' queues, as no worker serves any other."""
+    return {
+        "type": ["string", "null"],
+        "enum": [*sorted(queues), None],
+        "description": "Overrides the task's queue: one of the registered tasks' queues.",
+    }
+
+
+def job_request_variant(
+    spec: TaskSpec, *, step: bool = False, held: bool = False, queues: Iterable[str] = ()
+) -> Schema:
     """The request for one task; a workflow step takes no idempotency key, a held step may omit ``input``."""
     args, args_required = _args(spec, held=held)
-    options = {**JOB_OPTIONS, "idempotency_key": NULL} if step else JOB_OPTIONS
+    options = {**JOB_OPTIONS, "queue": queue_option({spec.queue, *queues})}
+    if step:
+        options["idempotency_key"] = NULL
     return closed(
         {"task": {"type": "string", "const": spec.name}, "args": args, **options},
         ["task", "args"] if args_required else ["task"],
@@ -111,9 +131,10 @@ def job_request_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
     """``JobRequest``, ``WorkflowStep`` and ``HeldWorkflowStep``, each a oneOf over the registered tasks."""
     out: dict[str, Schema] = {}
     kinds = {"JobRequest": {}, "WorkflowStep": {"step": True}, "HeldWorkflowStep": {"step": True, "held": True}}
+    queues = {spec.queue for spec in specs.values()}
     for kind, flags in kinds.items():
         for name, spec in sorted(specs.items()):
-            out[f"{kind}.{name}"] = job_request_variant(spec, **flags)
+            out[f"{kind}.{name}"] = job_request_variant(spec, **flags, queues=queues)
         out[kind] = _one_of([ref(f"{kind}.{name}") for name in sorted(specs)])
     return out
 

@@ -60,6 +60,20 @@ class TaskRegistry:
                 self._cached_at = time.monotonic()
             return self._cached
 
+    def queues(self) -> list[str]:
+        """The queues of the registered tasks: the ones the workers that registered them serve."""
+        return sorted({spec.queue for spec in self._current().values()})
+
+    def knows_queue(self, name: str) -> bool:
+        """Whether a registered task uses queue ``name``; a job on any other queue would wait forever."""
+        if any(spec.queue == name for spec in self._current().values()):
+            return True
+        if self.cache_s:
+            # A worker may have registered it a moment ago.
+            self._cached_at = float("-inf")
+            return any(spec.queue == name for spec in self._current().values())
+        return False
+
     def get(self, name: str) -> TaskSpec | None:
         spec = self._current().get(name)
         if spec is None and self.cache_s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import falcon
@@ -127,19 +128,21 @@ def test_a_newly_registered_task_appears_in_the_document(client: testing.TestCli
 
 
 LONG_KEY = "k" * 200
+#: An eta a month ahead: within the 365 days an eta may lie ahead, whenever the test runs.
+SOON = (utcnow() + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S")
 JOB_REQUESTS: list[tuple[str, Any, bool]] = [
     ("minimal", ECHO, True),
     ("no args for a task with none required", {"task": "diagnostics.fail"}, True),
-    ("every option at its upper bound", {**SLEEP, "queue": "q-9_x", "delay_s": MAX_DELAY_S, "priority": 9,
+    ("every option at its upper bound", {**SLEEP, "queue": "reports", "delay_s": MAX_DELAY_S, "priority": 9,
      "max_retries": 100, "time_limit_s": MAX_TIME_LIMIT_S, "max_age_s": MAX_DELAY_S, "idempotency_key": LONG_KEY},
      True),
     ("every option at its lower bound", {**SLEEP, "delay_s": 0, "priority": 0, "max_retries": 0,
      "time_limit_s": 0.001, "max_age_s": 0.001, "idempotency_key": "k"}, True),
     ("options null", {**SLEEP, **dict.fromkeys(JOB_OPTIONS)}, True),
-    ("eta with an offset", {**ECHO, "eta": "2030-01-01T00:00:00+02:00"}, True),
-    ("eta with delay 0", {**ECHO, "eta": "2030-01-01T00:00:00Z", "delay_s": 0}, True),
-    ("eta and a delay", {**ECHO, "eta": "2030-01-01T00:00:00Z", "delay_s": 5}, False),
-    ("eta without an offset", {**ECHO, "eta": "2030-01-01T00:00:00"}, False),
+    ("eta with an offset", {**ECHO, "eta": f"{SOON}+02:00"}, True),
+    ("eta with delay 0", {**ECHO, "eta": f"{SOON}Z", "delay_s": 0}, True),
+    ("eta and a delay", {**ECHO, "eta": f"{SOON}Z", "delay_s": 5}, False),
+    ("eta without an offset", {**ECHO, "eta": SOON}, False),
     ("eta not a date", {**ECHO, "eta": "tomorrow"}, False),
     ("priority 10", {**ECHO, "priority": 10}, False),
     ("priority -1", {**ECHO, "priority": -1}, False),
@@ -155,6 +158,7 @@ JOB_REQUESTS: list[tuple[str, Any, bool]] = [
     ("idempotency key of 201", {**ECHO, "idempotency_key": LONG_KEY + "k"}, False),
     ("queue with capitals", {**ECHO, "queue": "Default"}, False),
     ("queue with a trailing newline", {**ECHO, "queue": "default\n"}, False),
+    ("queue no registered task uses", {**ECHO, "queue": "q-9_x"}, False),
     ("unknown field", {**ECHO, "colour": "red"}, False),
     ("unknown task", {"task": "nope.never", "args": {}}, False),
     ("no task", {"args": {}}, False),
