@@ -105,12 +105,14 @@ def test_wrong_content_type_is_415(client: testing.TestClient) -> None:
     assert resp.status_code == 415
 
 
-def test_curl_default_content_type_is_accepted(client: testing.TestClient) -> None:
-    # `curl -d '{...}'` sends application/x-www-form-urlencoded; the body must still be JSON.
+def test_curl_default_content_type_is_415(client: testing.TestClient, store: JobStore) -> None:
+    # `curl -d '{...}'` sends application/x-www-form-urlencoded: a JSON body must say it is one.
     resp = client.simulate_post(
         "/v1/jobs", body=json.dumps(ECHO).encode(), headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
-    assert resp.status_code == 202
+    assert resp.status_code == 415
+    assert "application/json" in resp.json["detail"]
+    assert stored_count(store) == 0
 
 
 def test_body_over_the_limit_is_413(client: testing.TestClient, store: JobStore) -> None:

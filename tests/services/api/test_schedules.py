@@ -126,7 +126,9 @@ def test_invalid_definitions_answer_422_at_the_field(client: testing.TestClient,
 
 
 def test_malformed_bodies(client: testing.TestClient) -> None:
-    assert client.simulate_post("/v1/schedules", body="{", headers=AS_ADMIN).status_code == 400
+    as_json = {**AS_ADMIN, "Content-Type": "application/json"}
+    assert client.simulate_post("/v1/schedules", body="{", headers=as_json).status_code == 400
+    assert client.simulate_post("/v1/schedules", body="{}", headers=AS_ADMIN).status_code == 415
     assert post(client, [1, 2]).status_code == 422
     assert post(client, "x").status_code == 422
     headers = {**AS_ADMIN, "Content-Type": "text/plain"}
