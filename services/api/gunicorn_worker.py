@@ -13,7 +13,9 @@ Gunicorn answers a request it cannot parse in HTML, and a ``Transfer-Encoding``
 it does not know (even an empty one) with 501. The API's contract is
 problem+json for every error and no 5xx for any content of a request, so
 those answers are problem+json, and the transfer coding is a 400 naming the
-header.
+header. The codings gunicorn knows but does not decode (``gzip, chunked``,
+``identity``) would reach the app as if the body were plain: any coding but
+``chunked`` alone is a 400 too, before the app sees the request.
 """
 
 from __future__ import annotations
@@ -40,11 +42,28 @@ def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
+def transfer_codings(headers: list[tuple[str, str]]) -> list[str]:
+    """The codings of every ``Transfer-Encoding`` header, in order, lowercased (gunicorn uppercases names)."""
+    return [
+        coding.strip(" \t").lower()
+        for name, value in headers
+        if name == "TRANSFER-ENCODING"
+        for coding in value.split(",")
+    ]
+
+
 class ApiWorker(GeventWorker):
     def init_process(self) -> None:
         # NOTE: gunicorn's worker calls ``util.write_error`` for every request it refuses itself.
         util.write_error = write_problem
         super().init_process()
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
+        codings = transfer_codings(req.headers)
+        if codings and codings != ["chunked"]:
+            # NOTE: raised here, the error reaches handle_error below, which answers and closes.
+            raise InvalidHeader(f"Transfer-Encoding ({', '.join(codings)}): only chunked is supported")
+        super().handle_request(listener_name, req, sock, addr)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, UnsupportedTransferCoding):

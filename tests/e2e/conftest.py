@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from shared.redis_server import free_ports
+from tests.e2e.api_server import ApiServer
 
 
 @dataclass
@@ -128,3 +129,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield stack
     code = stop_stack(stack)
     assert code == 0, stack.log_path.read_text()[-4000:]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """The API alone under gunicorn, on SQLite and, where it answers, on PostgreSQL (emptied first)."""
+    root = tmp_path_factory.mktemp(f"api-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{root / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        if url is None:
+            if os.environ.get("CI"):
+                pytest.fail("PostgreSQL is required in CI but did not answer")
+            pytest.skip("no PostgreSQL reachable")
+    server = ApiServer(root, url)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
