@@ -14,12 +14,13 @@ from typing import Any
 
 from shared.catalog import TaskSpec
 from shared.errors import FieldError
+from shared.job import utcnow
 from shared.schedules.triggers import (
     MAX_INTERVAL_S,
     TimingError,
     build_trigger,
-    cron_trigger,
     first_tick_at_or_after,
+    never_fires,
     zone,
 )
 from shared.store.schedules import DEFINITION_FIELDS, Misfire, Schedule, ScheduleSource
@@ -32,6 +33,7 @@ BUILTIN_PREFIX = "maintenance."
 #: Fields a GET returns that a PUT may send back unchanged; they are ignored.
 READ_ONLY_FIELDS = frozenset({"next_run_at", "last_run_at", "source"})
 MAX_GRACE_S = float(MAX_INTERVAL_S)
+NEVER_FIRES = "never fires: no date matches its day of month, month and day of week together (such as 30 February)"
 DEFAULTS: dict[str, Any] = {
     "task": None,
     "args": {},
@@ -124,7 +126,8 @@ def _check_timing(values: dict[str, Any], body: dict[str, Any], base: str, error
         else:
             try:
                 # NOTE: checked in UTC when the zone is bad, so both problems are reported at once.
-                cron_trigger(cron, timezone if zone_ok else "UTC")
+                if never_fires(cron, timezone if zone_ok else "UTC", utcnow()):
+                    errors.append(FieldError(f"{base}/cron", NEVER_FIRES))
             except TimingError as exc:
                 errors.append(FieldError(f"{base}/cron", str(exc)))
     if interval is not None:

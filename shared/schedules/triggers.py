@@ -3,7 +3,7 @@
 Cron is read as crontab(5) reads it, not as APScheduler 3 does: APScheduler
 numbers the days of the week from Monday = 0, crontab from Sunday = 0 (and
 7), so the day-of-week field is rewritten into day names before
-``CronTrigger.from_crontab`` sees it. Like APScheduler (and Celery), a
+``CronTrigger`` sees it. Like APScheduler (and Celery), a
 restricted day of month and day of week must both match. Daylight saving
 time is handled as ``CronTrigger`` handles it: a wall-clock time that does not
 exist on the spring-forward day fires one hour later in wall-clock terms (the
@@ -29,6 +29,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Longest interval accepted: a leap year.
 MAX_INTERVAL_S = 366 * 86400
+#: How far ahead a cron expression's next tick is looked for before it counts as one that never
+#: fires (``0 0 30 2 *``). A 5-field expression that fires at all does so within 40 years: 29
+#: February on one weekday recurs every 28 years, or 40 across a century year that is no leap
+#: year. Bounded, as APScheduler's own search walks on to the year 9999 (up to 2 s of CPU).
+CRON_HORIZON = timedelta(days=50 * 365)
 
 _MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -95,18 +100,37 @@ def _day_of_week(field: str) -> str:
     return ",".join(_DAY_NAMES[day] for day in sorted(days))
 
 
-def cron_trigger(expression: str, timezone: str) -> CronTrigger:
-    """A ``CronTrigger`` for a 5-field crontab expression (or @daily and friends) read in ``timezone``."""
+def cron_trigger(expression: str, timezone: str, *, end_date: datetime | None = None) -> CronTrigger:
+    """A ``CronTrigger`` for a 5-field crontab expression (or @daily and friends) read in ``timezone``.
+
+    With ``end_date`` it has no tick after that moment, which bounds the search for the next one.
+    """
     tz = zone(timezone)
     text = _MACROS.get(expression.strip().lower(), expression.strip())
     parts = text.split()
     if len(parts) != 5:
         raise TimingError(f"a cron expression has 5 fields (minute hour day month weekday), not {len(parts)}")
-    parts[4] = _day_of_week(parts[4])
+    minute, hour, day, month, weekday = parts
+    day_of_week = _day_of_week(weekday)
     try:
-        return CronTrigger.from_crontab(" ".join(parts), timezone=tz)
+        # NOTE: CronTrigger.from_crontab's own fields, with an end date it cannot take.
+        return CronTrigger(
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=day_of_week,
+            timezone=tz,
+            end_date=end_date,
+        )
     except ValueError as exc:
         raise TimingError(f"invalid cron expression: {exc}") from None
+
+
+def never_fires(expression: str, timezone: str, now: datetime) -> bool:
+    """Whether a valid cron expression has no tick within ``CRON_HORIZON`` of ``now``: none at all."""
+    trigger = cron_trigger(expression, timezone, end_date=now + CRON_HORIZON)
+    return first_tick_at_or_after(trigger, now) is None
 
 
 def interval_trigger(interval_s: int, timezone: str = "UTC") -> IntervalTrigger:

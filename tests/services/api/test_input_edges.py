@@ -1,7 +1,8 @@
 """Input edges on every body route, on both stores: a 4xx naming what is wrong, and nothing stored.
 
 U+0000 in any string, a body not sent as JSON, a key given twice, a queue no
-worker serves and an eta in the year 9999.
+worker serves, an eta in the year 9999 and a cron expression that never fires.
+(Framing edges, a bad chunk or a transfer coding, are gunicorn's: tests/e2e/test_framing.py.)
 """
 
 from __future__ import annotations
@@ -195,3 +196,25 @@ def test_an_eta_more_than_a_year_ahead_is_422(
         assert paths(resp) == ["/eta"]
         assert "365 days" in resp.json["errors"][0]["message"]
         assert stored(engine) == 0
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *", "0 0 30-31 2 *"])
+def test_a_cron_that_never_fires_is_422(client: testing.TestClient, engine: Engine, cron: str) -> None:
+    resp = send(client, "POST", "/v1/schedules", {**SCHEDULE, "cron": cron})
+    assert resp.status_code == 422, resp.text
+    assert paths(resp) == ["/cron"]
+    assert "never fires" in resp.json["errors"][0]["message"]
+    assert stored(engine) == 0
+
+
+def test_a_rare_cron_is_accepted_and_a_change_to_one_that_never_fires_is_not(client: testing.TestClient) -> None:
+    # Given 29 February, and 29 February on a Monday (2044 next), which do fire
+    for schedule_id, cron in (("leap-day", "0 0 29 2 *"), ("leap-monday", "0 0 29 2 1")):
+        resp = send(client, "POST", "/v1/schedules", {**SCHEDULE, "id": schedule_id, "cron": cron})
+        assert resp.status_code == 201, resp.text
+        assert resp.json["next_run_at"] is not None
+    # When one is changed to 30 February
+    resp = send(client, "PUT", "/v1/schedules/leap-monday", {"cron": "0 0 30 2 *"})
+    # Then the change is refused and the schedule keeps its timing
+    assert resp.status_code == 422 and paths(resp) == ["/cron"]
+    assert client.simulate_get("/v1/schedules/leap-monday").json["cron"] == "0 0 29 2 1"

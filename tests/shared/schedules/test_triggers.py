@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,7 @@ from shared.schedules.triggers import (
     first_tick_after,
     first_tick_at_or_after,
     interval_trigger,
+    never_fires,
     zone,
 )
 
@@ -102,3 +104,23 @@ def test_zone_accepts_iana_names_only() -> None:
     assert str(zone("UTC")) == "UTC"
     with pytest.raises(TimingError):
         zone("+02:00")
+
+
+@pytest.mark.parametrize(
+    ("cron", "never"),
+    [
+        ("0 0 30 2 *", True),
+        ("0 0 31 4,6,9,11 *", True),
+        ("0 0 31 2,4,6,9,11 *", True),
+        ("0 0 29 2 *", False),  # leap years
+        ("0 0 29 2 1", False),  # 29 February on a Monday: 2044, 2072 ...
+        ("0 0 31 1-12/2 *", False),
+        ("@yearly", False),
+    ],
+)
+def test_a_cron_that_never_fires_is_found_quickly(cron: str, never: bool) -> None:
+    # Given the turn of a century year that is no leap year, the longest wait for 29 February
+    started = time.monotonic()
+    assert never_fires(cron, "Europe/Berlin", at(2096, 3, 1)) is never
+    # NOTE: APScheduler's unbounded search would walk to the year 9999 (up to 2 s) to say so.
+    assert time.monotonic() - started < 0.5
