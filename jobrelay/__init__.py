@@ -4,6 +4,8 @@ A task module (named in ``TASK_MODULES``)::
 
     from jobrelay import Retry, Schema, report_progress, result_file, task
 
+(an ``async def`` task awaits ``report_progress_async`` rather than calling ``report_progress``).
+
 A script talking to the API::
 
     from jobrelay import ApiInvalidRequest, JobrelayClient, job_request
@@ -41,7 +43,7 @@ def _check_internal_packages() -> None:
 _check_internal_packages()
 
 # NOTE: after the check: with a foreign ``shared`` first on the path these imports would fail obscurely.
-from services.worker.context import report_progress, result_file  # noqa: E402
+from services.worker.context import report_progress, report_progress_async, result_file  # noqa: E402
 from services.worker.retry_policy import Retry  # noqa: E402
 from shared.catalog import task  # noqa: E402
 from shared.client import (  # noqa: E402
@@ -80,6 +82,7 @@ __all__ = [
     "WaitTimeout",
     "job_request",
     "report_progress",
+    "report_progress_async",
     "result_file",
     "task",
 ]

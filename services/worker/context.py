@@ -1,7 +1,8 @@
-"""What a running task can reach: its job, ``report_progress``, ``result_file`` and the worker's settings."""
+"""What a running task can reach: its job, ``report_progress`` (and ``_async``), ``result_file``, the settings."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import threading
@@ -81,17 +82,37 @@ def report_progress(current: float, total: float | None = None, message: str | N
     """Record the running job's progress; visible through the API within a second.
 
     Calls closer together than ``MIN_PROGRESS_INTERVAL_S`` are dropped unless
-    they report completion, so a tight loop can call this freely.
+    they report completion, so a tight loop can call this freely. The write
+    blocks its caller: an ``async def`` task awaits ``report_progress_async``.
     """
     context = _current.get()
+    progress = _due(context, current, total, message)
+    if context is not None and progress is not None:
+        context.sink.report_progress(context.job_id, progress)
+
+
+async def report_progress_async(current: float, total: float | None = None, message: str | None = None) -> None:
+    """``report_progress`` for ``async def`` tasks: the store write runs in a thread meanwhile.
+
+    NOTE: awaited, not fired and forgotten: the writes of one job land in order, the last one
+    before the job's outcome (a write after it is ignored), and a failed write raises here.
+    """
+    context = _current.get()
+    progress = _due(context, current, total, message)
+    if context is not None and progress is not None:
+        await asyncio.to_thread(context.sink.report_progress, context.job_id, progress)
+
+
+def _due(context: JobContext | None, current: float, total: float | None, message: str | None) -> dict[str, Any] | None:
+    """The progress to write now, or None: outside a job, or too soon after the last write."""
     if context is None:
-        return
+        return None
     now = time.monotonic()
     done = total is not None and current >= total
     if not done and now - context.last_report_s < MIN_PROGRESS_INTERVAL_S:
-        return
+        return None
     context.last_report_s = now
-    context.sink.report_progress(context.job_id, {"current": current, "total": total, "message": message})
+    return {"current": current, "total": total, "message": message}
 
 
 @contextlib.contextmanager
@@ -102,6 +123,9 @@ def result_file(content_type: str) -> Iterator[BinaryIO]:
     renamed, or an upload to S3 when the block ends), and the job's
     ``result_url`` points at it.
     What the task returns stays in the row as its JSON result.
+    The writes block their caller: an ``async def`` task with much to write (or an upload
+    to S3 at the block's end) writes in a thread, ``await asyncio.to_thread(write, ...)``,
+    where the job is visible too.
     """
     context = _current.get()
     if context is None or context.results is None:

@@ -7,10 +7,12 @@ list, thread count and its worker id on the command line.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX, ConsumerWatch
 from services.worker.context import current_job, use_settings
 from services.worker.heartbeat import Heartbeat
 from services.worker.middleware.claims import Claims
+from services.worker.middleware.event_loop import AsyncTasks
 from services.worker.middleware.metrics import JobMetrics
 from services.worker.middleware.outcomes import Outcomes
 from services.worker.middleware.results import Results
@@ -37,6 +40,7 @@ from services.worker.tasks import load_task_modules
 from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
 from shared.catalog import Catalog, TaskDefinition
 from shared.logs import configure_logging
+from shared.metric_files import reserve_file_space
 from shared.metrics import disable as disable_metrics
 from shared.metrics import start_job_series
 from shared.results import build_result_storage
@@ -54,6 +58,8 @@ PREFETCH_PER_THREAD = 8
 
 def _actor_fn(definition: TaskDefinition) -> Any:
     fn = definition.fn
+    if inspect.iscoroutinefunction(fn):
+        return _async_actor_fn(fn)
 
     def run(**kwargs: Any) -> None:
         # The result goes to the status middleware through the job context, not through
@@ -61,6 +67,27 @@ def _actor_fn(definition: TaskDefinition) -> Any:
         context = current_job()
         try:
             result = fn(**kwargs)
+        finally:
+            if context is not None:
+                context.returned = True
+        if context is not None:
+            context.result = result
+
+    run.__name__ = fn.__name__
+    return run
+
+
+def _async_actor_fn(fn: Callable[..., Awaitable[Any]]) -> Any:
+    """An ``async def`` task as a coroutine actor, which Dramatiq runs through ``AsyncTasks``.
+
+    The coroutine runs on the process's event loop in a copy of the worker thread's context,
+    so ``current_job()`` here is the job ``Claims`` entered (``middleware/event_loop.py``).
+    """
+
+    async def run(**kwargs: Any) -> None:
+        context = current_job()
+        try:
+            result = await fn(**kwargs)
         finally:
             if context is not None:
                 context.returned = True
@@ -133,6 +160,7 @@ def build_worker_broker(
         Results(claims, results, inline_max_bytes=settings.result_inline_max_bytes),
         Watchdog(store, claims, outcomes),
         TimeLimit(interval=250),
+        AsyncTasks(),
     ]
     broker = WorkerBroker(
         ack_sets=ack_sets,
@@ -151,6 +179,8 @@ def build_worker_broker(
 
 def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> None:
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
+    # Before the first metric is written: a full disk must not kill the process (SIGBUS).
+    reserve_file_space()
     # The built-in tasks read SMTP_URL, WEBHOOK_SIGNING_SECRET, ... from these, never from the environment.
     use_settings(settings)
     catalog = load_task_modules(settings.task_modules)

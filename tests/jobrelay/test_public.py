@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jobrelay
 from services.worker import retry_policy
-from services.worker.context import report_progress, result_file
+from services.worker.context import report_progress, report_progress_async, result_file
 from shared import client
 from shared.catalog import task
 from shared.schema import Schema
@@ -26,7 +26,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 USER_DOCS = (REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")))
 
 #: What a task module imports.
-FOR_TASKS = {"task": task, "Schema": Schema, "report_progress": report_progress, "result_file": result_file}
+FOR_TASKS = {
+    "task": task,
+    "Schema": Schema,
+    "report_progress": report_progress,
+    "report_progress_async": report_progress_async,
+    "result_file": result_file,
+}
 #: What a client script imports: the client, ``job_request`` and every error it raises.
 FOR_CLIENTS = {
     "JobrelayClient": client.JobrelayClient,

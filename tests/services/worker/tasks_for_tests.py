@@ -64,3 +64,40 @@ def returns(kind: str) -> object:
     if kind == "unprintable":
         raise _Unprintable()
     return values[kind]
+
+
+@task(name="testing.async_sleep", queue="default", max_retries=0, time_limit_s=10)
+async def async_sleep(seconds: float, steps: int = 1, marker: str | None = None) -> dict[str, object]:
+    """Await ``asyncio.sleep`` for ``seconds`` in ``steps``, reporting progress; touch ``marker`` if cancelled."""
+    import asyncio
+    from pathlib import Path
+
+    from services.worker.context import current_job, report_progress_async
+
+    try:
+        for step in range(1, steps + 1):
+            await asyncio.sleep(seconds / steps)
+            await report_progress_async(step, steps, "awaited")
+    except asyncio.CancelledError:
+        if marker:
+            Path(marker).touch()
+        raise
+    job = current_job()
+    return {"slept_s": seconds, "job_id": job.job_id if job else None}
+
+
+@task(name="testing.async_file", queue="default", max_retries=0, time_limit_s=10)
+async def async_file(lines: list[str]) -> int:
+    """Write ``lines`` to a result file from a thread (the job is visible there too)."""
+    import asyncio
+
+    from services.worker.context import result_file
+
+    def write() -> int:
+        with result_file("text/plain") as handle:
+            for line in lines:
+                handle.write(f"{line}\n".encode())
+        return len(lines)
+
+    await asyncio.sleep(0)
+    return await asyncio.to_thread(write)

@@ -284,3 +284,77 @@ def test_an_exception_whose_str_raises_is_recorded_readably(harness: Harness) ->
     assert done.status is JobStatus.FAILED and done.error
     assert done.error["type"] == "_Unprintable" and done.error["message"] == "_Unprintable"
     assert "_Unprintable" in done.error["traceback"]
+
+
+# -- async def tasks: run on the process's event loop, recorded as sync tasks are ----------
+
+
+def test_an_async_task_awaiting_returns_its_result_with_its_job_in_context(harness: Harness) -> None:
+    job = harness.submit({"task": "testing.async_sleep", "args": {"seconds": 0.2}})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
+    assert done.result == {"slept_s": 0.2, "job_id": job.id}
+
+
+def test_an_async_task_reports_progress(harness: Harness) -> None:
+    job = harness.submit({"task": "testing.async_sleep", "args": {"seconds": 2.0, "steps": 4}})
+    running = harness.wait(job.id, until=lambda j: j.progress is not None)
+    assert running.status is JobStatus.RUNNING and running.progress["total"] == 4
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.progress == {"current": 4, "total": 4, "message": "awaited"}
+
+
+def test_an_async_task_is_cancelled_at_its_soft_time_limit(harness: Harness, tmp_path: Path) -> None:
+    # Given an async task awaiting far longer than its time limit
+    marker = tmp_path / "cancelled"
+    body = {"task": "testing.async_sleep", "args": {"seconds": 30, "marker": str(marker)}, "time_limit_s": 0.5}
+    job = harness.submit(body)
+    # Then it fails at the limit as a sync task does, its coroutine cancelled (not left running)
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.FAILED and done.error and done.error["type"] == "TimeLimitExceeded"
+    assert done.error["message"] == "the task exceeded its time limit"
+    assert done.started_at and done.finished_at
+    assert (done.finished_at - done.started_at).total_seconds() < 0.5 + 1.0
+    assert marker.exists()
+    # And the admin's traceback shows where the coroutine was awaiting
+    assert "in async_sleep" in done.error["traceback"]
+
+
+def test_an_async_task_cancelled_while_awaiting_is_recorded_cancelled(harness: Harness, tmp_path: Path) -> None:
+    # Given an async task awaiting
+    marker = tmp_path / "cancelled"
+    job = harness.submit({"task": "testing.async_sleep", "args": {"seconds": 30, "marker": str(marker)}})
+    harness.wait(job.id, until=lambda j: j.status is JobStatus.RUNNING)
+    # When an operator cancels it
+    cancelled_s = time.monotonic()
+    harness.store.cancel(job.id)
+    # Then its coroutine is cancelled and the job recorded cancelled within about a second
+    done = harness.wait(job.id, timeout_s=5)
+    assert time.monotonic() - cancelled_s < 1.5
+    assert done.status is JobStatus.CANCELLED and done.error
+    assert done.error["message"] == "cancelled while running" and done.result is None
+    assert marker.exists()
+
+
+def test_a_sync_task_reporting_progress_and_an_async_task_awaiting_share_a_process(harness: Harness) -> None:
+    # Given a sync task running on one thread, reporting progress
+    sync = harness.submit({"task": "diagnostics.sleep", "args": {"seconds": 2.5}})
+    harness.wait(sync.id, until=lambda j: j.status is JobStatus.RUNNING)
+    # When an async task awaits beside it
+    awaiting = harness.submit({"task": "testing.async_sleep", "args": {"seconds": 0.6, "steps": 2}})
+    # Then both succeed, the async one within the sync one's run, each with its own progress
+    async_done, sync_done = harness.wait(awaiting.id), harness.wait(sync.id)
+    assert async_done.status is JobStatus.SUCCEEDED and sync_done.status is JobStatus.SUCCEEDED
+    assert async_done.started_at and async_done.finished_at and sync_done.started_at and sync_done.finished_at
+    assert sync_done.started_at < async_done.started_at and async_done.finished_at < sync_done.finished_at
+    assert async_done.progress == {"current": 2, "total": 2, "message": "awaited"}
+    assert sync_done.progress == {"current": 10, "total": 10, "message": "done"}
+
+
+def test_an_async_task_writes_a_result_file_from_a_thread(harness: Harness, worker_settings: Settings) -> None:
+    job = harness.submit({"task": "testing.async_file", "args": {"lines": ["a", "b"]}})
+    done = harness.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == 2 and done.result_url == f"/v1/jobs/{job.id}/result"
+    storage = build_result_storage(worker_settings.effective_result_storage_url)
+    assert storage.open(job.id) == (b"a\nb\n", "text/plain")
