@@ -3,7 +3,9 @@
 Runs the scenarios of ``tests/reliability`` (the same code the fast form in
 ``make test`` runs, at ``LONG`` size: 2,000 jobs, 20 kills, 10 s outages),
 each on a fresh cluster of real processes, plus the PostgreSQL variant when
-a server answers at ``TEST_DATABASE_URL``. Prints every report, writes
+a server answers at ``TEST_DATABASE_URL``, and the API fuzzed from its
+OpenAPI document and from raw bytes (``tests/e2e/fuzz.py``) with a larger
+budget than ``make test`` gives it. Prints every report, writes
 docs/reliability.md and exits 1 when any scenario found a violation.
 
     python -m bench.chaos                      # everything (make chaos)
@@ -29,6 +31,8 @@ from sqlalchemy import create_engine, make_url, text
 
 from bench.report import machine
 from bench.soak import keep_soak_section
+from tests.e2e.api_server import ApiServer
+from tests.e2e.fuzz import FuzzRun, openapi_fuzz, raw_fuzz
 from tests.reliability.api_faults import bad_input, security, slow_client_capacity
 from tests.reliability.audit import Report
 from tests.reliability.cluster import Cluster
@@ -95,6 +99,44 @@ def run_postgres(size: Size) -> list[Report]:
             proxy.close()
 
 
+#: The fuzz budget per store: examples per operation and mode (schemathesis), raw requests (hypothesis).
+FUZZ_OPENAPI_EXAMPLES = 100
+FUZZ_RAW_EXAMPLES = 5000
+
+
+def run_fuzz() -> list[Report]:
+    """Both fuzz runs against the API alone (no worker runs what they submit), on SQLite and on PostgreSQL."""
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="jobrelay-fuzz-") as tmp, postgres_database() as name:
+        stores = {"SQLite": f"sqlite:///{tmp}/jobs.db"}
+        if name is not None:
+            stores["PostgreSQL"] = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        for store, url in stores.items():
+            server = ApiServer(Path(tmp) / store, url)
+            try:
+                server.start()
+                for run in (
+                    openapi_fuzz(server, examples=FUZZ_OPENAPI_EXAMPLES),
+                    raw_fuzz(server, examples=FUZZ_RAW_EXAMPLES),
+                ):
+                    reports.append(_fuzz_report(run, store))
+            finally:
+                server.stop()
+    return reports
+
+
+def _fuzz_report(run: FuzzRun, store: str) -> Report:
+    report = Report(f"API fuzz on {store}: {run.what}")
+    report.fault(f"{run.requests} generated requests, valid and not (tests/e2e/fuzz.py)")
+    report.submitted = run.requests
+    report.accepted = sum(count for status, count in run.answers.items() if 200 <= status < 300)
+    report.answers.update({str(status or "no answer"): count for status, count in run.answers.items()})
+    report.notes.append(f"checked: no 5xx, no row stored for a refusal, /healthz (asked {run.health_checks} times)")
+    report.violations.extend(run.problems)
+    report.runtime_s = run.runtime_s
+    return report
+
+
 def run_fast_form() -> tuple[float, int]:
     """Time the fast form (pytest tests/reliability) on this machine: (seconds, exit code)."""
     started = time.monotonic()
@@ -104,20 +146,22 @@ def run_fast_form() -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="", help=f"comma-separated, out of {', '.join([*RUNS, 'postgres'])}")
+    parser.add_argument("--only", default="", help=f"comma-separated, out of {', '.join([*RUNS, 'postgres', 'fuzz'])}")
     parser.add_argument("--jobs", type=int, default=LONG.jobs)
     parser.add_argument("--kills", type=int, default=LONG.kills)
     parser.add_argument("--outage-s", type=float, default=LONG.outage_s)
     parser.add_argument("--no-fast-form", action="store_true", help="do not time the fast form afterwards")
     args = parser.parse_args(argv)
     size = dataclasses.replace(LONG, jobs=args.jobs, kills=args.kills, outage_s=args.outage_s)
-    chosen = [name for name in args.only.split(",") if name] or [*RUNS, "postgres"]
+    chosen = [name for name in args.only.split(",") if name] or [*RUNS, "postgres", "fuzz"]
     started = time.monotonic()
     reports: list[Report] = []
     for name in chosen:
         print(f"== {name}", flush=True)
         if name == "postgres":
             found = run_postgres(size)
+        elif name == "fuzz":
+            found = run_fuzz()
         else:
             with tempfile.TemporaryDirectory(prefix="jobrelay-chaos-") as tmp, Cluster(Path(tmp), env=size.env) as c:
                 found = RUNS[name](c, size)

@@ -55,6 +55,7 @@ class ApiServer:
     def start(self, *, timeout_s: float = 60.0) -> ApiServer:
         from services.worker.tasks import load_task_modules
 
+        self.root.mkdir(parents=True, exist_ok=True)
         self.redis.start()
         migrate(self.engine)
         with self.engine.begin() as conn:
