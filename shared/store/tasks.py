@@ -10,7 +10,7 @@ from sqlalchemy import Engine, delete, select
 
 from shared.catalog import TaskSpec
 from shared.job import utcnow
-from shared.store.engine import write_transaction
+from shared.store.engine import STORE_DOWN, write_transaction
 from shared.store.models import tasks
 
 
@@ -23,6 +23,8 @@ class TaskRegistry:
         self._lock = threading.Lock()
         self._cached: dict[str, TaskSpec] = {}
         self._cached_at = float("-inf")
+        #: When the last read failed, and how: the requests that waited for it fail with it.
+        self._failure: tuple[float, Exception] | None = None
 
     def register(self, specs: Iterable[TaskSpec], *, registered_by: str) -> None:
         """Upsert every spec (a new worker image may change a task's queue or schema)."""
@@ -52,12 +54,22 @@ class TaskRegistry:
 
     def _current(self) -> dict[str, TaskSpec]:
         """The cached specs (never mutated: a refresh replaces the dict), read again when stale."""
+        asked_at = time.monotonic()
         with self._lock:
             if time.monotonic() - self._cached_at > self.cache_s:
-                with self.engine.connect() as conn:
-                    rows = conn.execute(select(tasks.c.spec).order_by(tasks.c.name))
-                    self._cached = {row.spec["name"]: TaskSpec.from_dict(row.spec) for row in rows}
+                # NOTE: a store that does not answer fails a read after STORE_TIMEOUT_S; the requests
+                # that waited for that read fail with it instead of each reading again in turn.
+                if self._failure is not None and self._failure[0] >= asked_at:
+                    raise self._failure[1]
+                try:
+                    with self.engine.connect() as conn:
+                        rows = conn.execute(select(tasks.c.spec).order_by(tasks.c.name))
+                        self._cached = {row.spec["name"]: TaskSpec.from_dict(row.spec) for row in rows}
+                except STORE_DOWN as exc:
+                    self._failure = (time.monotonic(), exc)
+                    raise
                 self._cached_at = time.monotonic()
+                self._failure = None
             return self._cached
 
     def queues(self) -> list[str]:

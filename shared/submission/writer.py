@@ -26,6 +26,7 @@ from shared.batches import take_batch
 from shared.errors import Conflict
 from shared.ids import new_id
 from shared.job import Job
+from shared.store.engine import STORE_DOWN
 from shared.store.jobs import JobStore
 from shared.submission.outbox import BackgroundWrites
 
@@ -111,6 +112,10 @@ class SubmitWriter:
             except BaseException as exc:
                 # The store is down or locked: every waiting request answers 503, nothing was stored.
                 self.sent.add(sent)
+                if isinstance(exc, STORE_DOWN):
+                    # NOTE: the requests queued meanwhile waited for this commit; they fail with it
+                    # instead of waiting for the next one to fail too, STORE_TIMEOUT_S later.
+                    batch.extend(_queued(pending))
                 for item in batch:
                     item.future.set_exception(exc)
                 continue
@@ -138,3 +143,17 @@ class SubmitWriter:
             except Exception:
                 # The rows are committed and their outbox entries stand: the outbox relay sends them.
                 log.exception("could not publish %d committed job(s); the outbox relay will", len(handed))
+
+
+def _queued(pending: queue.SimpleQueue[_Pending | None]) -> list[_Pending]:
+    """The requests waiting in ``pending`` now, taken off it (a stop request stays)."""
+    taken: list[_Pending] = []
+    while True:
+        try:
+            item = pending.get_nowait()
+        except queue.Empty:
+            return taken
+        if item is None:
+            pending.put(None)
+            return taken
+        taken.append(item)

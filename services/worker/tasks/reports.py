@@ -153,7 +153,8 @@ def read_only_engine(url: str) -> Engine:
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = create_store_engine(url)
+            # NOTE: a report may read for longer than STORE_TIMEOUT_S; its task's time limit bounds it.
+            engine = create_store_engine(url, long_statements=True)
             event.listen(engine, "connect", _query_only)
             _engines[key] = engine
         return engine

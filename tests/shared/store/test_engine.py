@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from psycopg.adapt import PyFormat
 from psycopg.types.array import ListBinaryDumper
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
 from shared.store.engine import STORE_DOWN, create_store_engine, migrate, write_transaction
+from tests.reliability.proxy import TcpProxy
 
 
 @contextlib.contextmanager
@@ -133,5 +134,127 @@ def test_postgresql_connections_send_lists_as_binary_arrays(required_postgres_ur
             ids = ["a", "b", 'c "quoted", {braced}']
             assert conn.execute(text("SELECT cardinality(:ids)"), {"ids": ids}).scalar() == 3
             assert conn.exec_driver_sql("SELECT (%(ids)s::text[])[3]", {"ids": ids}).scalar() == ids[2]
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def locked(url: str, table: str) -> Iterator[None]:
+    """``table`` held in ACCESS EXCLUSIVE mode by another session until the block ends."""
+    holder = create_engine(url)
+    try:
+        with holder.connect() as conn:
+            conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            try:
+                yield
+            finally:
+                conn.rollback()
+    finally:
+        holder.dispose()
+
+
+@contextlib.contextmanager
+def proxied(url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A proxy in front of the PostgreSQL of ``url``, and the URL through it."""
+    parsed = make_url(url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432).start()
+    try:
+        yield proxy, parsed.set(port=proxy.port).render_as_string(hide_password=False)
+    finally:
+        proxy.close()
+
+
+def test_a_postgresql_statement_waiting_on_a_lock_gives_up_after_the_timeout(required_postgres_url: str) -> None:
+    engine = create_store_engine(required_postgres_url, timeout_s=0.5)
+    try:
+        migrate(engine)
+        # Given another session holding a table the statement needs
+        with locked(required_postgres_url, "alembic_version"):
+            started = time.monotonic()
+            # Then the statement fails with a store-down error after about the timeout (cancelled by the server)
+            with pytest.raises(STORE_DOWN, match=r"(lock|statement) timeout"), engine.connect() as conn:
+                conn.execute(text("SELECT * FROM alembic_version"))
+            assert 0.4 < time.monotonic() - started < 2
+        # And a slow statement is cancelled by the server alike
+        with pytest.raises(STORE_DOWN, match="statement timeout"), engine.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(2)"))
+    finally:
+        engine.dispose()
+
+
+def test_a_postgresql_that_stops_answering_fails_within_the_timeout_and_a_grace(required_postgres_url: str) -> None:
+    with proxied(required_postgres_url) as (proxy, url):
+        engine = create_store_engine(url, timeout_s=0.5)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                # Given a server that stops answering in the middle of a transaction
+                proxy.black_hole()
+                started = time.monotonic()
+                # Then the statement fails with a store-down error after the timeout and the client's grace
+                with pytest.raises(STORE_DOWN, match=r"did not answer within 1\.5 s"):
+                    conn.execute(text("SELECT 1"))
+                assert 1.4 < time.monotonic() - started < 3
+            # And once it answers again, the engine replaces the connection and goes on
+            proxy.restore()
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+        finally:
+            engine.dispose()
+
+
+def test_a_pooled_connection_to_a_stalled_postgresql_is_given_up_after_a_short_ping(
+    required_postgres_url: str,
+) -> None:
+    with proxied(required_postgres_url) as (proxy, url):
+        engine = create_store_engine(url, timeout_s=0.5)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            # Given a pooled connection, and a server that stalls
+            proxy.stall()
+            started = time.monotonic()
+            # Then a checkout pings it for 0.5 s, tries a fresh connection (libpq's shortest connect
+            # timeout is 2 s) and fails with a store-down error
+            with pytest.raises(STORE_DOWN), engine.connect():
+                pass
+            assert time.monotonic() - started < 4
+            proxy.restore()
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+        finally:
+            engine.dispose()
+
+
+def test_migrations_and_long_statements_are_not_bounded_by_the_timeout(required_postgres_url: str) -> None:
+    engine = create_store_engine(required_postgres_url, timeout_s=0.3)
+    long_reads = create_store_engine(required_postgres_url, timeout_s=0.3, long_statements=True)
+    try:
+        # Given the migrations' table locked for longer than the timeout
+        with locked(required_postgres_url, "alembic_version"):
+            migrating = threading.Thread(target=migrate, args=(engine,))
+            migrating.start()
+            time.sleep(1)
+            # Then the migration waits for the lock instead of failing
+            assert migrating.is_alive()
+        migrating.join(30)
+        assert not migrating.is_alive()
+        # And an engine for long statements (reports) lets one run past the timeout
+        with long_reads.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(0.6)"))
+    finally:
+        engine.dispose()
+        long_reads.dispose()
+
+
+def test_the_urls_own_postgresql_options_are_kept(required_postgres_url: str) -> None:
+    url = make_url(required_postgres_url).update_query_dict({"options": "-c work_mem=8MB -c lock_timeout=7s"})
+    engine = create_store_engine(url, timeout_s=0.5)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW work_mem")).scalar() == "8MB"
+            assert conn.execute(text("SHOW statement_timeout")).scalar() == "500ms"
+            # A setting the URL gives wins over ours
+            assert conn.execute(text("SHOW lock_timeout")).scalar() == "7s"
     finally:
         engine.dispose()
