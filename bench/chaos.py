@@ -26,16 +26,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, make_url, text
 
 from bench.report import machine
 from bench.soak import keep_soak_section
+from tests.disk import CannotMount
 from tests.e2e.api_server import ApiServer
 from tests.e2e.fuzz import FuzzRun, openapi_fuzz, raw_fuzz
 from tests.reliability.api_faults import bad_input, security, slow_client_capacity
 from tests.reliability.audit import Report
 from tests.reliability.cluster import Cluster
+from tests.reliability.disk_full import disk_full, disk_size
 from tests.reliability.poison import poison, stuck_tasks
 from tests.reliability.proxy import TcpProxy
 from tests.reliability.scenarios import LONG, Size, redis_faults, restarts, store_lock, store_unreachable, worker_kills
@@ -55,6 +58,11 @@ RUNS: dict[str, Run] = {
     "sqlite": lambda c, s: [store_lock(c, s)],
     "poison": lambda c, s: [poison(c, s), stuck_tasks(c, s)],
     "api": lambda c, s: [bad_input(c), slow_client_capacity(c), security(c)],
+    "disk": lambda c, s: [disk_full(c, s)],
+}
+#: name -> the cluster options a run needs beyond the defaults.
+CLUSTER_OPTIONS: dict[str, Callable[[Size], dict[str, Any]]] = {
+    "disk": lambda s: {"data_disk": disk_size(s)},
 }
 
 
@@ -137,6 +145,21 @@ def _fuzz_report(run: FuzzRun, store: str) -> Report:
     return report
 
 
+def run_on_cluster(name: str, size: Size) -> list[Report]:
+    """``RUNS[name]`` on a fresh cluster; a "not run" report when its cluster cannot be had here."""
+    options = CLUSTER_OPTIONS.get(name, lambda _size: {})(size)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="jobrelay-chaos-") as tmp,
+            Cluster(Path(tmp), env=size.env, **options) as cluster,
+        ):
+            return RUNS[name](cluster, size)
+    except CannotMount as exc:
+        report = Report(name)
+        report.notes.append(f"not run: {exc}")
+        return [report]
+
+
 def run_fast_form() -> tuple[float, int]:
     """Time the fast form (pytest tests/reliability) on this machine: (seconds, exit code)."""
     started = time.monotonic()
@@ -163,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "fuzz":
             found = run_fuzz()
         else:
-            with tempfile.TemporaryDirectory(prefix="jobrelay-chaos-") as tmp, Cluster(Path(tmp), env=size.env) as c:
-                found = RUNS[name](c, size)
+            found = run_on_cluster(name, size)
         for report in found:
             print(report.summary(), flush=True)
         reports.extend(found)
@@ -298,6 +320,22 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   no value; gunicorn refused it before the application with a 501 in HTML. Requests gunicorn refuses are
   now answered in problem+json, an unreadable transfer coding with a 400, and every operation documents
   its 400 (`services/api/gunicorn_worker.py`).
+- **A full disk killed the API's workers.** With `DATA_DIR` on a full 2 MB tmpfs, every gunicorn worker
+  that wrote a new metric series died of SIGBUS, and so did each one started in its place: prometheus_client
+  grows its memory-mapped multiprocess files with `truncate` (sparse) and writes into the map, and a page
+  with no room behind it faults. `/healthz` and reads went unanswered while `/readyz` said ready (its
+  `SELECT 1` reads). Metric files now get their space (`posix_fallocate`) before they are mapped; a series
+  with no room stays in memory, is counted in `jobrelay_metrics_unsaved_series_total` and written once there
+  is room (`shared/metric_files.py`). SQLite's -shm was never the cause: SQLite writes each of its pages
+  before mapping it, and a full disk is `SQLITE_IOERR_SHMSIZE`. A write that finds no room is a store
+  that is down (503); `/readyz` answers 503 (`store: DiskFull`) while a write of the process failed for
+  lack of room or the store's disk has under 64 KiB free (`shared/store/disk_space.py`). On a disk
+  smaller than SQLite's 4 MB checkpoint threshold the WAL took all the room its own checkpoint needed,
+  and no write succeeded again even after space was freed; the WAL is now checkpointed and truncated
+  once the free space is below twice its size. The outbox relay sent the jobs of an entry it could not
+  delete again at every tick (in the reported run a job ran twice, then stayed `running`); it now
+  records what it sent before sending more (`services/scheduler/relay.py`). The scenario keeps the disk
+  full while clients submit (`tests/reliability/disk_full.py`).
 
 Still open:
 

@@ -23,6 +23,7 @@ from shared.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from shared.store.disk_space import disk_full
 from shared.store.engine import STORE_DOWN
 
 #: A problem lists at most this many errors (a 1 MiB body can hold 60,000 wrong arguments).
@@ -91,6 +92,16 @@ def handle_dependency_down(req: falcon.Request, resp: falcon.Response, exc: Exce
     problem(resp, 503, "Service unavailable", f"{which} cannot be reached right now; try again shortly")
 
 
+def handle_os_error(req: falcon.Request, resp: falcon.Response, exc: OSError, params: Any) -> None:
+    """A full disk (ENOSPC, EDQUOT) answers 503, as a store that cannot write does; any other OSError is a 500."""
+    if not disk_full(exc):
+        handle_unexpected(req, resp, exc, params)
+        return
+    log.warning("no disk space on %s %s: %s", req.method, req.path, exc)
+    resp.set_header("Retry-After", "1")
+    problem(resp, 503, "Service unavailable", "the server's disk is full; try again shortly")
+
+
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, _params: Any) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
     problem(resp, 500, "Internal error", "the server failed to handle this request; it has been logged")
@@ -101,6 +112,7 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(JobrelayError, handle_domain_error)
+    app.add_error_handler(OSError, handle_os_error)
     for store_down in STORE_DOWN:
         app.add_error_handler(store_down, handle_dependency_down)
     app.add_error_handler(redis.ConnectionError, handle_dependency_down)

@@ -12,6 +12,7 @@ from services.api.app import create_app
 from shared.broker.publishing import build_broker
 from shared.errors import SettingsError
 from shared.logs import configure_logging
+from shared.metric_files import reserve_file_space
 from shared.metrics import fresh_multiproc_dir
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
@@ -23,6 +24,8 @@ def build_app(settings: Settings | None = None) -> falcon.App:
     """The app for one gunicorn worker process."""
     settings = settings or Settings.from_env()
     configure_logging("api", settings.log_level, json_lines=settings.log_json)
+    # Before the first request writes a metric: a full disk must not kill the process (SIGBUS).
+    reserve_file_space()
     engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     broker = build_broker(settings.require_redis_url("the API"))
     return create_app(settings, store=JobStore(engine), registry=TaskRegistry(engine), broker=broker)

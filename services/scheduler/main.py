@@ -26,7 +26,7 @@ from services.scheduler.housekeeping import QueueNames, builtin_schedules, prune
 from services.scheduler.leader import LeaderLease
 from services.scheduler.metrics import LeaderOnly, jobs_relayed_total, jobs_republished_total, scheduler_is_leader
 from services.scheduler.reconcile import LostMessages
-from services.scheduler.relay import relay
+from services.scheduler.relay import OutboxRelay
 from services.scheduler.runner import Runner
 from services.scheduler.schedule_file import sync_file
 from shared.broker.orphans import requeue_orphans
@@ -84,8 +84,9 @@ def run(settings: Settings) -> int:
     results = build_result_storage(settings.effective_result_storage_url)
     lost_messages = LostMessages(store, broker)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
+    outbox_relay = OutboxRelay(store, broker, grace_s=settings.relay_grace_s)
     work: dict[str, Callable[[], object]] = {
-        housekeeping.RELAY: lambda: jobs_relayed_total.inc(relay(store, broker, grace_s=settings.relay_grace_s)),
+        housekeeping.RELAY: lambda: jobs_relayed_total.inc(outbox_relay.run()),
         # What crashes leave behind: messages of dead workers, and workflows whose worker died
         # between recording a step and moving the workflow on.
         housekeeping.REQUEUE_ORPHANS: lambda: (

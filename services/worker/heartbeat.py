@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -61,7 +62,7 @@ class Heartbeat(threading.Thread):
         if self.consumers is not None:
             self._watch_consumers(self.consumers)
         if self.liveness_file is not None:
-            self.liveness_file.touch()
+            _write_file(self.liveness_file.touch, "liveness file")
 
     def _watch_consumers(self, consumers: ConsumerWatch) -> None:
         try:
@@ -69,12 +70,13 @@ class Heartbeat(threading.Thread):
         except Exception:
             log.exception("could not start a consumer again")
         down = consumers.down()
-        if self.down_file is None:
+        down_file = self.down_file
+        if down_file is None:
             return
         if down:
-            self.down_file.write_text(",".join(down) + "\n")
+            _write_file(lambda: down_file.write_text(",".join(down) + "\n"), "readiness file")
         else:
-            self.down_file.unlink(missing_ok=True)
+            down_file.unlink(missing_ok=True)
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -84,3 +86,11 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+def _write_file(write: Callable[[], object], what: str) -> None:
+    """A probe file written, or the reason logged: a full disk must not end the heartbeat thread."""
+    try:
+        write()
+    except OSError as exc:
+        log.warning("could not write the worker's %s: %s", what, exc)

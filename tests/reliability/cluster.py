@@ -31,6 +31,7 @@ from services.scheduler.leader import LEADER_KEY
 from shared.redis_server import RedisServer, free_port
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
+from tests.disk import small_tmpfs
 from tests.e2e.conftest import Stack
 from tests.reliability.effects_db import EFFECTS_DB_ENV
 
@@ -128,7 +129,10 @@ class Cluster:
         worker_processes: int = 2,
         worker_threads: int = 4,
         worker_grace_s: float = 15.0,
+        data_disk: str | None = None,
     ) -> None:
+        """``data_disk``: a size (``2m``) to put ``DATA_DIR`` on a tmpfs of its own, which a scenario
+        can fill (the store, the metric files, results; Redis and the logs stay outside)."""
         self.root = root.resolve()
         self.data_dir = self.root / "data"
         self.logs = self.root / "logs"
@@ -170,6 +174,8 @@ class Cluster:
             for i, port in enumerate(self.scheduler_ports)
         ]
         self.engine: Engine | None = None
+        self.data_disk = data_disk
+        self._disk = contextlib.ExitStack()
         self.stack = Stack(
             process=None,  # type: ignore[arg-type]  # the API below; Stack only needs it to stop `up`
             base_url=f"http://127.0.0.1:{self.api_port}",
@@ -182,6 +188,9 @@ class Cluster:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self, *, timeout_s: float = 60.0) -> Cluster:
+        """Raises ``tests.disk.CannotMount`` when ``data_disk`` was asked for and no tmpfs can be mounted."""
+        if self.data_disk is not None:
+            self._disk.enter_context(small_tmpfs(self.data_dir, size=self.data_disk))
         self.redis.start()
         self.engine = create_store_engine(self.database_url)
         migrate(self.engine)
@@ -231,6 +240,7 @@ class Cluster:
         self.redis.stop()
         if self.engine is not None:
             self.engine.dispose()
+        self._disk.close()
 
     def __enter__(self) -> Cluster:
         try:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
+import pytest
 import redis
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
+from sqlalchemy.exc import OperationalError
 
-from services.scheduler.relay import relay
+from services.scheduler.relay import OutboxRelay, relay
 from shared.broker.publishing import build_broker
 from shared.clock import FakeClock
 from shared.ids import id_lower_bound, new_id
@@ -84,6 +88,69 @@ def test_unpublished_rows_are_sent_after_the_grace_when_the_broker_takes_them() 
     # And the row beyond the horizon stays in the store, unpublished, for a later run
     assert [job.id for job in store.unpublished(older_than=clock.now())] == [later.id]
     assert relay(store, broker, grace_s=2, clock=clock) == 0
+
+
+class FullDiskStore(MemoryJobStore):
+    """The store's twin whose relay writes fail while ``full``, as SQLite's do on a full disk."""
+
+    full = False
+
+    def _refuse(self) -> None:
+        if self.full:
+            raise OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    def outbox_sent(self, entry_ids: Sequence[str]) -> None:
+        self._refuse()
+        super().outbox_sent(entry_ids)
+
+    def mark_published(self, job_ids: Iterable[str]) -> None:
+        self._refuse()
+        super().mark_published(job_ids)
+
+
+def test_a_relay_that_cannot_delete_the_entry_sends_its_jobs_once_not_at_every_tick() -> None:
+    clock = fake_clock()
+    store, broker = FullDiskStore(clock), stub_broker()
+    outbox_relay = OutboxRelay(store, broker, grace_s=2, clock=clock)
+    # Given an entry left behind, older than the grace, on a store whose disk is full
+    job = make_job()
+    store.insert([job], outbox_id=id_lower_bound(clock.now()))
+    clock.advance(3)
+    store.full = True
+    # When the relay ticks while the disk stays full
+    for _ in range(5):
+        with pytest.raises(OperationalError, match="disk is full"):
+            outbox_relay.run()
+        clock.advance(1)
+    # Then the job was sent once: the first tick sent it, the others could not record that and sent nothing
+    assert queued(broker) == [job.id]
+    # When the disk has room again, the next tick deletes the entry and sends nothing more
+    store.full = False
+    assert outbox_relay.run() == 0
+    assert store.outbox_left(older_than=clock.now()) == []
+    assert queued(broker) == [job.id]
+
+
+def test_a_relay_that_cannot_mark_rows_published_sends_them_once_not_at_every_tick() -> None:
+    clock = fake_clock()
+    store, broker = FullDiskStore(clock), stub_broker()
+    outbox_relay = OutboxRelay(store, broker, grace_s=2, clock=clock)
+    # Given a row written unpublished, older than the grace, on a store whose disk is full
+    job = make_job(created_at=clock.now())
+    store.insert([job])
+    clock.advance(3)
+    store.full = True
+    # When the relay ticks while the disk stays full, it sends the row once
+    for _ in range(5):
+        with pytest.raises(OperationalError):
+            outbox_relay.run()
+        clock.advance(1)
+    assert queued(broker) == [job.id]
+    # And once there is room, the row is marked published and not sent again
+    store.full = False
+    assert outbox_relay.run() == 0
+    assert store.get(job.id).published_at is not None
+    assert queued(broker) == [job.id]
 
 
 def test_relay_publishes_unpublished_rows_and_the_jobs_of_left_entries(

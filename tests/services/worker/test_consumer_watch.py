@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 import dramatiq
+import pytest
 import redis
 from prometheus_client import REGISTRY
 
 from services.worker.consumer_watch import ConsumerWatch
 from services.worker.heartbeat import Heartbeat
 from shared.store.jobs import JobStore
+from tests.disk import CannotMount, Filler, small_tmpfs
 from tests.services.worker.conftest import worker_broker
 
 
@@ -90,6 +92,36 @@ def test_the_heartbeat_marks_the_process_down_while_a_consumer_cannot_be_started
     watch.queues = []
     heartbeat.beat_once()
     assert not down_file.exists()
+
+
+def test_a_full_disk_does_not_end_the_heartbeat(redis_url: str, store: JobStore, tmp_path: Path) -> None:
+    class Down(ConsumerWatch):
+        def revive(self) -> list[str]:
+            return []
+
+        def down(self) -> list[str]:
+            return ["default.DQ"]
+
+    try:
+        with small_tmpfs(tmp_path / "disk", size="64k") as disk:
+            heartbeat = Heartbeat(
+                client=redis.Redis.from_url(redis_url),
+                store=store,
+                claims=_NoClaims(),  # type: ignore[arg-type]
+                owner="full",
+                interval_s=1,
+                lease_s=30,
+                liveness_file=disk / "worker-alive",
+                consumers=Down(dramatiq.Worker(worker_broker(redis_url, "full"), worker_threads=1)),
+                down_file=disk / "consumers-down.1",
+            )
+            # Given a disk with no room for the readiness file's line
+            Filler(disk).fill()
+            # When the heartbeat beats, it logs and goes on (raising here would end its thread)
+            heartbeat.beat_once()
+            heartbeat.beat_once()
+    except CannotMount as exc:
+        pytest.skip(str(exc))
 
 
 class _NoClaims:
