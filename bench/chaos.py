@@ -332,7 +332,7 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   lack of room or the store's disk has under 64 KiB free (`shared/store/disk_space.py`). On a disk
   smaller than SQLite's 4 MB checkpoint threshold the WAL took all the room its own checkpoint needed,
   and no write succeeded again even after space was freed; the WAL is now checkpointed and truncated
-  once the free space is below twice its size. The outbox relay sent the jobs of an entry it could not
+  once the free space is below three times its size. The outbox relay sent the jobs of an entry it could not
   delete again at every tick (in the reported run a job ran twice, then stayed `running`); it now
   records what it sent before sending more (`services/scheduler/relay.py`). The scenario keeps the disk
   full while clients submit (`tests/reliability/disk_full.py`).

@@ -57,16 +57,19 @@ class DiskSpace:
     On a disk with less room than that, the WAL filled the disk and no checkpoint could run any
     more: every write failed for good, even after other files were deleted. So after each write
     the WAL's size is compared with the free space (looked at every ``LOOK_S``, less what the
-    WAL took since), and once the free space is below twice the WAL's size the WAL is
+    WAL took since), and once the free space is below three times the WAL's size the WAL is
     checkpointed and truncated while the copy still fits (a reader may hold that up to
-    ``CHECKPOINT_WAIT_S``; one that could not empty the WAL is not tried again for
-    ``CHECKPOINT_EVERY_S``). On a disk of gigabytes this never happens.
+    ``CHECKPOINT_WAIT_S``; after one that could not empty the WAL, the next waits
+    ``CHECKPOINT_EVERY_S`` unless room appeared). On a disk of gigabytes this never happens.
     """
 
     #: How long a write that failed for lack of room counts as "the disk is full", with no other since.
     FULL_HOLD_S = 10.0
     #: Less free space than this on a SQLite store's disk counts as full: a commit writes 4 KiB pages.
     MIN_FREE_BYTES = 64 * 1024
+    #: The WAL is checkpointed once the free space is below this many times its size: a checkpoint may
+    #: need as much again, and writes go on between two looks and while a checkpoint waits to be retried.
+    FREE_PER_WAL_BYTE = 3
     LOOK_S = 0.1
     CHECKPOINT_EVERY_S = 1.0
     CHECKPOINT_WAIT_S = 0.5
@@ -77,10 +80,12 @@ class DiskSpace:
         self.wal = Path(f"{database}-wal") if database is not None else None
         self.full_at: float | None = None
         self._look_at = 0.0
-        self._checkpoint_at = 0.0
         #: The free space and the WAL's size when the disk was looked at last.
         self._free = 0
         self._wal_at_look = 0
+        #: After a checkpoint that could not empty the WAL: when to try again, and the free space then.
+        self._retry_at = 0.0
+        self._free_at_failure = 0
 
     def wrote(self) -> None:
         """A write committed (called under the store's write lock)."""
@@ -104,9 +109,9 @@ class DiskSpace:
             return False
 
     def _keep_wal_small(self) -> None:
-        now = time.monotonic()
-        if self.wal is None or self.database is None or now < self._checkpoint_at:
+        if self.wal is None or self.database is None:
             return
+        now = time.monotonic()
         try:
             wal_bytes = self.wal.stat().st_size
             if now >= self._look_at:
@@ -116,7 +121,11 @@ class DiskSpace:
             return
         # The free space looked at last, less what the WAL took since.
         free = self._free - max(0, wal_bytes - self._wal_at_look)
-        if wal_bytes == 0 or free >= 2 * wal_bytes:
+        if wal_bytes == 0 or free >= self.FREE_PER_WAL_BYTE * wal_bytes:
+            return
+        # NOTE: after a checkpoint that could not empty the WAL, the next waits a while, unless room
+        # appeared since: the moment a full disk is freed is the one to take, before the WAL grows into it.
+        if now < self._retry_at and free < self._free_at_failure + self.MIN_FREE_BYTES:
             return
         self._look_at = 0.0
         try:
@@ -129,8 +138,8 @@ class DiskSpace:
         except sqlite3.Error as exc:
             busy = exc
         if busy:
-            # Readers kept the WAL, or the copy found no room: not again before a while.
-            self._checkpoint_at = now + self.CHECKPOINT_EVERY_S
+            # Readers kept the WAL, or the copy found no room.
+            self._retry_at, self._free_at_failure = now + self.CHECKPOINT_EVERY_S, free
             log.warning("could not checkpoint the job store's WAL (%d bytes, about %d free): %s", wal_bytes, free, busy)
             return
         log.info("checkpointed the job store's WAL (%d bytes, about %d free on its disk)", wal_bytes, free)
