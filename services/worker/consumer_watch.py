@@ -13,8 +13,10 @@ the worker reports itself not ready.
 from __future__ import annotations
 
 import logging
+import time
 
 from dramatiq import Worker
+from dramatiq.worker import ConsumerThread
 
 from shared import metrics
 from shared.broker.waking import is_delay_queue
@@ -22,6 +24,8 @@ from shared.broker.waking import is_delay_queue
 log = logging.getLogger(__name__)
 #: ``$DATA_DIR/consumers-down.<pid>`` exists, fresh, while a process has a consumer down.
 CONSUMERS_DOWN_PREFIX = "consumers-down."
+#: Longest a revived consumer thread is given to make its consumer before it is swapped in.
+SWAP_WAIT_S = 5.0
 
 
 class ConsumerWatch:
@@ -39,10 +43,21 @@ class ConsumerWatch:
         revived = self.down()
         for queue in revived:
             log.error("the consumer of queue %s ended; starting a new one", queue)
-            # NOTE: Dramatiq keeps one ConsumerThread per queue name and adds none while one is
-            # registered; worker threads look the consumer up by name when they are done, so
-            # their acks go to the new one.
-            del self.worker.consumers[queue]
-            self.worker._add_consumer(queue, delay=is_delay_queue(queue))
+            delay = is_delay_queue(queue)
+            thread = ConsumerThread(
+                broker=self.worker.broker,
+                queue_name=queue,
+                prefetch=self.worker.delay_prefetch if delay else self.worker.queue_prefetch,
+                work_queue=self.worker.work_queue,
+                worker_timeout=self.worker.worker_timeout,
+            )
+            thread.start()
+            # NOTE: swapped in once its consumer exists: worker threads look the consumer thread up by
+            # queue name to ack, and must never find none (a KeyError ends a worker thread) or one
+            # whose consumer is not made yet (the ack would be dropped).
+            deadline = time.monotonic() + SWAP_WAIT_S
+            while thread.consumer is None and thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.worker.consumers[queue] = thread
             metrics.consumer_restarts_total.labels(queue).inc()
         return revived

@@ -76,12 +76,17 @@ class Heartbeat(threading.Thread):
         if down:
             _write_file(lambda: down_file.write_text(",".join(down) + "\n"), "readiness file")
         else:
-            down_file.unlink(missing_ok=True)
+            _write_file(lambda: down_file.unlink(missing_ok=True), "readiness file")
 
     def run(self) -> None:
         while not self.stopping.is_set():
             started = time.monotonic()
-            self.beat_once()
+            try:
+                self.beat_once()
+            except Exception:
+                # NOTE: this thread renews the leases of every running job; ended, they would pass
+                # to other workers while this process still runs them.
+                log.exception("heartbeat failed; beating again in %.1fs", self.interval_s)
             self.stopping.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def stop(self) -> None:

@@ -154,10 +154,12 @@ def build_worker_broker(
     outcomes = Outcomes(store, writes, catalog, claims=claims, workflows=workflows, acker=acker, owner=owner)
     middleware = [
         claims,
-        JobMetrics(claims),
         workflows,
         outcomes,
         Results(claims, results, inline_max_bytes=settings.result_inline_max_bytes),
+        # NOTE: after the others, so its after hook runs first: the duration is the task's run time,
+        # without the result upload or an outage waited out in the outcome hooks.
+        JobMetrics(claims),
         Watchdog(store, claims, outcomes),
         TimeLimit(interval=250),
         AsyncTasks(),

@@ -46,6 +46,22 @@ class ResultNotJSON(PermanentTaskFailure):
     """A task returned something that has no JSON form; no retry can mend it."""
 
 
+def encode(value: Any) -> tuple[Any, bytes]:
+    """``value`` ready for the store, and its JSON text: ``(to_json(value), dumps(...))``, or ``ResultNotJSON``.
+
+    NOTE: most results are plain JSON already; they are encoded once, in C, and only a result the
+    standard encoder refuses (or one with a lone surrogate or NUL) is walked in Python.
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if "\\u0000" not in text:
+            return value, text.encode()
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        pass
+    converted = to_json(value)
+    return converted, dumps(converted)
+
+
 def to_json(value: Any) -> Any:
     """``value`` as plain JSON data (dict, list, str, int, float, bool, None), or ``ResultNotJSON``."""
     return _convert(value, "", 0)

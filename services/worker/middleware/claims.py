@@ -57,6 +57,11 @@ class Attempt:
     final: bool = False
     ack_deferred: bool = False
 
+    @property
+    def in_task(self) -> bool:
+        """Whether its thread is inside the task now (not before it, nor past it in the outcome hooks)."""
+        return self.context is not None and not self.context.returned
+
 
 class Claims(Middleware):
     """Claims each delivery's job before it runs; skips the deliveries that must not run."""
@@ -88,6 +93,7 @@ class Claims(Middleware):
         #: decided before its end is stale, and must not run it again.
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def claim_ahead(self, threads: int) -> None:
         """Let the consumers claim for ``threads`` worker threads before handing out (reservations.py)."""
@@ -100,10 +106,13 @@ class Claims(Middleware):
     # -- what other parts of the worker read -------------------------------
 
     def current(self, message: MessageProxy) -> Attempt | None:
-        """The attempt this thread is running for ``message``, if its claim let it run."""
-        with self._lock:
-            attempt = self._running.get(message.message_id)
-        return attempt if attempt is not None and attempt.thread_id == threading.get_ident() else None
+        """The attempt this thread is running for ``message``, if its claim let it run.
+
+        NOTE: every middleware asks this in every hook; a thread's own attempt is kept in a
+        thread-local, so asking takes no lock.
+        """
+        attempt: Attempt | None = getattr(self._local, "attempt", None)
+        return attempt if attempt is not None and attempt.job.id == message.message_id else None
 
     def running_job_ids(self) -> list[str]:
         """Jobs running here, and those claimed here that are about to start (both hold a lease)."""
@@ -119,16 +128,34 @@ class Claims(Middleware):
         """Whether ``thread_id`` is inside the task of ``job_id`` now (not past it, in the outcome hooks)."""
         with self._lock:
             attempt = self._running.get(job_id)
-            return (
-                attempt is not None
-                and attempt.thread_id == thread_id
-                and attempt.context is not None
-                and not attempt.context.returned
-            )
+            return attempt is not None and attempt.thread_id == thread_id and attempt.in_task
 
     # -- Dramatiq hooks ----------------------------------------------------
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        try:
+            self._claim(message)
+        except SkipMessage:
+            raise
+        except Exception as exc:
+            # NOTE: Dramatiq logs an error raised in a before hook and runs the task anyway; unclaimed,
+            # it would run with no lease and no outcome recorded. The delivery is dead-lettered instead,
+            # and its job failed saying why.
+            log.exception("could not claim job %s; dead-lettering its delivery", message.message_id)
+            error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "retryable": False}
+            try:
+                self.store.fail_undelivered(message.message_id, error)
+            except Exception:
+                log.exception("could not record the failed claim of job %s", message.message_id)
+            attempt = self.current(message)
+            if attempt is not None:
+                self._local.attempt = None
+                with self._lock:
+                    self._running.pop(attempt.job.id, None)
+            message.fail()
+            raise SkipMessage() from None
+
+    def _claim(self, message: MessageProxy) -> None:
         labels = (message.actor_name, message.queue_name)
         with self._lock:
             claim = self._start(self.reservations.take(message.options.get("redis_message_id", "")))
@@ -149,7 +176,9 @@ class Claims(Middleware):
                 # Final at its claim: an attempt marked final until the skip hooks are done (its
                 # workflow moves on in ``WorkflowAdvance.after_skip_message``).
                 with self._lock:
-                    self._running.setdefault(claim.job.id, Attempt(claim.job, threading.get_ident(), final=True))
+                    if claim.job.id not in self._running:
+                        final = Attempt(claim.job, threading.get_ident(), final=True)
+                        self._running[claim.job.id] = self._local.attempt = final
             raise SkipMessage()
         if claim.outcome is ClaimOutcome.MISSING:
             log.error("message %s has no job row; dead-lettering it", message.message_id)
@@ -182,7 +211,7 @@ class Claims(Middleware):
             if job.id in self._running or job.id in self._recent or self.reservations.holds(job.id):
                 return Claim(ClaimOutcome.DUPLICATE, job)
             log.warning("job %s was claimed by this worker without its knowing; running it", job.id)
-        self._running[job.id] = Attempt(job, threading.get_ident())
+        self._running[job.id] = self._local.attempt = Attempt(job, threading.get_ident())
         return Claim(ClaimOutcome.CLAIMED, job)
 
     def after_process_message(
@@ -198,6 +227,7 @@ class Claims(Middleware):
         if attempt is None:
             return
         self.reservations.observe(time.monotonic() - attempt.started_s)
+        self._local.attempt = None
         with self._lock:
             self._running.pop(attempt.job.id, None)
             self._recent[attempt.job.id] = None
@@ -213,6 +243,7 @@ class Claims(Middleware):
         attempt = self.current(message)
         if attempt is None:
             return
+        self._local.attempt = None
         with self._lock:
             if self._running.get(attempt.job.id) is attempt:
                 del self._running[attempt.job.id]

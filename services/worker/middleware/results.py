@@ -18,7 +18,7 @@ from dramatiq.middleware import Middleware
 
 from services.worker.middleware.claims import Claims
 from shared.results import ResultStorage
-from shared.results.encoding import ResultNotJSON, dumps, to_json
+from shared.results.encoding import ResultNotJSON, encode
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,11 @@ class Results(Middleware):
                 self.results.put(job.id, bytes(context.result), "application/octet-stream")
                 attempt.result, attempt.result_url = None, url
                 return
-            value = to_json(context.result)
+            value, body = encode(context.result)
             result_url = url if context.result_file_type else None
-            if result_url is None:
-                body = dumps(value)
-                if len(body) > self.inline_max_bytes:
-                    self.results.put(job.id, body, "application/json")
-                    value, result_url = None, url
+            if result_url is None and len(body) > self.inline_max_bytes:
+                self.results.put(job.id, body, "application/json")
+                value, result_url = None, url
         except ResultNotJSON as exc:
             # NOTE: refused here, before any write: a value the store cannot encode would fail the
             # group commit of every job beside it.

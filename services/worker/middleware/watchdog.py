@@ -23,7 +23,7 @@ from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.threading import raise_thread_exception
 
-from services.worker.middleware.claims import Claims
+from services.worker.middleware.claims import Attempt, Claims
 from services.worker.middleware.outcomes import Cancelled, Outcomes
 from shared.store.protocol import JobStoreProtocol
 
@@ -70,10 +70,13 @@ class Watchdog(Middleware):
                 log.exception("watchdog check failed; next check in %.2fs", self.interval_s)
 
     def check_once(self) -> None:
+        running = self.claims.running()
+        # NOTE: the hard limit first, and without the store: a task stuck in C code must be replaced
+        # even while the store is away (the cancel checks below ask it).
+        self._enforce_hard_limits(running)
         reserved = self.claims.reservations.job_ids()
         if reserved:
             self.outcomes.cancel_reserved(set(self.store.cancel_requested_among(reserved)))
-        running = self.claims.running()
         if not running:
             self._signalled.clear()
             return
@@ -86,10 +89,14 @@ class Watchdog(Middleware):
             log.info("interrupting cancelled job %s", job_id)
             raise_thread_exception(entry.thread_id, Cancelled)
         self._signalled &= set(by_id)
+
+    def _enforce_hard_limits(self, running: list[Attempt]) -> None:
+        """Replace this process when a task ran past its hard limit (one whose outcome hooks are
+        running, waiting out a store or Redis outage, is past its task and not counted)."""
         now = time.monotonic()
         for entry in running:
             limit = entry.job.time_limit_s
-            if limit is None or now - entry.started_s < hard_limit_s(limit):
+            if limit is None or not entry.in_task or now - entry.started_s < hard_limit_s(limit):
                 continue
             log.critical(
                 "job %s ran past its hard time limit (%.1fs); replacing this worker process",
