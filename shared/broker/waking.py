@@ -52,10 +52,6 @@ class WakingRedisBroker(RedisBroker):
     #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
     _dispatch_loaded = False
 
-    def acks_key(self, queue_name: str) -> str:
-        """This process's ack set of ``queue_name``: the messages fetched and not acked yet."""
-        return acks_key(self.namespace, self.broker_id, queue_name)
-
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
         """Dramatiq's enqueue script and the wake-up token, in one round trip.
 
