@@ -30,8 +30,9 @@ REQUEUE_ORPHANS = "maintenance.requeue_orphans"
 PRUNE = "maintenance.prune"
 QUEUE_GAUGES = "maintenance.queue_gauges"
 RECONCILE = "maintenance.reconcile"
+SWEEP = "maintenance.sweep"
 #: Built-in schedule id -> interval in seconds (epoch-aligned: prune runs on the hour, UTC).
-BUILTIN_INTERVALS_S = {RELAY: 1, REQUEUE_ORPHANS: 2, PRUNE: 3600, QUEUE_GAUGES: 15, RECONCILE: 30}
+BUILTIN_INTERVALS_S = {RELAY: 1, REQUEUE_ORPHANS: 2, PRUNE: 3600, QUEUE_GAUGES: 15, RECONCILE: 30, SWEEP: 30}
 
 _FINISHED = sorted(status.value for status in FINAL_STATUSES)
 

@@ -29,6 +29,7 @@ from services.scheduler.reconcile import LostMessages
 from services.scheduler.relay import OutboxRelay
 from services.scheduler.runner import Runner
 from services.scheduler.schedule_file import sync_file
+from services.scheduler.sweeper import StrandedRuns
 from shared.broker.orphans import requeue_orphans
 from shared.broker.publishing import build_broker
 from shared.broker.queues import QueueGauges
@@ -83,6 +84,7 @@ def run(settings: Settings) -> int:
 
     results = build_result_storage(settings.effective_result_storage_url)
     lost_messages = LostMessages(store, broker)
+    stranded_runs = StrandedRuns(store, registry, broker, dead_after_s=settings.worker_dead_after_s)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
     outbox_relay = OutboxRelay(store, broker, grace_s=settings.relay_grace_s)
     work: dict[str, Callable[[], object]] = {
@@ -98,6 +100,7 @@ def run(settings: Settings) -> int:
         ),
         housekeeping.QUEUE_GAUGES: queue_names.refresh,
         housekeeping.RECONCILE: lambda: jobs_republished_total.inc(lost_messages.run()),
+        housekeeping.SWEEP: stranded_runs.run,
     }
     submitter = Submitter(store, registry, broker)
     scheduler = BackgroundScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(20)})

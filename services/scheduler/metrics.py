@@ -40,6 +40,15 @@ jobs_relayed_total = Counter(
 jobs_republished_total = Counter(
     PREFIX + "jobs_republished_total", "Jobs published again because Redis lost their message (maintenance.reconcile)."
 )
+jobs_swept_total = Counter(
+    PREFIX + "jobs_swept_total",
+    "Running jobs nobody held any more (lease long expired, worker dead, message in no queue), ended by their "
+    "retry policy (maintenance.sweep).",
+    ("outcome",),
+)
+# NOTE: every outcome's series from 0, so the first sweep shows in rate() and increase().
+for _outcome in ("retrying", "failed", "cancelled"):
+    jobs_swept_total.labels(_outcome)
 scheduler_is_leader = Gauge(PREFIX + "scheduler_is_leader", "1 while this replica holds the leader lease.")
 
 

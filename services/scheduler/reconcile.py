@@ -53,7 +53,7 @@ class LostMessages:
         waiting = self.store.waiting_published(
             older_than=self.clock.now() - timedelta(seconds=self.min_age_s), limit=self.limit
         )
-        present = self.message_ids({job.queue for job in waiting}) if waiting else set()
+        present = message_ids(self.broker, {job.queue for job in waiting}) if waiting else set()
         missing = {job.id: job for job in waiting if job.id not in present}
         lost = [job for job in missing.values() if self._suspects.get(job.id) == _state(job)]
         self._suspects = {job.id: _state(job) for job in missing.values()}
@@ -65,19 +65,24 @@ class LostMessages:
         log.warning("published again %d job(s) whose message was lost from Redis: %s", len(sent), sent[:20])
         return len(sent)
 
-    def message_ids(self, queues: Iterable[str]) -> set[str]:
-        """The job ids of every message held in Redis for ``queues`` (queued, delayed or in flight)."""
-        ids: set[str] = set()
-        client = self.broker.client
-        for queue in queues:
-            # NOTE: delay queue first: a message due moves from it to its queue, so it cannot slip
-            # between the two scans that way.
-            for name in (dq_name(queue), queue):
-                for _redis_id, data in client.hscan_iter(f"{self.broker.namespace}:{name}.msgs", count=1000):
-                    # An undecodable message is the worker's to dead-letter.
-                    with contextlib.suppress(DecodeError):
-                        ids.add(dramatiq.Message.decode(data).message_id)
-        return ids
+
+def message_ids(broker: RedisBroker, queues: Iterable[str]) -> set[str]:
+    """The job ids of every message held in Redis for ``queues`` (queued, delayed or in flight).
+
+    A message in flight stays in its queue's message hash until it is acked, so a worker's ack
+    set needs no scan of its own.
+    """
+    ids: set[str] = set()
+    client = broker.client
+    for queue in queues:
+        # NOTE: delay queue first: a message due moves from it to its queue, so it cannot slip
+        # between the two scans that way.
+        for name in (dq_name(queue), queue):
+            for _redis_id, data in client.hscan_iter(f"{broker.namespace}:{name}.msgs", count=1000):
+                # An undecodable message is the worker's to dead-letter.
+                with contextlib.suppress(DecodeError):
+                    ids.add(dramatiq.Message.decode(data).message_id)
+    return ids
 
 
 def _state(job: Job) -> tuple[str, int]:

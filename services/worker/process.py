@@ -28,6 +28,7 @@ from services.worker.consumer import AckSets, WorkerBroker
 from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX, ConsumerWatch
 from services.worker.context import current_job, use_settings
 from services.worker.heartbeat import Heartbeat
+from services.worker.held_jobs import HeldJobs, held_jobs_path
 from services.worker.middleware.claims import Claims
 from services.worker.middleware.event_loop import AsyncTasks
 from services.worker.middleware.metrics import JobMetrics
@@ -147,7 +148,9 @@ def build_worker_broker(
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
     results = build_result_storage(settings.effective_result_storage_url)
     writes = StatusWriter(store)
-    claims = Claims(store, writes, results, owner=owner, lease_s=settings.job_lease_s)
+    # What the supervisor reads if this process dies: which attempts count (``held_jobs.py``).
+    held = HeldJobs(held_jobs_path(Path(settings.data_dir), owner))
+    claims = Claims(store, writes, results, owner=owner, lease_s=settings.job_lease_s, held=held)
     workflows = WorkflowAdvance(claims, workflow_engine.advance)
     ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
     acker = Acker(ack_sets, on_final=workflows.ended)

@@ -10,8 +10,9 @@ than its threads will start at once: one per idle thread, plus one more round
 once the jobs are seen to be short (for long jobs a claimed message would
 show ``running`` while it waited); the rest wait unclaimed in the consumer. A claim
 is given back (the row queued again, the attempt not counted) when Dramatiq
-puts its message back (shutdown, reconnect); after a crash the supervisor
-releases the dead worker's leases and requeues its messages.
+puts its message back (shutdown, reconnect). After a crash the supervisor gives them back
+too, and counts the attempts the process's threads were inside: both are marked in the
+process's ``HeldJobs`` file (``held_jobs.py``) as they are made and taken.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from dramatiq.message import Message
 
+from services.worker.held_jobs import HeldJobs
 from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class Reservations:
         busy: Callable[[], int],
         owner: str,
         lease_s: float,
+        held: HeldJobs | None = None,
     ) -> None:
         self.claim_many = claim_many
         self.unclaim = unclaim
@@ -50,6 +53,8 @@ class Reservations:
         self.busy = busy
         self.owner = owner
         self.lease_s = lease_s
+        #: What the supervisor reads if this process dies: claims ahead, and the jobs threads took.
+        self.held = held or HeldJobs(None)
         #: Worker threads of this process (0: claim nothing ahead; set when the worker starts).
         self.threads = 0
         self._mean_s = _START_MEAN_S
@@ -81,11 +86,17 @@ class Reservations:
             count += 1
         if not chosen:
             return count
+        # NOTE: marked before the claim commits, so a process that dies right after has them marked.
+        self.held.ahead(m.message_id for m in chosen)
         try:
             claims = self.claim_many([ClaimRequest(m.message_id, self.owner, self.lease_s) for m in chosen])
         except Exception as exc:
+            self.held.not_ahead(m.message_id for m in chosen)
             log.warning("could not claim %d job(s) ahead (%s); each is claimed at its start", len(chosen), exc)
             return len(candidates)
+        self.held.not_ahead(
+            m.message_id for m, c in zip(chosen, claims, strict=True) if c.outcome is not ClaimOutcome.CLAIMED
+        )
         with self._lock:
             for message, claim in zip(chosen, claims, strict=True):
                 self._by_message[message.options["redis_message_id"]] = claim
@@ -102,19 +113,30 @@ class Reservations:
         job_ids = [c.job.id for c in claims if c is not None and c.outcome is ClaimOutcome.CLAIMED and c.job]
         if job_ids:
             self.unclaim(job_ids)
+            self.held.not_ahead(job_ids)
 
     # -- the worker threads' side ------------------------------------------
 
     def take(self, redis_message_id: str) -> Claim | None:
-        """The claim made for this message before it was handed out, if any (once)."""
+        """The claim made for this message before it was handed out, if any (once).
+
+        A job claimed here is about to run on this thread: from now on a death of the process
+        counts its attempt (until ``observe``).
+        """
         with self._lock:
             claim = self._by_message.pop(redis_message_id, None)
-        if claim is not None and claim.outcome is not ClaimOutcome.CLAIMED:
+        if claim is not None and claim.outcome is ClaimOutcome.CLAIMED and claim.job is not None:
+            self.held.enter(claim.job.id)
+            return claim
+        # An attempt of this thread that ended without ``observe`` (skipped) is over too.
+        self.held.leave()
+        if claim is not None:
             self._freed.set()  # skipped: its room is free at once
         return claim
 
     def observe(self, elapsed_s: float) -> None:
         """A job ran for ``elapsed_s``: its thread is free, and the running average moves."""
+        self.held.leave()
         self._mean_s += _WEIGHT * (elapsed_s - self._mean_s)
         self._freed.set()
 
@@ -133,5 +155,6 @@ class Reservations:
         with self._lock:
             gone = [key for key, c in self._by_message.items() if c.job is not None and c.job.id in job_ids]
             dropped = [self._by_message.pop(key) for key in gone]
+        self.held.not_ahead(c.job.id for c in dropped if c.job is not None)
         self._freed.set()
         return dropped

@@ -1,10 +1,11 @@
-"""When and how soon a failed attempt runs again: exponential backoff with full jitter."""
+"""When and how soon a failed attempt runs again: exponential backoff with full jitter (``shared/backoff.py``)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
+from shared.backoff import backoff_s
 from shared.catalog import TaskDefinition
 from shared.errors import PermanentTaskFailure
 
@@ -22,13 +23,6 @@ class Decision:
     retry: bool
     delay_s: float = 0.0
     retryable: bool = True
-
-
-def backoff_s(attempt: int, *, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Full jitter: uniform in [0, min(max_s, min_s * 2**(attempt-1))] (AWS architecture blog)."""
-    # The exponent is capped so a late attempt cannot overflow a float before the cap applies.
-    ceiling = min(max_s, min_s * 2.0 ** min(max(0, attempt - 1), 64))
-    return (rng or random).uniform(0, ceiling)
 
 
 def decide(

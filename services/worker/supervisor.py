@@ -4,6 +4,10 @@ A child that exits unexpectedly (``kill -9``, out of memory, a hard time
 limit) has its fetched-but-unacked messages put back at the front of their
 queues and its job leases released before a new child starts, so its work
 runs again within a second or two instead of waiting for a heartbeat timeout.
+The attempts a child died under count, by their task's retry policy, and a
+death that counted one restarts its slot at once: the job's backoff, not the
+slot's crash-loop pause, keeps a task that kills its process from looping
+(``crashes.py``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from services.worker.crashes import CrashRecovery, died_of
+from services.worker.middleware.watchdog import HARD_LIMIT_EXIT_CODE
 from services.worker.tasks import load_task_modules
-from shared.broker.orphans import requeue_orphans
+from shared.broker.orphans import LostAttempts
+from shared.broker.publishing import build_broker
 from shared.ids import new_id
 from shared.logs import configure_logging
 from shared.metrics import fresh_multiproc_dir, mark_process_dead
@@ -70,8 +77,16 @@ class Supervisor:
         self.grace_s = grace_s
         self.children: dict[int, Child] = {}
         self.stopping = threading.Event()
-        self.client = redis.Redis.from_url(settings.require_redis_url("the worker"), socket_timeout=10)
+        redis_url = settings.require_redis_url("the worker")
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=10)
         self.store = JobStore(create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s))
+        self.crashes = CrashRecovery(
+            self.client,
+            self.store,
+            TaskRegistry(self.store.engine),
+            build_broker(redis_url),
+            data_dir=Path(settings.data_dir),
+        )
         self.host = socket.gethostname()
 
     def _spawn(self, slot: int) -> Child:
@@ -87,15 +102,25 @@ class Supervisor:
         log.info("started worker process %d (slot %d, id %s)", process.pid, slot, owner)
         return Child(slot=slot, owner=owner, process=process)
 
-    def _recover(self, child: Child, *, attempts: int = 30) -> None:
+    def _recover(self, child: Child, *, cause: str | None, attempts: int = 30) -> int:
+        """Recover a dead child's jobs and messages; how many attempts it died under were counted.
+
+        ``cause``: what it died of (``SIGSEGV``, ``exit code 3``), or None for a stop on purpose.
+        """
         mark_process_dead(child.process.pid)
+        lost: LostAttempts | None = None
         for attempt in range(attempts):
             try:
-                requeue_orphans(self.client, self.store, dead_after_s=0, workers=[child.owner])
-                return
+                # NOTE: the store's step is done once: tried again, its rows would no longer say
+                # which old messages to drop.
+                if lost is None:
+                    lost = self.crashes.settle(child.owner, cause=cause)
+                self.crashes.requeue(child.owner, lost)
+                return len(lost)
             except Exception as exc:
                 log.warning("recovering %s failed (%s); retry %d", child.owner, exc, attempt + 1)
                 time.sleep(1)
+        return len(lost or ())
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -116,8 +141,9 @@ class Supervisor:
                 if code is None:
                     continue
                 log.error("worker process %d exited with %s; recovering its messages", child.process.pid, code)
-                self._recover(child)
-                young = time.monotonic() - child.started < CRASH_LOOP_WINDOW_S
+                cause = None if code in (0, HARD_LIMIT_EXIT_CODE) else died_of(code)
+                counted = self._recover(child, cause=cause)
+                young = time.monotonic() - child.started < CRASH_LOOP_WINDOW_S and not counted
                 young_deaths[slot] = young_deaths.get(slot, 0) + 1 if young else 0
                 restart_at[slot] = time.monotonic() + restart_delay_s(young_deaths[slot])
             for slot, due in list(restart_at.items()):
@@ -140,7 +166,7 @@ class Supervisor:
                 child.process.kill()
                 child.process.wait()
             # Whatever it still held goes back to the queue for the next worker.
-            self._recover(child, attempts=3)
+            self._recover(child, cause=None, attempts=3)
         return 0
 
 

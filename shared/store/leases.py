@@ -3,7 +3,7 @@
 ``JobStore`` (``shared/store/jobs.py``) takes these methods from ``Leases``. The
 SQL of a batch of claims and finishes is in ``shared/store/attempts.py``; here
 are the transactions around it, and the lease upkeep of the worker's heartbeat,
-the watchdog's cancel check and the orphan recovery's release of dead workers' leases.
+the watchdog's cancel check and the orphan recovery's reads and release of dead workers' leases.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from shared.job import FINAL_STATUSES, JobStatus, utcnow
+from shared.job import FINAL_STATUSES, Job, JobStatus, utcnow
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest, commit_attempts, unclaim
 from shared.store.engine import write_transaction
 from shared.store.models import jobs
@@ -112,6 +112,29 @@ class Leases:
                 .values(lease_expires_at=utcnow())
             )
         return done.rowcount
+
+    def running_of(self, owner: str) -> list[Job]:
+        """The jobs ``owner`` holds a lease on (running, or claimed ahead of their start)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs).where(jobs.c.lease_owner == owner, jobs.c.status == JobStatus.RUNNING.value)
+            )
+            return [Job.from_row(row) for row in rows]
+
+    def lease_expired(self, *, before: datetime, limit: int = 500) -> list[Job]:
+        """Running jobs whose lease expired before ``before`` (no worker renewed it since), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs)
+                .where(
+                    jobs.c.status == JobStatus.RUNNING.value,
+                    jobs.c.lease_owner.is_not(None),
+                    jobs.c.lease_expires_at < before,
+                )
+                .order_by(jobs.c.id)
+                .limit(limit)
+            )
+            return [Job.from_row(row) for row in rows]
 
     def cancel_requested_among(self, job_ids: Iterable[str]) -> list[str]:
         """Which of these running jobs an operator asked to cancel."""

@@ -22,6 +22,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from services.worker.context import JobContext, enter_job, leave_job
+from services.worker.held_jobs import HeldJobs
 from services.worker.outages import persist
 from services.worker.reservations import Reservations
 from services.worker.status_writer import StatusWriter
@@ -74,6 +75,7 @@ class Claims(Middleware):
         *,
         owner: str,
         lease_s: float,
+        held: HeldJobs | None = None,
     ) -> None:
         self.store = store
         self.writes = writes
@@ -87,6 +89,7 @@ class Claims(Middleware):
             busy=self._busy,
             owner=owner,
             lease_s=lease_s,
+            held=held,
         )
         self._running: dict[str, Attempt] = {}
         #: Jobs whose attempt ended here lately (under ``_lock``): an ``OWNED`` claim of one

@@ -14,6 +14,16 @@ def block(seconds: float) -> str:
     return "unblocked"
 
 
+@task(name="testing.abort", queue="testing", max_retries=2, time_limit_s=10, min_backoff_s=0.2, max_backoff_s=0.5)
+def abort() -> None:
+    """Kill this worker process with SIGABRT, as a crash in C code would (no core file)."""
+    import os
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.abort()
+
+
 @task(name="testing.accumulate", queue="default", max_retries=0, time_limit_s=10)
 def accumulate(add: float, input: float | list[float] | None = None) -> float:
     """``add`` plus the previous result (a chain step) or the sum of the results (a chord callback)."""

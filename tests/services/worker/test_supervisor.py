@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from dramatiq import Message
 
 from services.worker.supervisor import MAX_RESTART_DELAY_S, restart_delay_s
 from shared.broker.orphans import HEARTBEATS, requeue_orphans
@@ -25,6 +26,9 @@ from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
 from shared.submission.submitter import Submitter
 from shared.submission.validation import Submission, build_job
+
+#: Longest a job beside a crashing one may wait: one worker process's restart (on a loaded machine).
+RESTART_BOUND_S = 8.0
 
 
 @dataclass
@@ -142,6 +146,37 @@ def test_hard_time_limit_replaces_the_process_and_records_the_job(worker_run: Wo
     # And the worker keeps serving
     echo = worker_run.submit({"task": "diagnostics.echo", "args": {"message": "alive"}})
     assert worker_run.wait(echo.id, lambda j: j.status.is_final, 10).result == "alive"
+
+
+def test_a_task_that_kills_its_process_is_dead_lettered_after_its_retries_and_slows_no_neighbour(
+    worker_run: WorkerRun, redis_url: str
+) -> None:
+    # Given a task that aborts its worker process on every attempt (max_retries=2)
+    crasher = worker_run.submit({"task": "testing.abort", "args": {}})
+    # When it crashes its process again and again, with neighbours submitted alongside all along
+    # (with retries: one running in the other thread at a crash has its attempt counted too)
+    neighbours: list[Job] = []
+    deadline = time.monotonic() + 60
+    while not worker_run.store.get(crasher.id).status.is_final:
+        assert time.monotonic() < deadline, worker_run.log()
+        body = {"task": "diagnostics.echo", "args": {"message": "beside"}, "max_retries": 3}
+        neighbours.append(worker_run.submit(body))
+        time.sleep(0.5)
+    # Then its third crash ended it: failed and dead-lettered, the signal named
+    done = worker_run.store.get(crasher.id)
+    assert done.status is JobStatus.FAILED and done.dead and done.attempts == 3, worker_run.log()
+    assert done.error == {"type": "WorkerCrashed", "message": "worker process died: SIGABRT", "retryable": True}
+    client = redis.Redis.from_url(redis_url)
+    assert [Message.decode(data).message_id for data in client.hvals("dramatiq:testing.XQ.msgs")] == [crasher.id]
+    for name in ("testing", "testing.DQ"):
+        assert crasher.id not in {Message.decode(data).message_id for data in client.hvals(f"dramatiq:{name}.msgs")}
+    # And every neighbour finished, none later than one process restart after it was submitted
+    waits = []
+    for neighbour in neighbours:
+        finished = worker_run.wait(neighbour.id, lambda j: j.status.is_final, 15)
+        assert finished.status is JobStatus.SUCCEEDED and finished.finished_at is not None
+        waits.append((finished.finished_at - finished.created_at).total_seconds())
+    assert max(waits) < RESTART_BOUND_S, (waits, worker_run.log())
 
 
 def test_sigterm_finishes_in_flight_work_and_requeues_the_rest(worker_run: WorkerRun, redis_url: str) -> None:

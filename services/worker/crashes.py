@@ -1,0 +1,105 @@
+"""What a dead worker process leaves, put right by its supervisor: attempts counted, claims given back, messages back.
+
+A task that kills its process (a segfault in C code, ``os.abort()``, the OOM killer) never
+reaches the outcome hooks, so nothing records its attempt. Put back with its claim released,
+such a job ran again at once, at the front of its queue, forever. Here, for a process that
+died on its own (a signal, or an exit code other than 0 and the hard time limit's 70, whose
+watchdog recorded its job itself):
+
+- the attempts its threads were inside (``R`` in its ``HeldJobs`` file) count, all of them, since
+  nothing tells which thread killed the process: each is recorded
+  by its task's retry policy (``record_lost``), ``retrying`` after its backoff with a new message,
+  or ``failed`` and dead-lettered, with the error ``WorkerCrashed``: ``worker process died:
+  SIGSEGV`` (or ``exit code 3``); a job an operator asked to cancel is ``cancelled``. Their old
+  messages leave the dead process's ack set, so none runs again before its time;
+- the jobs it had only claimed ahead (``A``) are given back uncounted (``unclaim``);
+- the rest is recovered as before (``requeue_orphans``): leases released, messages back at the
+  front of their queues.
+
+A process stopped on purpose (SIGTERM, the hard time limit) has nothing counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import redis
+from dramatiq.broker import Broker
+
+from services.worker.held_jobs import held_jobs_path, read_held
+from shared import metrics
+from shared.broker.orphans import LostAttempts, record_lost, requeue_orphans
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+
+log = logging.getLogger(__name__)
+
+#: The type of error recorded for an attempt whose process died under it.
+WORKER_CRASHED = "WorkerCrashed"
+
+
+def died_of(returncode: int) -> str:
+    """``SIGSEGV`` for a process a signal ended (Popen's negative return code), ``exit code 3`` for one that exited."""
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class CrashRecovery:
+    """The supervisor's recovery of its dead children, in two steps: the store's, then Redis'."""
+
+    def __init__(
+        self, client: redis.Redis, store: JobStore, registry: TaskRegistry, broker: Broker, *, data_dir: Path
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.registry = registry
+        self.broker = broker
+        self.data_dir = data_dir
+
+    def settle(self, owner: str, *, cause: str | None) -> LostAttempts:
+        """Count the attempts ``owner`` died under and give back its claims ahead.
+
+        ``cause``: what it died of; None for a process stopped on purpose, which counts nothing.
+        Without its file (a process that could not keep one) nothing is counted or given back here.
+        """
+        held = read_held(held_jobs_path(self.data_dir, owner))
+        if held is None:
+            return LostAttempts()
+        rows = self.store.running_of(owner)
+        ahead = [job.id for job in rows if job.id in held.ahead]
+        if ahead:
+            self.store.unclaim(owner, ahead)
+        crashed = [job for job in rows if job.id in held.running] if cause is not None else []
+        lost = record_lost(
+            self.store, self.registry, crashed, error_type=WORKER_CRASHED, message=f"worker process died: {cause}"
+        )
+        for job in lost.retrying:
+            metrics.jobs_retried_total.labels(job.task, job.queue).inc()
+            log.warning("job %s: its worker process died (%s) in attempt %d; retrying", job.id, cause, job.attempts)
+        for job in lost.failed:
+            metrics.jobs_failed_total.labels(job.task, job.queue).inc()
+            log.error("job %s: its worker process died (%s) in attempt %d; failed", job.id, cause, job.attempts)
+        for job in lost.cancelled:
+            metrics.jobs_cancelled_total.labels(job.task, job.queue).inc()
+            log.info("job %s cancelled: its worker process died (%s) while it ran", job.id, cause)
+        return lost
+
+    def requeue(self, owner: str, lost: LostAttempts) -> int:
+        """Send the counted attempts' next messages, drop or dead-letter their old ones, put back the rest."""
+        lost.publish_retries(self.broker)
+        moved = requeue_orphans(
+            self.client,
+            self.store,
+            dead_after_s=0,
+            workers=[owner],
+            drop=[job.id for job in lost.retrying + lost.cancelled],
+            dead=[job.id for job in lost.failed],
+        )
+        held_jobs_path(self.data_dir, owner).unlink(missing_ok=True)
+        return moved

@@ -1,0 +1,158 @@
+"""A dead worker process's jobs, put right by the supervisor: each kind of job it held, on a real store and Redis."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import redis
+from dramatiq import Message
+
+from services.worker.crashes import CrashRecovery, died_of
+from services.worker.held_jobs import HeldJobs, held_jobs_path
+from shared.broker.publishing import build_broker, message_for
+from shared.job import Job, JobStatus, utcnow
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+from tests.shared.store.test_jobs import make_job
+
+OWNER = "host-0-dead"
+ACKS = f"dramatiq:__acks__.{OWNER}.default"
+
+
+def fetched(client: redis.Redis, store: JobStore, **overrides: object) -> Job:
+    """A job claimed by ``OWNER``, its message in ``OWNER``'s ack set (fetched, not acked)."""
+    job = make_job(**overrides)
+    store.insert([job])
+    assert store.claim(job.id, owner=OWNER, lease_s=30).job is not None
+    message = message_for(job)
+    redis_id = f"r-{job.id}"
+    body = message.copy(options={**message.options, "redis_message_id": redis_id}).encode()
+    client.hset("dramatiq:default.msgs", redis_id, body)
+    client.sadd(ACKS, redis_id)
+    return job
+
+
+def messages(client: redis.Redis, name: str) -> set[str]:
+    return {Message.decode(data).message_id for data in client.hvals(f"dramatiq:{name}.msgs")}
+
+
+def queued(client: redis.Redis) -> set[str]:
+    """The jobs whose message waits in the default queue's list."""
+    ids = {raw.decode() for raw in client.lrange("dramatiq:default", 0, -1)}
+    bodies = [client.hget("dramatiq:default.msgs", redis_id) for redis_id in ids]
+    return {Message.decode(body).message_id for body in bodies if body is not None}
+
+
+def mark_running(held: HeldJobs, job_ids: list[str]) -> threading.Event:
+    """Each job entered by a thread of its own, which never leaves it (its process dies).
+
+    The threads wait on the returned event: a thread's record is its own while it lives.
+    """
+    release = threading.Event()
+    for job_id in job_ids:
+        entered = threading.Event()
+
+        def run(job_id: str = job_id, entered: threading.Event = entered) -> None:
+            held.enter(job_id)
+            entered.set()
+            release.wait(30)
+
+        threading.Thread(target=run, daemon=True).start()
+        assert entered.wait(10)
+    return release
+
+
+def recovery(redis_client: redis.Redis, redis_url: str, store: JobStore, tmp_path: Path) -> CrashRecovery:
+    return CrashRecovery(
+        redis_client, store, TaskRegistry(store.engine, cache_s=0), build_broker(redis_url), data_dir=tmp_path
+    )
+
+
+def test_a_crash_counts_the_attempts_it_ended_and_gives_back_the_claims_ahead(
+    redis_client: redis.Redis, redis_url: str, store: JobStore, registry: TaskRegistry, tmp_path: Path
+) -> None:
+    # Given a worker process holding a job of each kind: three its threads were inside (one with
+    # retries left, one on its last attempt, one an operator cancelled), one claimed ahead, and
+    # one whose attempt had ended with its commit still pending
+    retried = fetched(redis_client, store)
+    last = fetched(redis_client, store, max_retries=0)
+    cancelled = fetched(redis_client, store)
+    store.cancel(cancelled.id)
+    ahead = fetched(redis_client, store)
+    ended = fetched(redis_client, store)
+    held = HeldJobs(held_jobs_path(tmp_path, OWNER))
+    held.ahead([ahead.id, retried.id])
+    threads = mark_running(held, [retried.id, last.id, cancelled.id])
+    crashes = recovery(redis_client, redis_url, store, tmp_path)
+
+    # When the process dies of SIGSEGV and the supervisor recovers it
+    lost = crashes.settle(OWNER, cause=died_of(-11))
+    crashes.requeue(OWNER, lost)
+    threads.set()
+
+    # Then the attempts it died under are recorded by their retry policy, with the signal named
+    error = {"type": "WorkerCrashed", "message": "worker process died: SIGSEGV", "retryable": True}
+    row = store.get(retried.id)
+    assert (row.status, row.attempts, row.error, row.lease_owner) == (JobStatus.RETRYING, 1, error, None)
+    assert row.next_attempt_at is not None and row.next_attempt_at > utcnow()
+    row = store.get(last.id)
+    assert (row.status, row.attempts, row.error, row.dead) == (JobStatus.FAILED, 1, error, True)
+    assert store.get(cancelled.id).status is JobStatus.CANCELLED
+    # And the claim ahead is given back uncounted; the ended attempt's lease is released
+    row = store.get(ahead.id)
+    assert (row.status, row.attempts, row.lease_owner) == (JobStatus.QUEUED, 0, None)
+    row = store.get(ended.id)
+    assert row.status is JobStatus.RUNNING and row.attempts == 1
+    assert row.lease_expires_at is not None and row.lease_expires_at <= utcnow()
+    # And in Redis: the retry waits on the delay queue, its old message gone; the failure is a
+    # dead letter; the cancelled job has no message; the other two are back in the queue
+    assert messages(redis_client, "default.DQ") == {retried.id}
+    assert messages(redis_client, "default.XQ") == {last.id}
+    assert messages(redis_client, "default") == queued(redis_client) == {ahead.id, ended.id}
+    assert redis_client.exists(ACKS) == 0
+    assert not held_jobs_path(tmp_path, OWNER).exists()
+
+
+def test_a_process_stopped_on_purpose_counts_nothing(
+    redis_client: redis.Redis, redis_url: str, store: JobStore, registry: TaskRegistry, tmp_path: Path
+) -> None:
+    # Given a process inside one job with one claimed ahead, stopped (SIGTERM past its grace, or
+    # the hard time limit, whose watchdog recorded its own job)
+    running = fetched(redis_client, store)
+    ahead = fetched(redis_client, store)
+    held = HeldJobs(held_jobs_path(tmp_path, OWNER))
+    held.ahead([ahead.id])
+    threads = mark_running(held, [running.id])
+    crashes = recovery(redis_client, redis_url, store, tmp_path)
+    # When it is recovered
+    crashes.requeue(OWNER, crashes.settle(OWNER, cause=None))
+    threads.set()
+    # Then the running job goes back with its lease released, the claim ahead uncounted
+    row = store.get(running.id)
+    assert row.status is JobStatus.RUNNING and row.error is None
+    assert row.lease_expires_at is not None and row.lease_expires_at <= utcnow()
+    assert store.get(ahead.id).attempts == 0
+    assert queued(redis_client) == {running.id, ahead.id}
+
+
+def test_a_process_that_kept_no_file_is_recovered_as_before(
+    redis_client: redis.Redis, redis_url: str, store: JobStore, registry: TaskRegistry, tmp_path: Path
+) -> None:
+    # Given a process that could not keep its file (a full disk), dead of SIGKILL
+    job = fetched(redis_client, store)
+    crashes = recovery(redis_client, redis_url, store, tmp_path)
+    # When it is recovered
+    crashes.requeue(OWNER, crashes.settle(OWNER, cause=died_of(-9)))
+    # Then nothing is counted: its lease is released and its message back in the queue
+    row = store.get(job.id)
+    assert row.status is JobStatus.RUNNING and row.error is None and row.attempts == 1
+    assert queued(redis_client) == {job.id}
+
+
+def test_what_a_process_died_of() -> None:
+    assert died_of(-11) == "SIGSEGV"
+    assert died_of(-6) == "SIGABRT"
+    assert died_of(-9) == "SIGKILL"
+    assert died_of(3) == "exit code 3"
+    assert died_of(-99) == "signal 99"
