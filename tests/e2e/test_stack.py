@@ -50,7 +50,10 @@ def test_failure_reads_failed_with_error_type_and_message(stack: Stack) -> None:
 
 def test_kill_9_of_a_worker_process_reruns_its_job(stack: Stack) -> None:
     # Given a job running in one of the worker processes
-    _, job = stack.request("POST", "/v1/jobs", {"task": "diagnostics.sleep", "args": {"seconds": 1.5}})
+    # (with a retry left: the attempt a process dies under counts, as any failed attempt does)
+    _, job = stack.request(
+        "POST", "/v1/jobs", {"task": "diagnostics.sleep", "args": {"seconds": 1.5}, "max_retries": 1}
+    )
     stack.wait_job(job["id"], {"running"})
     victims = stack.pids_of("services.worker.process")
     assert len(victims) == 2
@@ -58,7 +61,7 @@ def test_kill_9_of_a_worker_process_reruns_its_job(stack: Stack) -> None:
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    # Then the job runs again on a replacement process and succeeds, once
+    # Then the job runs again (after its backoff) on a replacement process and succeeds, once
     done = stack.wait_job(job["id"], {"succeeded", "failed"}, timeout_s=20)
     assert done["status"] == "succeeded" and done["attempts"] == 2
     assert time.monotonic() - killed_at < 20
