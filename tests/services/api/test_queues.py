@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 from falcon import testing
 
@@ -79,10 +81,16 @@ def test_queue_stats(client: testing.TestClient, redis_client: redis.Redis) -> N
     for _ in range(2):
         client.simulate_post("/v1/jobs", json={"task": "diagnostics.echo", "args": {"message": "x"}})
     client.simulate_post("/v1/jobs", json={"task": "diagnostics.echo", "args": {"message": "x"}, "delay_s": 30})
-    items = {
-        q["name"]: q
-        for q in client.simulate_get("/v1/queues", headers={"Authorization": f"Bearer {READER}"}).json["items"]
-    }
-    default = items["default"]
+    # NOTE: the grouped writer publishes after it answers: wait (bounded) for the three messages.
+    deadline = time.monotonic() + 10
+    while True:
+        items = {
+            q["name"]: q
+            for q in client.simulate_get("/v1/queues", headers={"Authorization": f"Bearer {READER}"}).json["items"]
+        }
+        default = items["default"]
+        if (default["depth"], default["delayed"]) == (2, 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert default["depth"] == 2 and default["delayed"] == 1 and default["in_progress"] == 0 and default["dead"] == 0
     assert default["oldest_age_s"] >= 0
