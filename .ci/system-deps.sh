@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs when they are missing (CI runs as root):
-# promtool and prometheus for the alert-rule and real-Prometheus tests, kubectl for the manifests.
+# promtool and prometheus for the alert-rule and real-Prometheus tests, kubectl for the manifests,
+# chromium and its driver for the console's browser tests (tests/e2e/test_console_browser.py).
 set -euo pipefail
 missing=()
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "installing Debian packages: ${missing[*]}"

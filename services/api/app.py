@@ -9,6 +9,7 @@ import falcon
 from dramatiq.brokers.redis import RedisBroker
 
 from services.api import errors
+from services.api.console import Gate, add_console, build_console
 from services.api.middleware import Auth, RefuseNul, RequestId
 from services.api.resources.health import HealthResource, ReadyResource
 from services.api.resources.jobs import (
@@ -105,4 +106,17 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     schedules = ScheduleStore(store.engine)
     app.add_route("/v1/schedules", SchedulesResource(schedules, registry, settings.api_max_body_bytes))
     app.add_route("/v1/schedules/{schedule_id}", ScheduleResource(schedules, registry, settings.api_max_body_bytes))
+    console = build_console(
+        settings,
+        store=store,
+        registry=registry,
+        broker=broker,
+        submitter=submitter,
+        engine=engine,
+        workflows=workflows,
+        schedules=schedules,
+        results=results,
+    )
+    app.add_middleware(Gate(console))
+    add_console(app, console, api_domain_handler=errors.handle_domain_error, api_http_handler=errors.handle_http_error)
     return app

@@ -257,6 +257,11 @@ def test_service_boots_to_ready_from_the_production_install(
                     f"jobrelay {name} not ready in {BOOT_TIMEOUT_S:g}s:\n{log.read_text()[-4000:]}", pytrace=False
                 )
             time.sleep(0.2)
+        if name == "api":
+            # The console's templates and static files are package data: the install must carry them.
+            login = _http_ok(f"http://{env['API_BIND']}/console/login")
+            assert login is not None and b'name="key"' in login, "the console's login page did not render"
+            assert _http_ok(f"http://{env['API_BIND']}/console/static/console.css"), "the console's CSS is missing"
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=STOP_TIMEOUT_S)
     assert code == 0, f"jobrelay {name} exited {code} on SIGTERM:\n{log.read_text()[-4000:]}"
