@@ -43,6 +43,7 @@ from tests.reliability.poison import poison, stuck_tasks
 from tests.reliability.proxy import TcpProxy
 from tests.reliability.scenarios import LONG, Size, redis_faults, restarts, store_lock, store_unreachable, worker_kills
 from tests.reliability.static import bandit_findings, bandit_section, string_built_sql, unexplained
+from tests.reliability.store_stalls import store_stalls
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
@@ -60,6 +61,8 @@ RUNS: dict[str, Run] = {
     "api": lambda c, s: [bad_input(c), slow_client_capacity(c), security(c)],
     "disk": lambda c, s: [disk_full(c, s)],
 }
+#: The runs that set up their own stores: PostgreSQL's outage and stalls, the API fuzzed on both stores.
+EXTRA_RUNS = ("postgres", "postgres-stall", "fuzz")
 #: name -> the cluster options a run needs beyond the defaults.
 CLUSTER_OPTIONS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "disk": lambda s: {"data_disk": disk_size(s)},
@@ -87,24 +90,30 @@ def postgres_database() -> Iterator[str | None]:
         admin.dispose()
 
 
-def run_postgres(size: Size) -> list[Report]:
-    """The SQL-store outage on PostgreSQL, cut off through a proxy (SQLite cannot be made unreachable)."""
+def run_postgres(size: Size, *, stalls: bool = False) -> list[Report]:
+    """A PostgreSQL fault through a proxy (SQLite cannot be made unreachable): its connections cut, or
+    (``stalls``) its jobs table locked, its traffic held and its packets lost, one after the other."""
+    scenario = "SQL store stalled (PostgreSQL)" if stalls else "SQL store unreachable (PostgreSQL connections cut)"
     with postgres_database() as name:
         if name is None:
-            report = Report("SQL store unreachable (PostgreSQL connections cut)")
+            report = Report(scenario)
             report.notes.append(f"not run: no PostgreSQL answered at {make_url(PG_ADMIN_URL).render_as_string()}")
             return [report]
         admin = make_url(PG_ADMIN_URL)
         proxy = TcpProxy(admin.host or "127.0.0.1", admin.port or 5432).start()
         url = admin.set(host="127.0.0.1", port=proxy.port, database=name).render_as_string(hide_password=False)
+        direct = create_engine(admin.set(database=name))
         try:
             with (
                 tempfile.TemporaryDirectory(prefix="jobrelay-chaos-") as tmp,
                 Cluster(Path(tmp), database_url=url, env=size.env) as cluster,
             ):
+                if stalls:
+                    return [store_stalls(cluster, size, proxy, direct)]
                 return [store_unreachable(cluster, size, proxy)]
         finally:
             proxy.close()
+            direct.dispose()
 
 
 #: The fuzz budget per store: examples per operation and mode (schemathesis), raw requests (hypothesis).
@@ -169,20 +178,22 @@ def run_fast_form() -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="", help=f"comma-separated, out of {', '.join([*RUNS, 'postgres', 'fuzz'])}")
+    parser.add_argument("--only", default="", help=f"comma-separated, out of {', '.join([*RUNS, *EXTRA_RUNS])}")
     parser.add_argument("--jobs", type=int, default=LONG.jobs)
     parser.add_argument("--kills", type=int, default=LONG.kills)
     parser.add_argument("--outage-s", type=float, default=LONG.outage_s)
     parser.add_argument("--no-fast-form", action="store_true", help="do not time the fast form afterwards")
     args = parser.parse_args(argv)
     size = dataclasses.replace(LONG, jobs=args.jobs, kills=args.kills, outage_s=args.outage_s)
-    chosen = [name for name in args.only.split(",") if name] or [*RUNS, "postgres", "fuzz"]
+    chosen = [name for name in args.only.split(",") if name] or [*RUNS, *EXTRA_RUNS]
     started = time.monotonic()
     reports: list[Report] = []
     for name in chosen:
         print(f"== {name}", flush=True)
         if name == "postgres":
             found = run_postgres(size)
+        elif name == "postgres-stall":
+            found = run_postgres(size, stalls=True)
         elif name == "fuzz":
             found = run_fuzz()
         else:

@@ -9,6 +9,7 @@ worker resuming once the proxy heals.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from tests.reliability.cluster import Cluster
 from tests.reliability.effects_db import connect
 from tests.reliability.proxy import TcpProxy
 from tests.reliability.scenarios import FAST
+from tests.reliability.store_stalls import store_stalls
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -233,3 +235,14 @@ def test_a_stalled_store_answers_503_and_readyz_within_a_second(stack: Stack) ->
     finally:
         stack.proxy.restore()
     assert_carries_on(stack, time.time())
+
+
+def test_submissions_under_load_through_every_stall_end_final_exactly_once(stack: Stack) -> None:
+    # Given clients submitting steadily, When the jobs table is locked, then PostgreSQL's traffic held, then
+    # its packets lost (make chaos's "SQL store stalled" at the fast form's size)
+    report = store_stalls(stack.cluster, dataclasses.replace(FAST, jobs=150, outage_s=3.0), stack.proxy, stack.direct)
+    print(report.summary())
+    # Then every accepted job is final exactly once, /readyz answered within its bound and said not ready
+    # while the store could not answer
+    assert report.accepted == report.submitted == 150
+    assert (report.lost, report.duplicates, report.violations) == (0, 0, [])
