@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from shared.errors import TaskError
+from shared.flow.limits import FlowLimits, LimitError, check_limits, parse_rate
 from shared.schema import JsonSchema, schema_for_function
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,6 +40,16 @@ class TaskSpec:
     non_retryable: tuple[str, ...] = ()
     description: str = ""
     args_schema: JsonSchema = field(default_factory=dict)
+    #: Flow limits (``shared/flow/limits.py``): at most ``concurrency`` running at once (per value of the
+    #: argument at ``concurrency_key``), at most ``rate_limit`` ("100/m") starts (per ``rate_limit_key``).
+    concurrency: int | None = None
+    concurrency_key: str | None = None
+    rate_limit: str | None = None
+    rate_limit_key: str | None = None
+
+    def limits(self) -> FlowLimits:
+        rate = parse_rate(self.rate_limit) if self.rate_limit is not None else None
+        return FlowLimits(self.name, self.concurrency, self.concurrency_key, rate, self.rate_limit_key)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +64,10 @@ class TaskSpec:
             "max_backoff_s": self.max_backoff_s,
             "non_retryable": list(self.non_retryable),
             "description": self.description,
+            "concurrency": self.concurrency,
+            "concurrency_key": self.concurrency_key,
+            "rate_limit": self.rate_limit,
+            "rate_limit_key": self.rate_limit_key,
         }
 
     @classmethod
@@ -69,6 +84,10 @@ class TaskSpec:
             non_retryable=tuple(data.get("non_retryable", ())),
             description=data.get("description", ""),
             args_schema=data["args_schema"],
+            concurrency=data.get("concurrency"),
+            concurrency_key=data.get("concurrency_key"),
+            rate_limit=data.get("rate_limit"),
+            rate_limit_key=data.get("rate_limit_key"),
         )
 
 
@@ -99,6 +118,10 @@ class Catalog:
         min_backoff_s: float = 1.0,
         max_backoff_s: float = 3600.0,
         non_retryable: Iterable[type[BaseException]] = (),
+        concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        rate_limit: str | None = None,
+        rate_limit_key: str | None = None,
     ) -> Callable[[F], F]:
         """Declare the decorated function as task ``name``; the function is returned unchanged."""
         if not TASK_NAME.fullmatch(name):
@@ -112,6 +135,17 @@ class Catalog:
         exc_types = tuple(non_retryable)
 
         def decorate(fn: F) -> F:
+            try:
+                check_limits(
+                    name,
+                    concurrency=concurrency,
+                    concurrency_key=concurrency_key,
+                    rate_limit=rate_limit,
+                    rate_limit_key=rate_limit_key,
+                    parameters=inspect.signature(fn).parameters,
+                )
+            except LimitError as exc:
+                raise TaskError(f"task {name}: {exc}") from None
             spec = TaskSpec(
                 name=name,
                 queue=queue,
@@ -124,6 +158,10 @@ class Catalog:
                 non_retryable=tuple(f"{t.__module__}.{t.__qualname__}" for t in exc_types),
                 description=" ".join(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].split()),
                 args_schema=schema_for_function(fn),
+                concurrency=concurrency,
+                concurrency_key=concurrency_key,
+                rate_limit=rate_limit.strip() if rate_limit is not None else None,
+                rate_limit_key=rate_limit_key,
             )
             existing = self._tasks.get(name)
             if existing is not None and existing.fn.__qualname__ != fn.__qualname__:

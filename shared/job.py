@@ -83,6 +83,8 @@ class Job:
     cancel_requested: bool = False
     dead: bool = False
     held: bool = False
+    #: Why it waits although due: ``{"reason": "concurrency" | "rate_limit", "until": ms or None}`` (flow limits).
+    deferred: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -115,10 +117,18 @@ class Job:
             "next_attempt_at": rfc3339(self.next_attempt_at),
             "workflow_id": self.workflow_id,
             "schedule_id": self.schedule_id,
+            "deferred": _deferred(self.deferred) if self.deferred and not self.status.is_final else None,
         }
         if self.cancel_requested and not self.status.is_final:
             body["cancel_requested"] = True
         return body
+
+
+def _deferred(deferred: dict[str, Any]) -> dict[str, Any]:
+    """The row's deferral as the API shows it: the reason, and until when (RFC 3339) for a rate limit."""
+    until_ms = deferred.get("until_ms")
+    until = rfc3339(datetime.fromtimestamp(until_ms / 1000, UTC)) if isinstance(until_ms, int | float) else None
+    return {"reason": deferred.get("reason"), "until": until}
 
 
 def _without_traceback(error: dict[str, Any]) -> dict[str, Any]:

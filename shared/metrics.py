@@ -71,6 +71,10 @@ jobs_retried_total = Counter(PREFIX + "jobs_retried_total", "Attempts failed and
 jobs_cancelled_total = Counter(PREFIX + "jobs_cancelled_total", "Jobs cancelled.", _JOB)
 jobs_expired_total = Counter(PREFIX + "jobs_expired_total", "Jobs past their max age.", _JOB)
 jobs_duplicates_skipped_total = Counter(PREFIX + "jobs_duplicates_skipped_total", "Duplicate deliveries skipped.", _JOB)
+#: reason: "concurrency" (waits for a slot) or "rate_limit" (starts later); see services/worker/middleware/flow.py.
+jobs_deferred_total = Counter(
+    PREFIX + "jobs_deferred_total", "Starts put off by a flow limit.", ("task", "queue", "reason")
+)
 consumer_restarts_total = Counter(
     PREFIX + "worker_consumer_restarts_total", "Consumer threads found dead and started again.", ("queue",)
 )

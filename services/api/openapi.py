@@ -250,6 +250,12 @@ def _job_schema() -> Schema:
         "next_attempt_at": nullable(DATE_TIME),
         "workflow_id": nullable(ID),
         "schedule_id": nullable(STRING),
+        "deferred": nullable(
+            closed(
+                {"reason": {"type": "string", "enum": ["concurrency", "rate_limit"]}, "until": nullable(DATE_TIME)},
+                ["reason", "until"],
+            )
+        ),
     }
     required = list(props)
     props["cancel_requested"] = {"const": True, "description": "Present while a running attempt is interrupted."}
@@ -292,6 +298,10 @@ def component_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
         "max_age_s": nullable(NUMBER),
         "priority": {"type": "integer"},
         "description": STRING,
+        "concurrency": nullable({"type": "integer", "minimum": 1, "description": "Most jobs running at once."}),
+        "concurrency_key": nullable({"type": "string", "description": "Argument path: the limit is per value."}),
+        "rate_limit": nullable({"type": "string", "description": "Most starts per period, like '100/m'."}),
+        "rate_limit_key": nullable({"type": "string", "description": "Argument path: the rate is per value."}),
     }
     jobs = {"type": "array", "items": ref("Job")}
     return {

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import redis
 
@@ -18,6 +19,12 @@ from shared.store.protocol import JobStoreProtocol
 log = logging.getLogger(__name__)
 
 
+class FlowUpkeep(Protocol):
+    """The flow limits' share of a beat (``middleware/flow.py``): renew slots, wake waiters of expired ones."""
+
+    def beat(self) -> None: ...
+
+
 class Heartbeat(threading.Thread):
     """Beats every ``interval_s`` from its own thread, so a long task never looks like a dead worker."""
 
@@ -27,6 +34,7 @@ class Heartbeat(threading.Thread):
         client: redis.Redis,
         store: JobStoreProtocol,
         claims: Claims,
+        flow: FlowUpkeep | None = None,
         owner: str,
         interval_s: float,
         lease_s: float,
@@ -38,6 +46,7 @@ class Heartbeat(threading.Thread):
         self.client = client
         self.store = store
         self.claims = claims
+        self.flow = flow
         self.owner = owner
         self.interval_s = interval_s
         self.lease_s = lease_s
@@ -59,6 +68,11 @@ class Heartbeat(threading.Thread):
                 self.store.renew_leases(self.owner, running, lease_s=self.lease_s)
             except Exception as exc:
                 log.warning("lease renewal failed: %s", exc)
+        if self.flow is not None:
+            try:
+                self.flow.beat()
+            except Exception as exc:
+                log.warning("concurrency slot upkeep failed: %s", exc)
         if self.consumers is not None:
             self._watch_consumers(self.consumers)
         if self.liveness_file is not None:

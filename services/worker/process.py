@@ -31,6 +31,7 @@ from services.worker.heartbeat import Heartbeat
 from services.worker.held_jobs import HeldJobs, held_jobs_path
 from services.worker.middleware.claims import Claims
 from services.worker.middleware.event_loop import AsyncTasks
+from services.worker.middleware.flow import Flow
 from services.worker.middleware.metrics import JobMetrics
 from services.worker.middleware.outcomes import Outcomes
 from services.worker.middleware.results import Results
@@ -123,6 +124,7 @@ class WorkerWiring:
     claims: Claims
     outcomes: Outcomes
     store: JobStore
+    flow: Flow
 
     def close(self) -> None:
         """Commit and ack what is still pending, then let go of Redis (after the worker stopped)."""
@@ -155,7 +157,19 @@ def build_worker_broker(
     ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
     acker = Acker(ack_sets, on_final=workflows.ended)
     outcomes = Outcomes(store, writes, catalog, claims=claims, workflows=workflows, acker=acker, owner=owner)
+    # NOTE: before the claim, so a job over a concurrency or rate limit is neither claimed nor
+    # charged an attempt; its after hooks run last, giving the slot back once the outcome is recorded.
+    flow = Flow(
+        catalog,
+        client=client,
+        store=store,
+        claims_ahead=claims.reservations,
+        owner=owner,
+        namespace=NAMESPACE,
+        slot_ttl_s=settings.job_lease_s,
+    )
     middleware = [
+        flow,
         claims,
         workflows,
         outcomes,
@@ -179,7 +193,7 @@ def build_worker_broker(
         ),
     )
     declare_actors(broker, catalog)
-    return WorkerWiring(broker, claims, outcomes, store)
+    return WorkerWiring(broker, claims, outcomes, store, flow)
 
 
 def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> None:
@@ -204,6 +218,7 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
         client=broker.client,
         store=store,
         claims=wiring.claims,
+        flow=wiring.flow,
         owner=owner,
         interval_s=settings.worker_heartbeat_s,
         lease_s=settings.job_lease_s,

@@ -29,6 +29,7 @@ from shared.backoff import backoff_s
 from shared.broker.publishing import NAMESPACE, publish
 from shared.broker.waking import WAKE_TOKENS, is_delay_queue, wake_key
 from shared.catalog import TaskSpec
+from shared.flow.slots import ConcurrencySlots
 from shared.job import Job, JobStatus, utcnow
 from shared.store.attempts import FinishRequest
 from shared.store.jobs import JobStore
@@ -122,6 +123,8 @@ def requeue_worker(client: redis.Redis, worker_id: str, *, drop: Iterable[str] =
         dead_key = f"{NAMESPACE}:{xq_name(queue)}"
         keys = [key, queue_key, queue_key + ".msgs", wake, dead_key, dead_key + ".msgs"]
         moved += int(script(keys=keys, args=args))
+    # Its concurrency slots too, at once: the jobs waiting for them start now, not at their expiry.
+    ConcurrencySlots(client, namespace=NAMESPACE, ttl_s=0).release_owner(worker_id)
     client.zrem(HEARTBEATS, worker_id)
     if moved:
         log.warning("requeued %d message(s) of dead worker %s", moved, worker_id)

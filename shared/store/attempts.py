@@ -128,6 +128,7 @@ def decide_claim(job: Job | None, request: ClaimRequest, now: datetime) -> tuple
     claimed.attempts = job.attempts + 1
     claimed.started_at = now
     claimed.next_attempt_at = None
+    claimed.deferred = None
     claimed.lease_owner = request.owner
     claimed.lease_expires_at = now + timedelta(seconds=request.lease_s)
     claimed.updated_at = now
@@ -211,6 +212,7 @@ _CLAIM_UPDATE = (
         attempts=jobs.c.attempts + 1,
         started_at=bindparam("now"),
         next_attempt_at=None,
+        deferred=None,
         lease_owner=bindparam("owner"),
         lease_expires_at=bindparam("lease_expires_at"),
         updated_at=bindparam("now"),

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from shared.job import FINAL_STATUSES, Job, JobStatus, utcnow
+from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, utcnow
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest, commit_attempts, unclaim
 from shared.store.engine import write_transaction
 from shared.store.models import jobs
@@ -60,6 +60,19 @@ class Leases:
             return 0
         with write_transaction(self.engine) as conn:
             return unclaim(conn, owner, job_ids, utcnow())
+
+    def defer(self, job_id: str, deferred: dict[str, Any], *, scheduled: bool) -> bool:
+        """Record why a waiting job has not started (a flow limit); ``scheduled``: it starts later, not on a slot.
+
+        A job no longer waiting (claimed, or final) is left alone; False then.
+        """
+        values: dict[str, Any] = {"deferred": deferred, "updated_at": utcnow()}
+        if scheduled:
+            values["status"] = JobStatus.SCHEDULED.value
+        waiting = [s.value for s in WAITING_STATUSES]
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(waiting)).values(**values))
+            return bool(done.rowcount)
 
     def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
         """Fail a job whose message could not even be run (unknown task, undecodable): it is dead."""

@@ -161,6 +161,16 @@ class MemoryJobStore:
                     given_back += 1
             return given_back
 
+    def defer(self, job_id: str, deferred: dict[str, Any], *, scheduled: bool) -> bool:
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is None or row.status not in WAITING_STATUSES:
+                return False
+            row.deferred = copy.deepcopy(deferred)
+            row.status = JobStatus.SCHEDULED if scheduled else row.status
+            row.updated_at = self.clock.now()
+            return True
+
     def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
         with self._lock:
             row = self._rows.get(job_id)

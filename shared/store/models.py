@@ -114,6 +114,8 @@ jobs = Table(
     Column("dead", Boolean, nullable=False, server_default=text("false")),
     # A workflow step waiting for its predecessors: never published until released.
     Column("held", Boolean, nullable=False, server_default=text("false")),
+    # Why a waiting job has not started yet: a concurrency or rate limit of its task (migration 0007).
+    Column("deferred", JSON, nullable=True),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),

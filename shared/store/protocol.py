@@ -42,6 +42,10 @@ class JobStoreProtocol(Protocol):
         """Give back claimed jobs that never started: queued again, the attempt not counted."""
         ...
 
+    def defer(self, job_id: str, deferred: dict[str, Any], *, scheduled: bool) -> bool:
+        """Record why a waiting job has not started (a flow limit); False when it no longer waits."""
+        ...
+
     def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
         """Fail for good (dead) a job whose message could not be run; False when it was final already."""
         ...

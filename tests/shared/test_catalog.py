@@ -279,6 +279,9 @@ def _declared_spec(fresh: Catalog) -> TaskSpec:
         min_backoff_s=0.25,
         max_backoff_s=90.0,
         non_retryable=(PermanentError,),
+        concurrency=3,
+        concurrency_key="month",
+        rate_limit="10/s",
     )
     def generate(month: str, limit: Annotated[int, Schema(minimum=1)] = 10) -> None:
         """Generate a report."""
@@ -303,6 +306,10 @@ def test_as_dict_holds_every_field(fresh: Catalog) -> None:
         "max_backoff_s": 90.0,
         "non_retryable": [f"{__name__}.PermanentError"],
         "description": "Generate a report.",
+        "concurrency": 3,
+        "concurrency_key": "month",
+        "rate_limit": "10/s",
+        "rate_limit_key": None,
     }
 
 

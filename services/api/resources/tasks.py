@@ -15,6 +15,10 @@ _SHOWN = (
     "max_age_s",
     "priority",
     "description",
+    "concurrency",
+    "concurrency_key",
+    "rate_limit",
+    "rate_limit_key",
 )
 
 

@@ -30,6 +30,7 @@ from services.worker.status_writer import StatusWriter
 from shared import metrics
 from shared.catalog import Catalog, TaskDefinition
 from shared.errors import TaskError
+from shared.flow.buckets import RATE_TICKET
 from shared.job import Job, JobStatus, utcnow
 from shared.store.attempts import FinishRequest
 from shared.store.protocol import JobStoreProtocol
@@ -208,7 +209,8 @@ class Outcomes(Middleware):
                 actor_name=job.task,
                 args=(),
                 kwargs=message.kwargs,
-                options={k: v for k, v in message.options.items() if k not in ("eta", "redis_message_id")},
+                # A rate token reserved for the message that failed is spent: the retry takes its own.
+                options={k: v for k, v in message.options.items() if k not in ("eta", "redis_message_id", RATE_TICKET)},
                 message_id=job.id,
                 message_timestamp=message.message_timestamp,
             )
