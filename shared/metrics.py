@@ -127,6 +127,12 @@ def start_job_series(tasks: list[tuple[str, str]]) -> None:
             metric.labels(task, queue)
 
 
+def start_deferred_series(series: list[tuple[str, str, str]]) -> None:
+    """Create ``jobs_deferred_total`` at 0 for these (task, queue, reason) triples (as ``start_job_series``)."""
+    for task, queue, reason in series:
+        jobs_deferred_total.labels(task, queue, reason)
+
+
 @dataclass(frozen=True)
 class JobSeries:
     """The series a worker writes on every attempt of one (task, queue), looked up once.

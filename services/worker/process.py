@@ -44,7 +44,7 @@ from shared.catalog import Catalog, TaskDefinition
 from shared.logs import configure_logging
 from shared.metric_files import reserve_file_space
 from shared.metrics import disable as disable_metrics
-from shared.metrics import start_job_series
+from shared.metrics import start_deferred_series, start_job_series
 from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.engine import create_store_engine
@@ -229,7 +229,9 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     heartbeat.beat_once()
     wiring.claims.claim_ahead(threads)
     if settings.worker_metrics:
-        start_job_series([(spec.name, spec.queue) for spec in catalog.specs() if spec.queue in queues])
+        specs = [spec for spec in catalog.specs() if spec.queue in queues]
+        start_job_series([(spec.name, spec.queue) for spec in specs])
+        start_deferred_series(wiring.flow.series(specs))
     else:
         disable_metrics()
     broker.emit_after("process_boot")

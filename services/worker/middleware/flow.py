@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from services.worker.outages import deliver, persist
 from shared import metrics
 from shared.broker.waking import acks_key
-from shared.catalog import Catalog
+from shared.catalog import Catalog, TaskSpec
 from shared.flow.buckets import RATE_TICKET, RateBuckets
 from shared.flow.limits import FlowLimits
 from shared.flow.slots import Bucket, ConcurrencySlots, holder_name
@@ -87,6 +87,17 @@ class Flow(Middleware):
         #: The slots this process holds, by Redis message id (renewed each heartbeat).
         self._held: dict[str, HeldSlot] = {}
         self._lock = threading.Lock()
+
+    def series(self, specs: Iterable[TaskSpec]) -> list[tuple[str, str, str]]:
+        """The (task, queue, reason) of every deferral these tasks can have: their counters start at 0."""
+        found = []
+        for spec in specs:
+            limits = self.limits.get(spec.name)
+            if limits is not None and limits.concurrency is not None:
+                found.append((spec.name, spec.queue, "concurrency"))
+            if limits is not None and limits.rate is not None:
+                found.append((spec.name, spec.queue, "rate_limit"))
+        return found
 
     # -- the heartbeat's --------------------------------------------------------
 
