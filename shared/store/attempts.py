@@ -175,10 +175,12 @@ def _check_written(
         return
     # Rare: some lease was lost. Find which rows did not take the write.
     ids = [finishes[i].job_id for i in indexes]
-    written = conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.updated_at == now))
-    ok = {row.id for row in written}
+    # NOTE: updated_at alone is not enough: a claim of the same batch may have written the row at this
+    # same ``now`` (a duplicate delivery's claim that cancelled the job), so the status must match too.
+    written = conn.execute(select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(ids), jobs.c.updated_at == now))
+    status_of = {row.id: row.status for row in written}
     for i in indexes:
-        done[i] = finishes[i].job_id in ok
+        done[i] = status_of.get(finishes[i].job_id) == finishes[i].status.value
 
 
 def _finish_values(request: FinishRequest, now: datetime) -> dict[str, Any]:

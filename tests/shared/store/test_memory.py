@@ -162,16 +162,6 @@ def test_insert_answers_a_repeated_key_with_the_stored_job(either: Store) -> Non
         either.insert([make_job(), make_job(idempotency_key="k", request_hash="other")])
 
 
-@pytest.mark.parametrize(
-    "either",
-    [
-        pytest.param(
-            "sqlite", marks=pytest.mark.xfail(strict=True, reason="SQL finds the row's updated_at of this batch")
-        ),
-        "memory",
-    ],
-    indirect=True,
-)
 def test_a_finish_in_the_batch_that_cancels_its_job_is_refused(either: Store) -> None:
     # Given a job w1 runs, which an operator asked to cancel
     job = make_job()
@@ -184,8 +174,6 @@ def test_a_finish_in_the_batch_that_cancels_its_job_is_refused(either: Store) ->
     )
     # Then the job is cancelled, and the finish says it did not land
     assert claims[0].outcome is ClaimOutcome.CANCELLED and either.get(job.id).status is JobStatus.CANCELLED
-    # NOTE: the SQL store answers True: its check of a finish that wrote no row (``_check_written``)
-    # takes the row's updated_at of this batch, which the claim's cancellation wrote, for the finish's.
     assert done == [False]
 
 
