@@ -74,6 +74,8 @@ class Settings:
     smtp_from: str | None = None
     webhook_signing_secret: str | None = dataclasses.field(default=None, repr=False)
     reports_database_url: str | None = None
+    #: The console links its pages to the Grafana dashboards here when set (http or https).
+    grafana_url: str | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -137,6 +139,7 @@ class Settings:
             smtp_from=_get(env, "SMTP_FROM", _sender, None),
             webhook_signing_secret=_get(env, "WEBHOOK_SIGNING_SECRET", str, None),
             reports_database_url=_get(env, "REPORTS_DATABASE_URL", _database_url, None),
+            grafana_url=_get(env, "GRAFANA_URL", _url(("http", "https")), None),
         )
 
 

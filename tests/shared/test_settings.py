@@ -47,6 +47,7 @@ ALL_VARIABLES = (
     "SMTP_FROM",
     "WEBHOOK_SIGNING_SECRET",
     "REPORTS_DATABASE_URL",
+    "GRAFANA_URL",
 )
 
 TOKEN = "tok-Zq83hLw0pX"
@@ -770,3 +771,11 @@ def test_require_redis_url_names_the_variable_and_service() -> None:
 
     url = "redis://localhost:6379/0"
     assert Settings.from_env({"REDIS_URL": url}).require_redis_url("scheduler") == url
+
+
+def test_grafana_url_is_an_http_url() -> None:
+    assert Settings.from_env({}).grafana_url is None
+    url = "https://grafana.example.org/d/jobrelay"
+    assert Settings.from_env({"GRAFANA_URL": url}).grafana_url == url
+    error = refused({"GRAFANA_URL": "javascript:alert(1)"})
+    assert "GRAFANA_URL" in str(error) and "http://" in str(error)

@@ -21,16 +21,17 @@ from services.api.console.views.schedules import SchedulePage, SchedulesPage
 from services.api.console.views.tasks import TaskPage, TasksPage
 from services.api.console.views.workflows import WorkflowPage, WorkflowsPage
 from services.api.console.web import Console, Gate, build_templates, install_error_pages
+from shared.settings import Settings
 
 __all__ = ["Console", "Gate", "add_console", "build_console"]
 
 
-def build_console(settings: Any, **collaborators: Any) -> Console:
+def build_console(settings: Settings, **collaborators: Any) -> Console:
     """The console's collaborators; ``collaborators`` are the objects ``create_app`` made for the API."""
     return Console(
         sessions=Sessions(settings.api_keys, auth=settings.api_auth),
         templates=build_templates(),
-        grafana_url=getattr(settings, "grafana_url", None),
+        grafana_url=settings.grafana_url,
         **collaborators,
     )
 

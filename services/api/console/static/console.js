@@ -4,6 +4,7 @@
 // polling stops once the fetched content holds an element with data-state equal to it.
 "use strict";
 (function () {
+  var submitting = false;
   function poll(region) {
     var every = Math.max(1000, parseInt(region.getAttribute("data-every-ms") || "2000", 10));
     var stopWhen = region.getAttribute("data-stop-when");
@@ -14,6 +15,8 @@
           return resp.text();
         })
         .then(function (html) {
+          // NOTE: a form being sent must stay in the page, or the browser drops its submission.
+          if (submitting) { return; }
           region.innerHTML = html;
           if (stopWhen && region.querySelector('[data-state="' + stopWhen + '"]')) { return; }
           setTimeout(tick, every);
@@ -37,6 +40,7 @@
   // Forms marked data-confirm ask first (delegated: live regions replace their forms).
   document.addEventListener("submit", function (event) {
     var message = event.target.getAttribute && event.target.getAttribute("data-confirm");
-    if (message && !window.confirm(message)) { event.preventDefault(); }
+    if (message && !window.confirm(message)) { event.preventDefault(); return; }
+    submitting = true;
   });
 })();

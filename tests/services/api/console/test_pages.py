@@ -212,3 +212,18 @@ def test_static_files_and_unknown_ones(browser: Browser) -> None:
     assert browser.get("/console/static/console.css").status_code == 200
     assert browser.get("/console/static/console.js").headers["content-type"].startswith("text/javascript")
     assert browser.get("/console/static/..%2Fweb.py").status_code == 404
+
+
+def test_grafana_link_only_when_grafana_url_is_set(admin: Browser, settings, store, registry) -> None:  # type: ignore[no-untyped-def]
+    import falcon.testing
+
+    from services.api.app import create_app
+    from shared.broker.publishing import build_broker
+    from tests.services.api.console.conftest import logged_in
+
+    assert "Grafana" not in admin.get("/console/").text
+    linked = settings.with_overrides(grafana_url="https://grafana.example.org/d/jobrelay")
+    app = create_app(linked, store=store, registry=registry, broker=build_broker(settings.redis_url))
+    page = logged_in(app, ADMIN).get("/console/")
+    assert '<a href="https://grafana.example.org/d/jobrelay" rel="noopener">Grafana ↗</a>' in page.text
+    assert isinstance(app, falcon.App)
