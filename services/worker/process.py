@@ -129,6 +129,7 @@ class WorkerWiring:
     def close(self) -> None:
         """Commit and ack what is still pending, then let go of Redis (after the worker stopped)."""
         self.outcomes.close()
+        self.flow.close()
         self.broker.close()
 
 
@@ -236,12 +237,14 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
         disable_metrics()
     broker.emit_after("process_boot")
     worker.start()
+    wiring.flow.start()
     heartbeat.start()
     log.info("worker %s consuming %s with %d thread(s)", owner, ",".join(queues), threads)
     stop.wait()
     log.info("worker %s stopping: finishing in-flight work within %.0fs", owner, grace_s)
     worker.stop(timeout=int(grace_s * 1000))
     wiring.outcomes.close()
+    wiring.flow.close()
     heartbeat.stop()
     broker.close()
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import dramatiq
@@ -36,6 +35,7 @@ from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware, SkipMessage
 
 from services.worker.outages import deliver, persist
+from services.worker.slot_pool import HeldSlot, SlotPool
 from shared import metrics
 from shared.broker.waking import acks_key
 from shared.catalog import Catalog, TaskSpec
@@ -45,18 +45,14 @@ from shared.flow.slots import Bucket, ConcurrencySlots, holder_name
 from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
+#: Most idle slots a process keeps per bucket (``slot_pool.py``): above any thread count it runs with.
+KEEP_PER_BUCKET = 64
 
 
 class GivesBack(Protocol):
     """The claims made ahead (``services/worker/reservations.py``): undone for a job that will not start now."""
 
     def give_back(self, redis_message_ids: Sequence[str]) -> None: ...
-
-
-@dataclass(frozen=True)
-class HeldSlot:
-    bucket: Bucket
-    holder: str
 
 
 class Flow(Middleware):
@@ -80,6 +76,8 @@ class Flow(Middleware):
                 self.limits[spec.name] = limits
         self.slots = ConcurrencySlots(client, namespace=namespace, ttl_s=slot_ttl_s)
         self.buckets = RateBuckets(client)
+        #: Slots of jobs that ended here, kept for the next job of their bucket while none waits.
+        self.pool = SlotPool(self.slots, owner=owner, keep=KEEP_PER_BUCKET)
         self.store = store
         self.claims_ahead = claims_ahead
         self.owner = owner
@@ -99,6 +97,16 @@ class Flow(Middleware):
                 found.append((spec.name, spec.queue, "rate_limit"))
         return found
 
+    def start(self) -> None:
+        """Start keeping the slots of ended jobs for the next ones (once the worker runs)."""
+        if any(limits.concurrency is not None for limits in self.limits.values()):
+            self.pool.start()
+
+    def close(self) -> None:
+        """Give back the kept slots (after the worker stopped)."""
+        if self.pool.is_alive():
+            self.pool.stop()
+
     # -- the heartbeat's --------------------------------------------------------
 
     def beat(self) -> None:
@@ -106,8 +114,8 @@ class Flow(Middleware):
         if not self.limits:
             return
         with self._lock:
-            held = [(slot.bucket, slot.holder) for slot in self._held.values()]
-        self.slots.renew(held)
+            held = [*self._held.values(), *self.pool.held()]
+        self.slots.renew((slot.bucket, slot.holder) for slot in held)
         self.slots.pump()
 
     # -- Dramatiq hooks -----------------------------------------------------------
@@ -150,6 +158,9 @@ class Flow(Middleware):
 
     def _take_slot(self, message: MessageProxy, bucket: Bucket, redis_message_id: str) -> HeldSlot:
         """A slot for this job, or (raising ``SkipMessage``) the job waits for one."""
+        kept = self.pool.take(bucket)
+        if kept is not None:
+            return kept
         holder = holder_name(self.owner, redis_message_id)
         if deliver(lambda: self.slots.acquire(bucket, owner=self.owner, redis_message_id=redis_message_id)) == 1:
             return HeldSlot(bucket, holder)
@@ -165,6 +176,7 @@ class Flow(Middleware):
         if got == 1:
             return HeldSlot(bucket, holder)  # freed meanwhile: ``Claims`` claims the job itself
         if got == 0:
+            self.pool.waited(bucket)
             self._note(message, {"reason": "concurrency", "until_ms": None}, scheduled=False)
             metrics.jobs_deferred_total.labels(message.actor_name, message.queue_name, "concurrency").inc()
             log.info("job %s waits for a concurrency slot of %s", message.message_id, bucket.name)
@@ -173,7 +185,7 @@ class Flow(Middleware):
     def _release_of(self, message: MessageProxy) -> None:
         with self._lock:
             held = self._held.pop(message.options.get("redis_message_id", ""), None)
-        if held is not None:
+        if held is not None and not self.pool.put(held):
             self._release(held)
 
     def _release(self, held: HeldSlot) -> None:
