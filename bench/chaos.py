@@ -39,6 +39,8 @@ from tests.reliability.api_faults import bad_input, security, slow_client_capaci
 from tests.reliability.audit import Report
 from tests.reliability.cluster import Cluster
 from tests.reliability.disk_full import disk_full, disk_size
+from tests.reliability.misbehaving import TASK_MODULES as MISBEHAVING_MODULES
+from tests.reliability.misbehaving import misbehaving_tasks
 from tests.reliability.poison import poison, stuck_tasks
 from tests.reliability.proxy import TcpProxy
 from tests.reliability.scenarios import LONG, Size, redis_faults, restarts, store_lock, store_unreachable, worker_kills
@@ -60,12 +62,14 @@ RUNS: dict[str, Run] = {
     "poison": lambda c, s: [poison(c, s), stuck_tasks(c, s)],
     "api": lambda c, s: [bad_input(c), slow_client_capacity(c), security(c)],
     "disk": lambda c, s: [disk_full(c, s)],
+    "misbehaving": lambda c, s: [misbehaving_tasks(c, s)],
 }
 #: The runs that set up their own stores: PostgreSQL's outage and stalls, the API fuzzed on both stores.
 EXTRA_RUNS = ("postgres", "postgres-stall", "fuzz")
 #: name -> the cluster options a run needs beyond the defaults.
 CLUSTER_OPTIONS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "disk": lambda s: {"data_disk": disk_size(s)},
+    "misbehaving": lambda s: {"env": {**s.env, "TASK_MODULES": MISBEHAVING_MODULES}},
 }
 
 
@@ -156,11 +160,11 @@ def _fuzz_report(run: FuzzRun, store: str) -> Report:
 
 def run_on_cluster(name: str, size: Size) -> list[Report]:
     """``RUNS[name]`` on a fresh cluster; a "not run" report when its cluster cannot be had here."""
-    options = CLUSTER_OPTIONS.get(name, lambda _size: {})(size)
+    options = {"env": size.env, **CLUSTER_OPTIONS.get(name, lambda _size: {})(size)}
     try:
         with (
             tempfile.TemporaryDirectory(prefix="jobrelay-chaos-") as tmp,
-            Cluster(Path(tmp), env=size.env, **options) as cluster,
+            Cluster(Path(tmp), **options) as cluster,
         ):
             return RUNS[name](cluster, size)
     except CannotMount as exc:

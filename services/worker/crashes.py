@@ -16,7 +16,10 @@ watchdog recorded its job itself):
 - the rest is recovered as before (``requeue_orphans``): leases released, messages back at the
   front of their queues.
 
-A process stopped on purpose (SIGTERM, the hard time limit) has nothing counted.
+When the process left a fatal-error report naming the task that killed it (``fault_report.py``:
+a segfault or an abort in a task's thread), only that task's attempts count and the others go
+back uncounted, as claims ahead do. A process stopped on purpose (SIGTERM, the hard time limit)
+has nothing counted.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import redis
 from dramatiq.broker import Broker
 
+from services.worker.fault_report import Location, culprits, fault_report_path
 from services.worker.held_jobs import held_jobs_path, read_held
 from shared import metrics
 from shared.broker.orphans import LostAttempts, record_lost, requeue_orphans
@@ -54,13 +58,23 @@ class CrashRecovery:
     """The supervisor's recovery of its dead children, in two steps: the store's, then Redis'."""
 
     def __init__(
-        self, client: redis.Redis, store: JobStore, registry: TaskRegistry, broker: Broker, *, data_dir: Path
+        self,
+        client: redis.Redis,
+        store: JobStore,
+        registry: TaskRegistry,
+        broker: Broker,
+        *,
+        data_dir: Path,
+        task_locations: dict[Location, str] | None = None,
     ) -> None:
+        """``task_locations``: where each task's function lives (``fault_report.task_locations``), to find
+        in a crashed process's fatal-error report which task killed it."""
         self.client = client
         self.store = store
         self.registry = registry
         self.broker = broker
         self.data_dir = data_dir
+        self.task_locations = task_locations or {}
 
     def settle(self, owner: str, *, cause: str | None) -> LostAttempts:
         """Count the attempts ``owner`` died under and give back its claims ahead.
@@ -76,6 +90,12 @@ class CrashRecovery:
         if ahead:
             self.store.unclaim(owner, ahead)
         crashed = [job for job in rows if job.id in held.running] if cause is not None else []
+        named = culprits(fault_report_path(self.data_dir, owner), self.task_locations) if crashed else set()
+        if named:
+            # The fatal-error report names the task that killed the process: only its attempts count.
+            # The jobs beside it go back to their queue with the rest (``requeue``), their attempt
+            # not recorded as failed: they run again at once, as after a stop on purpose.
+            crashed = [job for job in crashed if job.task in named]
         lost = record_lost(
             self.store, self.registry, crashed, error_type=WORKER_CRASHED, message=f"worker process died: {cause}"
         )
@@ -102,4 +122,5 @@ class CrashRecovery:
             dead=[job.id for job in lost.failed],
         )
         held_jobs_path(self.data_dir, owner).unlink(missing_ok=True)
+        fault_report_path(self.data_dir, owner).unlink(missing_ok=True)
         return moved

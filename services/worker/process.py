@@ -27,6 +27,8 @@ from services.worker.acker import Acker
 from services.worker.consumer import AckSets, WorkerBroker
 from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX, ConsumerWatch
 from services.worker.context import current_job, use_settings
+from services.worker.fault_report import enable as enable_fault_report
+from services.worker.fault_report import fault_report_path
 from services.worker.heartbeat import Heartbeat
 from services.worker.held_jobs import HeldJobs, held_jobs_path
 from services.worker.middleware.claims import Claims
@@ -204,6 +206,9 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     # The built-in tasks read SMTP_URL, WEBHOOK_SIGNING_SECRET, ... from these, never from the environment.
     use_settings(settings)
     catalog = load_task_modules(settings.task_modules)
+    # Kept open to the end (never closed: faulthandler writes to its descriptor): a fatal signal's
+    # report names the task that caused it (``crashes.py``).
+    _fault_report = enable_fault_report(fault_report_path(Path(settings.data_dir), owner))
     wiring = build_worker_broker(settings, catalog, owner=owner)
     broker, store = wiring.broker, wiring.store
     for queue in queues:

@@ -29,6 +29,7 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.worker.crashes import CrashRecovery, died_of
+from services.worker.fault_report import Location, task_locations
 from services.worker.middleware.watchdog import HARD_LIMIT_EXIT_CODE
 from services.worker.tasks import load_task_modules
 from shared.broker.orphans import LostAttempts
@@ -69,7 +70,16 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, queues: list[str], processes: int, threads: int, grace_s: float):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queues: list[str],
+        processes: int,
+        threads: int,
+        grace_s: float,
+        task_locations: dict[Location, str] | None = None,
+    ):
         self.settings = settings
         self.queues = queues
         self.processes = processes
@@ -86,6 +96,7 @@ class Supervisor:
             TaskRegistry(self.store.engine),
             build_broker(redis_url),
             data_dir=Path(settings.data_dir),
+            task_locations=task_locations,
         )
         self.host = socket.gethostname()
 
@@ -191,6 +202,13 @@ def run(settings: Settings, *, queues: list[str] | None, processes: int, threads
     fresh_multiproc_dir(Path(settings.data_dir) / "metrics" / f"worker-{os.getpid()}")
     serve_metrics(settings.worker_metrics_bind)
     log.info("worker supervisor serving queues %s; metrics on %s", ",".join(chosen), settings.worker_metrics_bind)
-    supervisor = Supervisor(settings, queues=chosen, processes=processes, threads=threads, grace_s=grace_s)
+    supervisor = Supervisor(
+        settings,
+        queues=chosen,
+        processes=processes,
+        threads=threads,
+        grace_s=grace_s,
+        task_locations=task_locations(catalog.definitions()),
+    )
     supervisor.stopping = stopping
     return supervisor.run()
