@@ -9,11 +9,11 @@ through the id's time bound, so only the recent end of the primary key is read.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, cast, func, or_, select
+from sqlalchemy import and_, case, cast, func, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Integer, Text
 
@@ -29,6 +29,11 @@ WINDOW = timedelta(hours=1)
 #: longer than a day before it ends is left out of the rates).
 FINISHED_LOOKBACK = timedelta(days=1)
 BULK_MAX = 10_000
+#: NOTE: a search of the arguments reads the rows themselves (no index holds argument values), so
+#: without a "created after" it looks at the last day only: at most a day of rows, never the table.
+SEARCH_WINDOW = timedelta(days=1)
+#: Above this many rows (PostgreSQL's estimate), the totals of final states come from its statistics.
+EXACT_TOTALS_MAX_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,14 @@ def _conditions(query: JobQuery) -> list[ColumnElement[bool]]:
 
 def page_jobs(store: JobStore, query: JobQuery, *, limit: int = 50, cursor: str | None = None) -> Page:
     """One page of the job list, newest first."""
+    base = query.base
     if query.search:
         exact = _exact(store, query.search)
         if exact is not None:
             return Page(items=[exact], next_cursor=None)
-    statement = JobStore.page_query(query.base, limit=limit, cursor=cursor)
+        if base.created_after is None:
+            base = replace(base, created_after=utcnow() - SEARCH_WINDOW)
+    statement = JobStore.page_query(base, limit=limit, cursor=cursor)
     extra = _conditions(query)
     if extra:
         statement = statement.where(and_(*extra))
@@ -197,6 +205,40 @@ def duration_percentiles(store: JobStore, now: datetime | None = None) -> dict[s
     return result
 
 
+def state_totals(store: JobStore) -> tuple[dict[str, int], bool]:
+    """Jobs per state, and whether the final states' counts are estimates.
+
+    Waiting and running states are counted exactly (their rows are few, found through the
+    index on status). The final states hold nearly every row: counting them reads the whole
+    table, so on a PostgreSQL table of more than ``EXACT_TOTALS_MAX_ROWS`` rows their counts
+    come from the planner's statistics (``pg_stats``, refreshed by autovacuum's analyze).
+    """
+    live = [status.value for status in JobStatus if not status.is_final]
+    with store.engine.connect() as conn:
+        counted = select(jobs.c.status, func.count()).where(jobs.c.status.in_(live)).group_by(jobs.c.status)
+        totals = {status: 0 for status in (s.value for s in JobStatus)}
+        totals.update({status: n for status, n in conn.execute(counted)})
+        if store.engine.dialect.name == "postgresql":
+            estimate = conn.execute(text(_PG_STATUS_ESTIMATE)).first()
+            if estimate is not None and estimate.reltuples > EXACT_TOTALS_MAX_ROWS and estimate.vals:
+                for status, share in zip(estimate.vals, estimate.freqs, strict=False):
+                    if status in totals and status not in live:
+                        totals[status] = round(share * estimate.reltuples)
+                return totals, True
+        final = [status.value for status in JobStatus if status.is_final]
+        exact = select(jobs.c.status, func.count()).where(jobs.c.status.in_(final)).group_by(jobs.c.status)
+        totals.update({status: n for status, n in conn.execute(exact)})
+    return totals, False
+
+
+_PG_STATUS_ESTIMATE = """
+SELECT c.reltuples, s.most_common_vals::text::text[] AS vals, s.most_common_freqs AS freqs
+FROM pg_class AS c
+LEFT JOIN pg_stats AS s ON s.schemaname = current_schema() AND s.tablename = 'jobs' AND s.attname = 'status'
+WHERE c.oid = 'jobs'::regclass
+"""
+
+
 def running_by_owner(store: JobStore) -> dict[str, int]:
     """Jobs running now per worker process (lease owner), from the index on the lease owner."""
     statement = (
@@ -209,19 +251,26 @@ def running_by_owner(store: JobStore) -> dict[str, int]:
 
 
 def dead_groups(store: JobStore) -> list[dict[str, Any]]:
-    """Dead letters grouped by queue, task and error type, largest group first (from the partial index)."""
-    statement = select(jobs.c.queue, jobs.c.task, jobs.c.error).where(jobs.c.dead)
-    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    """Dead letters grouped by queue, task and error type, largest group first, each with one example message."""
+    kind = func.coalesce(jobs.c.error["type"].as_string(), "unknown")
+    statement = (
+        select(jobs.c.queue, jobs.c.task, kind.label("kind"), func.count(), func.max(jobs.c.id))
+        .where(jobs.c.dead)
+        .group_by(jobs.c.queue, jobs.c.task, kind)
+    )
+    groups = []
     with store.engine.connect() as conn:
-        for queue, task, error in conn.execute(statement):
-            kind = (error or {}).get("type", "unknown") if isinstance(error, dict) else "unknown"
-            group = groups.setdefault(
-                (queue, task, kind), {"queue": queue, "task": task, "error_type": kind, "count": 0, "example": ""}
-            )
-            group["count"] += 1
-            if not group["example"] and isinstance(error, dict):
-                group["example"] = str(error.get("message", ""))[:200]
-    return sorted(groups.values(), key=lambda g: (-g["count"], g["queue"], g["task"], g["error_type"]))
+        rows = conn.execute(statement).all()
+        examples = {}
+        newest = [row[4] for row in rows]
+        if newest:
+            found = conn.execute(select(jobs.c.id, jobs.c.error).where(jobs.c.id.in_(newest)))
+            examples = {row.id: row.error for row in found}
+    for queue, task, error_type, count, example_id in rows:
+        example = examples.get(example_id)
+        message = str(example.get("message", ""))[:200] if isinstance(example, dict) else ""
+        groups.append({"queue": queue, "task": task, "error_type": error_type, "count": count, "example": message})
+    return sorted(groups, key=lambda g: (-g["count"], g["queue"], g["task"], g["error_type"]))
 
 
 def dead_ids_of_group(store: JobStore, queue: str, task: str | None, error_type: str | None) -> list[str]:

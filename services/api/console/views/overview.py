@@ -10,7 +10,7 @@ from typing import Any
 import falcon
 import redis
 
-from services.api.console.queries import rates, running_by_owner
+from services.api.console.queries import rates, running_by_owner, state_totals
 from services.api.console.web import Page
 from shared.broker.orphans import HEARTBEATS
 from shared.broker.queues import queue_stats
@@ -62,7 +62,7 @@ def overview(page: Page) -> dict[str, Any]:
     leader = client.get(LEADER_KEY)
     schedules = console.schedules.all()
     last_fire = max((s.last_run_at for s in schedules if s.last_run_at), default=None)
-    counts = console.store.count_by_status()
+    counts, estimated = state_totals(console.store)
     rows = []
     for item in stats:
         rate = per_queue.get(item.name, {"in": 0, "out": 0, "failed": 0})
@@ -77,7 +77,8 @@ def overview(page: Page) -> dict[str, Any]:
         "workers": _workers(client, running_by_owner(console.store)),
         "leader": leader.decode() if isinstance(leader, bytes) else leader,
         "last_fire": last_fire,
-        "totals": [(status.value, counts.get(status.value, 0)) for status in JobStatus],
+        "totals": [(status.value, counts.get(status.value, 0), estimated and status.is_final) for status in JobStatus],
+        "estimated": estimated,
         "now": datetime.now(UTC),
     }
 

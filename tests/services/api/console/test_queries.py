@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from services.api.console import queries
 from services.api.console.queries import (
     JobQuery,
     count_matching,
@@ -14,6 +15,7 @@ from services.api.console.queries import (
     page_jobs,
     rates,
     running_by_owner,
+    state_totals,
 )
 from shared.ids import new_id
 from shared.job import JobStatus, utcnow
@@ -118,3 +120,47 @@ def _id_at(moment):  # type: ignore[no-untyped-def]
 
     base = id_lower_bound(moment)
     return base[:-12] + new_id()[-12:]
+
+
+def test_an_argument_search_looks_at_the_last_day_unless_told_a_start(store: JobStore) -> None:
+    now = utcnow()
+    old = make_job(id=_id_at(now - timedelta(days=2)), created_at=now - timedelta(days=2), args={"to": "eve@example"})
+    store.insert([old])
+    assert page_jobs(store, JobQuery(search="eve@example")).items == []
+    since = JobQuery(base=JobFilter(created_after=now - timedelta(days=3)), search="eve@example")
+    assert [j.id for j in page_jobs(store, since).items] == [old.id]
+    # An exact id or key is found whatever its age.
+    assert [j.id for j in page_jobs(store, JobQuery(search=old.id)).items] == [old.id]
+
+
+def test_state_totals_are_exact_on_a_small_store(store: JobStore) -> None:
+    store.insert([make_job(), make_job(), make_job(status=JobStatus.SUCCEEDED), make_job(status=JobStatus.FAILED)])
+    totals, estimated = state_totals(store)
+    assert not estimated
+    assert totals["queued"] == 2 and totals["succeeded"] == 1 and totals["failed"] == 1 and totals["running"] == 0
+    assert set(totals) == {status.value for status in JobStatus}
+
+
+def test_state_totals_of_final_states_are_estimated_on_a_large_postgresql_table(
+    required_postgres_url: str,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from sqlalchemy import text
+
+    from shared.store.engine import create_store_engine
+
+    store = JobStore(create_store_engine(required_postgres_url))
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM jobs"))
+    store.insert([make_job(status=JobStatus.SUCCEEDED) for _ in range(30)] + [make_job() for _ in range(3)])
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE jobs"))
+    # Given a threshold the table is over
+    monkeypatch.setattr(queries, "EXACT_TOTALS_MAX_ROWS", 10)
+    totals, estimated = state_totals(store)
+    # Then the final states come from the statistics (a table this small is sampled whole) and the rest is exact
+    assert estimated
+    assert totals["succeeded"] == 30 and totals["queued"] == 3
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM jobs"))
+    store.engine.dispose()
