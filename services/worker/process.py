@@ -42,6 +42,7 @@ from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
 from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
+from shared.broker.workers import describe_worker
 from shared.catalog import Catalog, TaskDefinition
 from shared.logs import configure_logging
 from shared.metric_files import reserve_file_space
@@ -233,6 +234,11 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
         down_file=Path(settings.data_dir) / f"{CONSUMERS_DOWN_PREFIX}{os.getpid()}",
     )
     heartbeat.beat_once()
+    try:
+        describe_worker(broker.client, owner, queues=queues, processes=settings.worker_processes, threads=threads)
+    except redis.RedisError as exc:
+        # NOTE: only the console reads it; a worker runs its jobs without.
+        log.warning("could not describe this worker in Redis: %s", exc)
     wiring.claims.claim_ahead(threads)
     if settings.worker_metrics:
         specs = [spec for spec in catalog.specs() if spec.queue in queues]

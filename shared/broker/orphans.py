@@ -28,6 +28,7 @@ from dramatiq.common import xq_name
 from shared.backoff import backoff_s
 from shared.broker.publishing import NAMESPACE, publish
 from shared.broker.waking import WAKE_TOKENS, is_delay_queue, wake_key
+from shared.broker.workers import forget_worker
 from shared.catalog import TaskSpec
 from shared.flow.slots import ConcurrencySlots
 from shared.job import Job, JobStatus, utcnow
@@ -126,6 +127,7 @@ def requeue_worker(client: redis.Redis, worker_id: str, *, drop: Iterable[str] =
     # Its concurrency slots too, at once: the jobs waiting for them start now, not at their expiry.
     ConcurrencySlots(client, namespace=NAMESPACE, ttl_s=0).release_owner(worker_id)
     client.zrem(HEARTBEATS, worker_id)
+    forget_worker(client, worker_id)
     if moved:
         log.warning("requeued %d message(s) of dead worker %s", moved, worker_id)
     return moved

@@ -262,6 +262,11 @@ def test_workflow_graph_overview_and_charts(driver: WebDriver, stack: Stack) -> 
     shot(driver, "charts")
     driver.get(stack.base_url + "/console/")
     wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#workers tbody tr code"), "the workers")
+    # Each of the stack's 2 worker processes, with its pid, queues and shape (WORKER_PROCESSES=2, WORKER_THREADS=4).
+    rows = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#workers tbody tr")]
+    pids = stack.pids_of("services.worker.process")
+    assert len(rows) == 2 and all("2 \N{MULTIPLICATION SIGN} 4" in row and "default" in row for row in rows), rows
+    assert {pid for pid in pids if any(f" {pid} " in row for row in rows)} == set(pids), (rows, pids)
     shot(driver, "overview")
     driver.set_window_size(390, 844)
     try:

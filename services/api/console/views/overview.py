@@ -14,6 +14,7 @@ from services.api.console.queries import rates, running_by_owner, state_totals
 from services.api.console.web import Page
 from shared.broker.orphans import HEARTBEATS
 from shared.broker.queues import queue_stats
+from shared.broker.workers import described_workers
 from shared.job import JobStatus
 
 #: The scheduler's lease key (services/scheduler/leader.py; the API may not import services.scheduler).
@@ -26,25 +27,33 @@ SILENT_AFTER_S = 30.0
 class WorkerRow:
     owner: str
     host: str
-    slot: str
+    pid: int | None
+    queues: tuple[str, ...]
+    shape: str
     last_beat: datetime
     silent: bool
     running: int
 
 
 def _workers(client: redis.Redis, running: dict[str, int]) -> list[WorkerRow]:
+    """Each worker process with a heartbeat, joined to its description (``shared/broker/workers.py``)."""
     beats: list[tuple[bytes, float]] = client.zrange(HEARTBEATS, 0, -1, withscores=True)  # type: ignore[assignment]
+    described = described_workers(client)
     now_s = time.time()
     rows = []
     for raw, score_ms in beats:
         owner = raw.decode()
-        # NOTE: the supervisor names a worker process host-slot-suffix (services/worker/supervisor.py).
-        host, _, slot = owner.rpartition("-")[0].rpartition("-")
+        info = described.get(owner)
+        # NOTE: the supervisor names a worker process host-slot-suffix; a process that did not
+        # describe itself (an older worker) shows the host from its name.
+        host = info.host if info else owner.rpartition("-")[0].rpartition("-")[0] or owner
         rows.append(
             WorkerRow(
                 owner=owner,
-                host=host or owner,
-                slot=slot,
+                host=host,
+                pid=info.pid if info else None,
+                queues=info.queues if info else (),
+                shape=f"{info.processes} \N{MULTIPLICATION SIGN} {info.threads}" if info else "—",
                 last_beat=datetime.fromtimestamp(score_ms / 1000, UTC),
                 silent=now_s - score_ms / 1000 > SILENT_AFTER_S,
                 running=running.get(owner, 0),

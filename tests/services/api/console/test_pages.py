@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 
 import redis
 
+from shared.broker.workers import describe_worker
 from shared.job import JobStatus, utcnow
 from shared.store.jobs import JobStore
 from shared.store.schedules import ScheduleStore
@@ -37,6 +40,7 @@ def test_overview_shows_queues_workers_scheduler_and_totals(
     # Given jobs in several states, a worker's heartbeat and a scheduler leader
     store.insert([make_job(), make_job(), failed()])
     redis_client.zadd("dramatiq:__heartbeats__", {"hostA-0-abcdef123456": int(utcnow().timestamp() * 1000)})
+    describe_worker(redis_client, "hostA-0-abcdef123456", queues=["emails", "default"], processes=2, threads=4)
     redis_client.set("jobrelay:scheduler:leader", "sched-1")
     # When the overview and its live part are fetched
     page = admin.get("/console/")
@@ -45,7 +49,9 @@ def test_overview_shows_queues_workers_scheduler_and_totals(
     for text in (page.text, live.text):
         assert re.search(r'id="total-queued">2<', text)
         assert re.search(r'id="total-failed">1<', text)
-        assert "hostA-0-abcdef123456" in text and "<td>hostA</td>" in text
+        assert "hostA-0-abcdef123456" in text
+        described = f"<td>{socket.gethostname()}</td><td>{os.getpid()}</td><td>default, emails</td>"
+        assert described + "<td>2 \N{MULTIPLICATION SIGN} 4</td>" in text
         assert "sched-1" in text
         assert '<td><a href="/console/jobs?queue=default">default</a></td>' in text
     assert 'data-live="/console/?part=live"' in page.text
