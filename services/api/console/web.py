@@ -20,7 +20,7 @@ import jinja2
 from dramatiq.brokers.redis import RedisBroker
 
 from services.api.console.session import Sessions, csrf_matches
-from shared.errors import JobrelayError
+from shared.errors import FieldError, InvalidInput, JobrelayError
 from shared.job import rfc3339
 from shared.results import ResultStorage
 from shared.store.jobs import JobStore
@@ -94,6 +94,12 @@ def form(req: falcon.Request) -> dict[str, list[str]]:
         parsed = urllib.parse.parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=2000)
     except (UnicodeDecodeError, ValueError):
         raise falcon.HTTPBadRequest(description="the form is not URL-encoded UTF-8") from None
+    # NOTE: PostgreSQL text cannot hold U+0000; refused here, as the API refuses it in JSON bodies.
+    bad = [name for name, values in parsed.items() if "\x00" in name or any("\x00" in v for v in values)]
+    if bad:
+        raise InvalidInput(
+            "a form value holds U+0000", [FieldError(f"/{name!r}", "must not contain U+0000") for name in bad]
+        )
     req.context.form = parsed
     return parsed
 

@@ -26,11 +26,11 @@ def _moment(raw: str, name: str, errors: list[FieldError]) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        # NOTE: the form's datetime-local inputs carry no zone; the console shows and reads UTC.
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         errors.append(FieldError(f"/query/{name}", "must be a date and time such as 2026-01-31T14:00"))
         return None
-    # NOTE: the form's datetime-local inputs carry no zone; the console shows and reads UTC.
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def parse_filters(values: dict[str, str]) -> JobQuery:

@@ -10,7 +10,7 @@ import redis
 
 from shared.broker.workers import describe_worker
 from shared.job import JobStatus, utcnow
-from shared.store.jobs import JobStore
+from shared.store.jobs import JobFilter, JobStore
 from shared.store.schedules import ScheduleStore
 from tests.services.api.conftest import ADMIN
 from tests.services.api.console.conftest import Browser
@@ -233,3 +233,26 @@ def test_grafana_link_only_when_grafana_url_is_set(admin: Browser, settings, sto
     page = logged_in(app, ADMIN).get("/console/")
     assert '<a href="https://grafana.example.org/d/jobrelay" rel="noopener">Grafana ↗</a>' in page.text
     assert isinstance(app, falcon.App)
+
+
+def test_bad_input_gets_a_4xx_page_never_a_5xx(writer: Browser, store: JobStore) -> None:
+    csrf = writer.csrf("/console/tasks/diagnostics.echo")
+    # U+0000 in a form value (PostgreSQL text cannot hold it), a date out of range, a forged cursor
+    nul = writer.post("/console/tasks/diagnostics.echo", {"csrf": csrf, "arg.message": "a\x00b"})
+    assert nul.status_code == 422 and "U+0000" in nul.text
+    assert writer.get("/console/jobs", created_after="0001-01-01T00:00+05:00").status_code == 422
+    assert writer.get("/console/jobs", cursor="not-a-cursor").status_code == 422
+    assert writer.get("/console/jobs", q="x\x00").status_code == 422
+    assert writer.post("/console/jobs/bulk", {"csrf": csrf, "action": "explode"}).status_code == 422
+    assert writer.post("/console/jobs/bulk", {"csrf": csrf, "action": "cancel"}).status_code == 422
+    broken = writer.client.simulate_post(
+        "/console/jobs/bulk",
+        body=b"csrf=%ff%fe",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        cookies=writer.cookies,
+    )
+    assert broken.status_code in (400, 403)
+    assert writer.get("/console/schedules/no-such-schedule").status_code == 404
+    assert writer.get("/console/workflows/no-such-workflow").status_code == 404
+    assert writer.get("/console/tasks/no.such_task").status_code == 404
+    assert store.page(JobFilter(), limit=5).items == []
