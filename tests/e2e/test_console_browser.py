@@ -128,7 +128,8 @@ def test_login_with_each_scope_shows_its_name_and_scope(driver: WebDriver, stack
 
 def test_progress_bar_moves_live_until_succeeded(driver: WebDriver, stack: Stack) -> None:
     login(driver, stack, WRITER)
-    job_id = submit(stack, {"task": "diagnostics.sleep", "args": {"seconds": 4}})
+    # NOTE: 6 s in ten steps and a poll a second: several readings between 0 and 100, even on a busy machine.
+    job_id = submit(stack, {"task": "diagnostics.sleep", "args": {"seconds": 6}})
     driver.get(f"{stack.base_url}/console/jobs/{job_id}")
     seen: set[int] = set()
     deadline = time.monotonic() + WAIT_S

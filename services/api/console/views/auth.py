@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import falcon
 
 from services.api.console.web import HERE, Page, field, redirect
 
+log = logging.getLogger(__name__)
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
 
@@ -31,11 +34,13 @@ class LoginPage(Page):
             key = sessions.authenticate(field(req, "key").strip())
             if key is None:
                 # NOTE: the key typed is never echoed back, logged or put in a URL.
+                log.warning("console login refused: no API key matches (from %s)", req.remote_addr)
                 self.render(req, resp, "login.html", next_url=next_url, auth=True,
                             message="That key is not one of this server's API keys.")  # fmt: skip
                 resp.status = falcon.HTTP_401
                 return
         sessions.start(req, resp, key)
+        log.info("console session started for the key %r", key.name if key else "anonymous")
         redirect(resp, next_url)
 
 

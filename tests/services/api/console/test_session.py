@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import falcon.testing
+import pytest
 
 from services.api.console.session import COOKIE
 from shared.job import JobStatus
@@ -22,7 +25,7 @@ def test_a_stranger_is_sent_to_the_login_page(browser: Browser) -> None:
 def test_login_sets_a_signed_httponly_strict_expiring_cookie_without_the_key(browser: Browser) -> None:
     # Given a login with the admin key
     result = browser.login(ADMIN)
-    # Then a 303 to the console and a cookie with every flag, not holding the key
+    # Then a 303 to the console and a cookie with every flag, not holding the key (nor logged)
     assert result.status_code == 303
     assert result.headers["Location"] == "/console/"
     header = next(v for k, v in result.headers.items() if k.lower() == "set-cookie")
@@ -45,8 +48,13 @@ def test_the_cookie_is_secure_when_the_request_came_over_tls(browser: Browser) -
     assert "; secure" in header.lower()
 
 
-def test_a_wrong_key_is_refused_without_echoing_it(browser: Browser) -> None:
+def test_a_wrong_key_is_refused_without_echoing_or_logging_it(
+    browser: Browser, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     result = browser.post("/console/login", {"key": "not-a-key-at-all"})
+    assert "console login refused" in caplog.text
+    assert "not-a-key-at-all" not in caplog.text
     assert result.status_code == 401
     assert "not-a-key-at-all" not in result.text
     assert "not one of this server" in result.text
