@@ -165,7 +165,7 @@ def install_error_pages(app: falcon.App, console: Console, api_domain: Any, api_
         refuse(resp, console, req, falcon.http_status_to_code(resp.status), message)
 
     def http(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any) -> None:
-        if not req.path.startswith("/console") or isinstance(exc, falcon.HTTPStatus | falcon.HTTPSeeOther):
+        if not req.path.startswith("/console"):
             api_http(req, resp, exc, params)
             return
         status = falcon.http_status_to_code(exc.status)

@@ -158,3 +158,22 @@ def test_a_session_ends_when_its_key_is_gone(app: falcon.App, admin: Browser, se
 def test_login_next_only_goes_to_console_pages(browser: Browser) -> None:
     result = browser.post("/console/login", {"key": READER, "next": "https://evil.example/"})
     assert result.headers["Location"] == "/console/"
+
+
+def test_with_auth_off_the_console_opens_without_a_key_in_every_api_process(store, registry, settings) -> None:  # type: ignore[no-untyped-def]
+    from services.api.app import create_app
+    from shared.broker.publishing import build_broker
+
+    # Given two API processes (gunicorn workers) with auth off
+    open_settings = settings.with_overrides(api_auth=False, api_keys=())
+    apps = [
+        create_app(open_settings, store=store, registry=registry, broker=build_broker(settings.redis_url))
+        for _ in range(2)
+    ]
+    first = Browser(falcon.testing.TestClient(apps[0]))
+    # When a session starts on one without a key
+    assert first.post("/console/login", {"next": "/console/jobs"}).status_code == 303
+    # Then the other takes its cookie too, as an admin
+    second = Browser(falcon.testing.TestClient(apps[1]), cookies=dict(first.cookies))
+    page = second.get("/console/jobs")
+    assert page.status_code == 200 and "anonymous · admin" in page.text
