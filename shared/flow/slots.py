@@ -3,8 +3,8 @@
 A bucket (a task, or a task and a key value) has a sorted set of slots in
 Redis, each member a holder (``<worker id>|<redis message id>``) scored by its
 expiry in ms, and a waiting list of Redis message ids. Taking a slot and, when
-none is free, moving the message from the worker's ack set onto the waiting
-list is one script (``_ACQUIRE``), and so is giving a slot back and moving as
+none is free, putting a copy of the message (a new Redis id, its body in the
+queue's message hash) on the waiting list is one script (``_ACQUIRE``), and so is giving a slot back and moving as
 many waiters as there are free slots to the front of their queue with a wake-up
 token (``_RELEASE``): no slot is freed between a refusal and its wait, so no
 waiter is forgotten. A waiting message keeps its body in its queue's message
@@ -33,10 +33,9 @@ PREFIX = "jobrelay:flow:"
 #: The buckets that have waiters, each as its ``Bucket.descriptor``.
 WAITING_BUCKETS = PREFIX + "waiting"
 
-# KEYS: slots, waiting list, the worker's ack set of the queue, the worker's held hash, WAITING_BUCKETS.
-# ARGV: holder, ttl ms, limit, redis message id, descriptor, whether to wait (1/0).
-# Returns 1 (slot taken), 0 (the message now waits), -1 (no slot; not asked to wait, or the message
-# was no longer in the ack set).
+# KEYS: slots, waiting list, the queue's message hash, the worker's held hash, WAITING_BUCKETS.
+# ARGV: holder, ttl ms, limit, descriptor, whether to wait (1/0), the waiting copy's redis id, its body.
+# Returns 1 (slot taken), 0 (the copy now waits), -1 (no slot, and not asked to wait).
 _ACQUIRE = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,15 +47,14 @@ if redis.call('zscore', KEYS[1], ARGV[1]) then
 end
 if redis.call('zcard', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('zadd', KEYS[1], expiry, ARGV[1])
-  redis.call('hset', KEYS[4], ARGV[1], ARGV[5])
+  redis.call('hset', KEYS[4], ARGV[1], ARGV[4])
   return 1
 end
-if ARGV[6] == '1' and redis.call('srem', KEYS[3], ARGV[4]) > 0 then
-  redis.call('rpush', KEYS[2], ARGV[4])
-  redis.call('sadd', KEYS[5], ARGV[5])
-  return 0
-end
-return -1
+if ARGV[5] ~= '1' then return -1 end
+redis.call('hset', KEYS[3], ARGV[6], ARGV[7])
+redis.call('rpush', KEYS[2], ARGV[6])
+redis.call('sadd', KEYS[5], ARGV[4])
+return 0
 """
 
 # KEYS: slots, waiting list, the queue list, the queue's message hash, its wake-up list, the holder's
@@ -85,6 +83,14 @@ if #ids > 0 then
 end
 return #ids
 """
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The copy of a refused message that waits for a slot: its own Redis id and its encoded body."""
+
+    redis_message_id: str
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -132,16 +138,20 @@ class ConcurrencySlots:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(
-        self, bucket: Bucket, *, owner: str, redis_message_id: str, ack_set: str = "", wait: bool = False
-    ) -> int:
-        """Take a slot for this message (1), or, with ``wait``, move it from ``ack_set`` to the waiting list (0).
+    def acquire(self, bucket: Bucket, *, owner: str, redis_message_id: str, waiting: Waiting | None = None) -> int:
+        """Take a slot for this message (1); with ``waiting``, else put that copy on the waiting list (0).
 
-        -1: no slot, and the message waits nowhere (not asked to, or it was no longer in the ack set).
+        -1: no slot, and no copy given to wait.
+
+        NOTE: the copy that waits has a Redis id of its own. The delivery refused is acked as any
+        skipped one, after its hooks: had its own id waited, a slot freed meanwhile could send it
+        back, fetched again under the same id, and that late ack would delete the message.
         """
-        keys = [slots_key(bucket.name), waiting_key(bucket.name), ack_set, held_key(owner), WAITING_BUCKETS]
+        queue_key = f"{self.namespace}:{bucket.queue}"
+        keys = [slots_key(bucket.name), waiting_key(bucket.name), queue_key + ".msgs", held_key(owner), WAITING_BUCKETS]
         holder = holder_name(owner, redis_message_id)
-        args: list[str | int] = [holder, self.ttl_ms, bucket.limit, redis_message_id, bucket.descriptor, int(wait)]
+        args: list[str | int | bytes] = [holder, self.ttl_ms, bucket.limit, bucket.descriptor]
+        args += [1, waiting.redis_message_id, waiting.body] if waiting is not None else [0, "", ""]
         return int(self._acquire(keys=keys, args=args))
 
     def release(self, bucket: Bucket, *, holder: str = "", owner: str = "") -> int:

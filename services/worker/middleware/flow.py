@@ -6,10 +6,10 @@ and its worker thread is free again at once.
 
 - **Concurrency** (``shared/flow/slots.py``): the job takes a slot of its bucket.
   With none free, its claim made ahead (if any) is given back first, then one
-  script takes a slot after all or moves the message from this worker's ack set
-  to the bucket's waiting list; the skipped message's ack then finds nothing to
-  ack. When a slot is given back (the job ended, here in the last
-  ``after_*`` hook), waiters go to the front of their queue with a wake-up.
+  script takes a slot after all or puts a copy of the message (its own Redis id)
+  on the bucket's waiting list; the delivery refused is acked as skipped. When
+  a slot is given back (the job ended, here in the last ``after_*`` hook),
+  waiters go to the front of their queue with a wake-up.
 - **Rate** (``shared/flow/buckets.py``): the job takes its bucket's token, or
   has the next one reserved for it; then it is deferred: its row says
   ``scheduled`` with ``deferred: {"reason": "rate_limit", "until": ...}``, a copy
@@ -37,11 +37,11 @@ from dramatiq.middleware import Middleware, SkipMessage
 from services.worker.outages import deliver, persist
 from services.worker.slot_pool import HeldSlot, SlotPool
 from shared import metrics
-from shared.broker.waking import acks_key
 from shared.catalog import Catalog, TaskSpec
 from shared.flow.buckets import RATE_TICKET, RateBuckets
 from shared.flow.limits import FlowLimits
-from shared.flow.slots import Bucket, ConcurrencySlots, holder_name
+from shared.flow.slots import Bucket, ConcurrencySlots, Waiting, holder_name
+from shared.ids import random_uuid
 from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
@@ -167,19 +167,17 @@ class Flow(Middleware):
         # NOTE: the claim made ahead goes back before the message can be seen waiting: a slot freed
         # at once could send it to another worker, whose claim must find the row claimable.
         self._give_back(redis_message_id)
-        ack_set = acks_key(self.namespace, self.owner, message.queue_name)
+        copy_id = random_uuid()
+        waiting = Waiting(copy_id, _copy(message, {**message.options, "redis_message_id": copy_id}).encode())
         got = deliver(
-            lambda: self.slots.acquire(
-                bucket, owner=self.owner, redis_message_id=redis_message_id, ack_set=ack_set, wait=True
-            )
+            lambda: self.slots.acquire(bucket, owner=self.owner, redis_message_id=redis_message_id, waiting=waiting)
         )
         if got == 1:
             return HeldSlot(bucket, holder)  # freed meanwhile: ``Claims`` claims the job itself
-        if got == 0:
-            self.pool.waited(bucket)
-            self._note(message, {"reason": "concurrency", "until_ms": None}, scheduled=False)
-            metrics.jobs_deferred_total.labels(message.actor_name, message.queue_name, "concurrency").inc()
-            log.info("job %s waits for a concurrency slot of %s", message.message_id, bucket.name)
+        self.pool.waited(bucket)
+        self._note(message, {"reason": "concurrency", "until_ms": None}, scheduled=False)
+        metrics.jobs_deferred_total.labels(message.actor_name, message.queue_name, "concurrency").inc()
+        log.info("job %s waits for a concurrency slot of %s", message.message_id, bucket.name)
         raise SkipMessage()
 
     def _release_of(self, message: MessageProxy) -> None:
@@ -200,15 +198,7 @@ class Flow(Middleware):
         options = {k: v for k, v in message.options.items() if k not in ("eta", "redis_message_id", RATE_TICKET)}
         if wait_ms is not None:
             options[RATE_TICKET] = delay_ms
-        later: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=message.queue_name,
-            actor_name=message.actor_name,
-            args=message.args,
-            kwargs=message.kwargs,
-            options=options,
-            message_id=message.message_id,
-            message_timestamp=message.message_timestamp,
-        )
+        later = _copy(message, options)
         until_ms = current_millis() + delay_ms
         self._note(message, {"reason": "rate_limit", "until_ms": until_ms}, scheduled=True)
         # The current message is acked after the skip hooks: its copy is in Redis first.
@@ -228,3 +218,16 @@ class Flow(Middleware):
             self.store.defer(message.message_id, deferred, scheduled=scheduled)
         except Exception as exc:
             log.warning("could not record the deferral of job %s: %s", message.message_id, exc)
+
+
+def _copy(message: MessageProxy, options: dict[str, Any]) -> dramatiq.Message[Any]:
+    """The same job's message with other options (a copy that waits, or one deferred)."""
+    return dramatiq.Message(
+        queue_name=message.queue_name,
+        actor_name=message.actor_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        options=options,
+        message_id=message.message_id,
+        message_timestamp=message.message_timestamp,
+    )

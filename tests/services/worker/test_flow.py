@@ -257,3 +257,17 @@ def test_a_rate_limit_holds_and_deferred_jobs_show_why_while_they_wait(workers: 
     assert seen_deferred is not None and seen_deferred["reason"] == "rate_limit" and seen_deferred["until"]
     assert workers.deferred_total("flow.rated", "rate_limit") >= 10
     assert not workers.client.exists(WAITING_BUCKETS)
+
+
+def test_many_short_jobs_over_their_limit_all_run_once(workers: FlowWorkers) -> None:
+    """Waiters cycle fast between the waiting list and the queue: none is lost on the way.
+
+    (Once, a refused delivery's late ack deleted its own message, sent back and fetched again
+    under the same Redis id meanwhile: the job stayed queued with no message.)
+    """
+    jobs = workers.submit("flow.capped", {"record": str(workers.events.path), "run_s": 0.005}, count=150)
+
+    done = workers.wait([job.id for job in jobs], lambda job: job.status.is_final, timeout_s=120)
+
+    assert all(_ran_once(job) for job in done), sorted({(j.status.value, j.attempts) for j in done})
+    assert workers.events.most_at_once() <= 2

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from services.worker.slot_pool import HeldSlot, SlotPool
-from shared.flow.slots import Bucket, ConcurrencySlots, holder_name, waiting_key
+from shared.flow.slots import Bucket, ConcurrencySlots, Waiting, holder_name, waiting_key
 
 BUCKET = Bucket("flow.capped", "flow", 1)
 
@@ -62,13 +62,11 @@ def test_kept_slots_go_back_and_none_is_kept_while_jobs_wait(
 ) -> None:
     # Given: a kept slot, and a job of another process waiting for the bucket
     slot = held(slots, "m0")
-    redis_client.hset("dramatiq:flow.msgs", "m1", b"{}")
-    redis_client.sadd("dramatiq:__acks__.w2.flow", "m1")
-    assert slots.acquire(BUCKET, owner="w2", redis_message_id="m1", ack_set="dramatiq:__acks__.w2.flow", wait=True) == 0
+    assert slots.acquire(BUCKET, owner="w2", redis_message_id="m1", waiting=Waiting("m1-copy", b"{}")) == 0
     pool.put(slot)
 
     # Then: the kept slot goes back and the waiter to its queue, well before the linger
-    wait_for(lambda: redis_client.lrange("dramatiq:flow", 0, -1) == [b"m1"], timeout_s=0.25)
+    wait_for(lambda: redis_client.lrange("dramatiq:flow", 0, -1) == [b"m1-copy"], timeout_s=0.25)
     assert redis_client.llen(waiting_key(BUCKET.name)) == 0
 
 

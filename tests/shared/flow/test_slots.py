@@ -8,22 +8,20 @@ import pytest
 import redis
 
 from shared.broker.waking import wake_key
-from shared.flow.slots import WAITING_BUCKETS, Bucket, ConcurrencySlots, held_key, holder_name
+from shared.flow.slots import WAITING_BUCKETS, Bucket, ConcurrencySlots, Waiting, held_key, holder_name
 
 NS = "dramatiq"
 QUEUE = f"{NS}:flow"
 BUCKET = Bucket("flow.capped", "flow", 2)
 
 
-def ack_set(owner: str) -> str:
-    return f"{NS}:__acks__.{owner}.flow"
+def copy(redis_id: str) -> Waiting:
+    """The copy of a refused message that waits (its own id, its body)."""
+    return Waiting(f"{redis_id}-copy", b'{"copy": "%s"}' % redis_id.encode())
 
 
-def fetched(client: redis.Redis, owner: str, *redis_ids: str) -> None:
-    """As a worker's fetch leaves them: bodies in the message hash, ids in the worker's ack set."""
-    for redis_id in redis_ids:
-        client.hset(f"{QUEUE}.msgs", redis_id, b"{}")
-        client.sadd(ack_set(owner), redis_id)
+def wait(slots: ConcurrencySlots, owner: str, redis_id: str) -> int:
+    return slots.acquire(BUCKET, owner=owner, redis_message_id=redis_id, waiting=copy(redis_id))
 
 
 @pytest.fixture
@@ -38,39 +36,34 @@ def test_slots_are_taken_up_to_the_limit_and_no_further(slots: ConcurrencySlots)
     assert sorted(slots.holders(BUCKET.name)) == [holder_name("w1", "m0"), holder_name("w1", "m1")]
 
 
-def test_a_refused_message_waits_in_redis_out_of_the_workers_ack_set(
-    slots: ConcurrencySlots, redis_client: redis.Redis
-) -> None:
+def test_a_refused_message_waits_as_a_copy_of_its_own(slots: ConcurrencySlots, redis_client: redis.Redis) -> None:
     # Given: both slots taken
-    fetched(redis_client, "w1", "m0", "m1", "m2")
     for redis_id in ("m0", "m1"):
         assert slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id) == 1
 
     # When: a third asks to wait
-    got = slots.acquire(BUCKET, owner="w1", redis_message_id="m2", ack_set=ack_set("w1"), wait=True)
+    got = wait(slots, "w1", "m2")
 
-    # Then: it waits; its ack (after the skip) finds nothing, its body stays for the reconcile
+    # Then: its copy waits, its body in the queue's message hash (where the reconcile looks)
     assert got == 0
-    assert slots.waiting(BUCKET.name) == 1
-    assert not redis_client.sismember(ack_set("w1"), "m2")
-    assert redis_client.hexists(f"{QUEUE}.msgs", "m2")
+    assert redis_client.lrange(f"jobrelay:flow:wait:{BUCKET.name}", 0, -1) == [b"m2-copy"]
+    assert redis_client.hget(f"{QUEUE}.msgs", "m2-copy") == b'{"copy": "m2"}'
     assert redis_client.sismember(WAITING_BUCKETS, BUCKET.descriptor)
 
 
 def test_a_release_sends_a_waiter_to_the_front_of_its_queue_with_a_wake_up(
     slots: ConcurrencySlots, redis_client: redis.Redis
 ) -> None:
-    fetched(redis_client, "w1", "m0", "m1", "m2", "m3")
     for redis_id in ("m0", "m1"):
         slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id)
     for redis_id in ("m2", "m3"):
-        slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id, ack_set=ack_set("w1"), wait=True)
+        wait(slots, "w1", redis_id)
     redis_client.rpush(QUEUE, "other")
 
     moved = slots.release(BUCKET, holder=holder_name("w1", "m0"), owner="w1")
 
     assert moved == 1
-    assert redis_client.lrange(QUEUE, 0, -1) == [b"m2", b"other"]
+    assert redis_client.lrange(QUEUE, 0, -1) == [b"m2-copy", b"other"]
     assert redis_client.llen(wake_key("flow")) == 1
     assert slots.waiting(BUCKET.name) == 1
     assert not redis_client.hexists(held_key("w1"), holder_name("w1", "m0"))
@@ -79,10 +72,9 @@ def test_a_release_sends_a_waiter_to_the_front_of_its_queue_with_a_wake_up(
 def test_the_last_waiter_gone_the_bucket_leaves_the_waiting_set(
     slots: ConcurrencySlots, redis_client: redis.Redis
 ) -> None:
-    fetched(redis_client, "w1", "m0", "m1", "m2")
     for redis_id in ("m0", "m1"):
         slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id)
-    slots.acquire(BUCKET, owner="w1", redis_message_id="m2", ack_set=ack_set("w1"), wait=True)
+    wait(slots, "w1", "m2")
 
     slots.release(BUCKET, holder=holder_name("w1", "m0"), owner="w1")
 
@@ -92,50 +84,43 @@ def test_the_last_waiter_gone_the_bucket_leaves_the_waiting_set(
 def test_a_waiter_whose_message_was_deleted_meanwhile_is_dropped(
     slots: ConcurrencySlots, redis_client: redis.Redis
 ) -> None:
-    fetched(redis_client, "w1", "m0", "m1", "m2")
     for redis_id in ("m0", "m1"):
         slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id)
-    slots.acquire(BUCKET, owner="w1", redis_message_id="m2", ack_set=ack_set("w1"), wait=True)
-    redis_client.hdel(f"{QUEUE}.msgs", "m2")  # purged
+    wait(slots, "w1", "m2")
+    redis_client.hdel(f"{QUEUE}.msgs", "m2-copy")  # purged
 
     assert slots.release(BUCKET, holder=holder_name("w1", "m0"), owner="w1") == 0
     assert redis_client.llen(QUEUE) == 0
 
 
-def test_a_message_no_longer_in_the_ack_set_is_not_made_to_wait(
-    slots: ConcurrencySlots, redis_client: redis.Redis
-) -> None:
-    """Put back by a consumer's reconnect meanwhile: it is in its queue, not on the waiting list too."""
+def test_without_a_copy_to_wait_a_refusal_changes_nothing(slots: ConcurrencySlots, redis_client: redis.Redis) -> None:
     for redis_id in ("m0", "m1"):
         slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id)
 
-    got = slots.acquire(BUCKET, owner="w1", redis_message_id="gone", ack_set=ack_set("w1"), wait=True)
-
-    assert got == -1
+    assert slots.acquire(BUCKET, owner="w1", redis_message_id="m2") == -1
     assert slots.waiting(BUCKET.name) == 0
+    assert not redis_client.exists(f"{QUEUE}.msgs")
 
 
 def test_a_dead_workers_slots_are_given_back_at_once_and_its_waiters_sent(
     slots: ConcurrencySlots, redis_client: redis.Redis
 ) -> None:
-    fetched(redis_client, "w2", "m2")
     for redis_id in ("m0", "m1"):
         slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id)
-    slots.acquire(BUCKET, owner="w2", redis_message_id="m2", ack_set=ack_set("w2"), wait=True)
+    wait(slots, "w2", "m2")
 
     assert slots.release_owner("w1") == 2
 
     assert slots.holders(BUCKET.name) == []
-    assert redis_client.lrange(QUEUE, 0, -1) == [b"m2"]
+    assert redis_client.lrange(QUEUE, 0, -1) == [b"m2-copy"]
     assert not redis_client.exists(held_key("w1"))
 
 
 def test_expired_slots_free_up_and_the_pump_sends_their_waiters(redis_client: redis.Redis) -> None:
     short = ConcurrencySlots(redis_client, namespace=NS, ttl_s=0.2)
-    fetched(redis_client, "w1", "m2")
     for redis_id in ("m0", "m1"):
         short.acquire(BUCKET, owner="w1", redis_message_id=redis_id)
-    short.acquire(BUCKET, owner="w1", redis_message_id="m2", ack_set=ack_set("w1"), wait=True)
+    assert wait(short, "w1", "m2") == 0
 
     deadline = time.monotonic() + 10
     moved = 0
@@ -144,7 +129,7 @@ def test_expired_slots_free_up_and_the_pump_sends_their_waiters(redis_client: re
         moved = short.pump()
 
     assert moved == 1
-    assert redis_client.lrange(QUEUE, 0, -1) == [b"m2"]
+    assert redis_client.lrange(QUEUE, 0, -1) == [b"m2-copy"]
 
 
 def test_renewed_slots_outlive_their_first_expiry(redis_client: redis.Redis) -> None:

@@ -295,3 +295,29 @@ def test_a_job_expires_once_it_waited_longer_than_its_max_age() -> None:
     clock.advance(0.001)
     assert store.claim(waited.id, owner="w", lease_s=30).outcome is ClaimOutcome.EXPIRED
     assert store.get(waited.id).finished_at == clock.now()
+
+
+def test_a_deferral_shows_while_the_job_waits_and_its_claim_clears_it(either: Store) -> None:
+    # Given a waiting job, another one, a running one and a finished one
+    waiting, other, running, done = jobs = [make_job() for _ in range(4)]
+    either.insert(jobs)
+    either.claim(running.id, owner="w1", lease_s=30)
+    either.claim(done.id, owner="w1", lease_s=30)
+    either.finish(done.id, owner="w1", status=JobStatus.SUCCEEDED)
+    # When a flow limit defers the waiting ones
+    assert either.defer(waiting.id, {"reason": "rate_limit", "until_ms": 123}, scheduled=True)
+    assert either.defer(other.id, {"reason": "concurrency", "until_ms": None}, scheduled=False)
+    # Then: a rate deferral is scheduled until then, a concurrency wait stays queued; both show why
+    row = either.get(waiting.id)
+    assert row.status is JobStatus.SCHEDULED
+    assert row.to_api()["deferred"] == {"reason": "rate_limit", "until": "1970-01-01T00:00:00.123Z"}
+    assert either.get(other.id).status is JobStatus.QUEUED
+    assert either.get(other.id).to_api()["deferred"] == {"reason": "concurrency", "until": None}
+    # A running or final job is left alone
+    assert not either.defer(running.id, {"reason": "rate_limit", "until_ms": 1}, scheduled=True)
+    assert not either.defer(done.id, {"reason": "rate_limit", "until_ms": 1}, scheduled=True)
+    assert either.get(running.id).status is JobStatus.RUNNING and either.get(running.id).deferred is None
+    # Its claim clears it
+    claim = either.claim(waiting.id, owner="w1", lease_s=30)
+    assert claim.job is not None and claim.job.deferred is None
+    assert either.get(waiting.id).deferred is None and either.get(waiting.id).to_api()["deferred"] is None
