@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from shared.broker.orphans import requeue_worker
 from shared.broker.waking import wake_key
 from shared.flow.slots import WAITING_BUCKETS, Bucket, ConcurrencySlots, Waiting, held_key, holder_name
 
@@ -153,3 +154,17 @@ def test_buckets_are_separate(slots: ConcurrencySlots) -> None:
     assert slots.acquire(one, owner="w1", redis_message_id="m0") == 1
     assert slots.acquire(other, owner="w1", redis_message_id="m1") == 1
     assert slots.acquire(one, owner="w1", redis_message_id="m2") == -1
+
+
+def test_the_crash_recovery_of_a_worker_gives_its_slots_back(
+    slots: ConcurrencySlots, redis_client: redis.Redis
+) -> None:
+    """``requeue_worker`` (the supervisor's and the scheduler's recovery of a dead worker id) frees its slots."""
+    for redis_id in ("m0", "m1"):
+        slots.acquire(BUCKET, owner="dead", redis_message_id=redis_id)
+    wait(slots, "alive", "m2")
+
+    requeue_worker(redis_client, "dead")
+
+    assert slots.holders(BUCKET.name) == []
+    assert redis_client.lrange(QUEUE, 0, -1) == [b"m2-copy"]

@@ -55,3 +55,18 @@ def test_progress_is_recorded_only_while_running(store: JobStore) -> None:
     store.claim(job.id, owner="w", lease_s=30)
     store.report_progress(job.id, {"current": 1, "total": 2, "message": "x"})
     assert store.get(job.id).progress == {"current": 1, "total": 2, "message": "x"}
+
+
+def test_a_deferral_is_written_for_a_waiting_job_only_and_cleared_by_its_claim(store: JobStore) -> None:
+    waiting, running = make_job(), make_job()
+    store.insert([waiting, running])
+    store.claim(running.id, owner="w1", lease_s=30)
+
+    assert store.defer(waiting.id, {"reason": "rate_limit", "until_ms": 1_000}, scheduled=True)
+    assert not store.defer(running.id, {"reason": "rate_limit", "until_ms": 1_000}, scheduled=True)
+
+    row = store.get(waiting.id)
+    assert row.status is JobStatus.SCHEDULED and row.deferred == {"reason": "rate_limit", "until_ms": 1_000}
+    assert store.get(running.id).status is JobStatus.RUNNING
+    store.claim(waiting.id, owner="w1", lease_s=30)
+    assert store.get(waiting.id).deferred is None
