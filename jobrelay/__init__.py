@@ -43,7 +43,8 @@ def _check_internal_packages() -> None:
 _check_internal_packages()
 
 # NOTE: after the check: with a foreign ``shared`` first on the path these imports would fail obscurely.
-from services.worker.context import report_progress, report_progress_async, result_file  # noqa: E402
+from services.worker.context import CurrentJob, report_progress, report_progress_async, result_file  # noqa: E402
+from services.worker.context import job_view as current_job  # noqa: E402
 from services.worker.retry_policy import Retry  # noqa: E402
 from shared.catalog import task  # noqa: E402
 from shared.client import (  # noqa: E402
@@ -76,10 +77,12 @@ __all__ = [
     "ApiUnavailable",
     "ClientError",
     "ConnectionFailed",
+    "CurrentJob",
     "JobrelayClient",
     "Retry",
     "Schema",
     "WaitTimeout",
+    "current_job",
     "job_request",
     "report_progress",
     "report_progress_async",

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 #: Fields every log line carries when they are known.
-CONTEXT_FIELDS = ("job_id", "task", "queue", "attempt", "request_id")
+CONTEXT_FIELDS = ("job_id", "task", "queue", "attempt", "workflow_id", "request_id")
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 
 

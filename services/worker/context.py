@@ -1,14 +1,21 @@
-"""What a running task can reach: its job, ``report_progress`` (and ``_async``), ``result_file``, the settings."""
+"""What a running task can reach: its job, ``report_progress`` (and ``_async``), ``result_file``, the settings.
+
+``job_view()`` is the task author's ``jobrelay.current_job()``: a read-only snapshot of the
+running job (id, task, queue, attempt, max_retries, deadline, workflow_id, a bound logger);
+``JobContext`` is the worker's own mutable record behind it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, BinaryIO, Protocol
 
 from shared.results import ResultStorage
@@ -34,6 +41,33 @@ class JobContext:
     #: Set once the task's function has returned or raised: from then on its thread is in the
     #: worker's hooks, where a cancel must no longer be raised into it.
     returned: bool = False
+    queue: str = ""
+    max_retries: int = 0
+    #: When the attempt's time limit runs out (None: no limit).
+    deadline: datetime | None = None
+    workflow_id: str | None = None
+
+
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger whose lines carry the job's fields (as ``extra``, so the JSON formatter shows them)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    """The running job as its task sees it (``jobrelay.current_job()``); ``attempt`` is 1 on the first run."""
+
+    id: str
+    task: str
+    queue: str
+    attempt: int
+    max_retries: int
+    deadline: datetime | None
+    workflow_id: str | None
+    logger: logging.LoggerAdapter[logging.Logger]
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("current_job", default=None)
@@ -48,6 +82,30 @@ _settings_lock = threading.Lock()
 
 def current_job() -> JobContext | None:
     return _current.get()
+
+
+def job_view() -> CurrentJob | None:
+    """The running job, for its task (``jobrelay.current_job()``); None outside a task."""
+    context = _current.get()
+    if context is None:
+        return None
+    fields = {
+        "job_id": context.job_id,
+        "task": context.task,
+        "queue": context.queue,
+        "attempt": context.attempt,
+        "workflow_id": context.workflow_id,
+    }
+    return CurrentJob(
+        id=context.job_id,
+        task=context.task,
+        queue=context.queue,
+        attempt=context.attempt,
+        max_retries=context.max_retries,
+        deadline=context.deadline,
+        workflow_id=context.workflow_id,
+        logger=JobLogger(logging.getLogger(f"jobrelay.task.{context.task}"), fields),
+    )
 
 
 def use_settings(settings: Settings | None) -> None:

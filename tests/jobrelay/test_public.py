@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jobrelay
 from services.worker import retry_policy
-from services.worker.context import report_progress, report_progress_async, result_file
+from services.worker.context import CurrentJob, job_view, report_progress, report_progress_async, result_file
 from shared import client
 from shared.catalog import task
 from shared.schema import Schema
@@ -32,6 +32,8 @@ FOR_TASKS = {
     "report_progress": report_progress,
     "report_progress_async": report_progress_async,
     "result_file": result_file,
+    "current_job": job_view,
+    "CurrentJob": CurrentJob,
 }
 #: What a client script imports: the client, ``job_request`` and every error it raises.
 FOR_CLIENTS = {

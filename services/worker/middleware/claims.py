@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from contextvars import Token
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from dramatiq.broker import Broker, MessageProxy
@@ -27,7 +28,7 @@ from services.worker.outages import persist
 from services.worker.reservations import Reservations
 from services.worker.status_writer import StatusWriter
 from shared import metrics
-from shared.job import Job
+from shared.job import Job, utcnow
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage
 from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
@@ -62,6 +63,21 @@ class Attempt:
     def in_task(self) -> bool:
         """Whether its thread is inside the task now (not before it, nor past it in the outcome hooks)."""
         return self.context is not None and not self.context.returned
+
+
+#: Dramatiq's ``TimeLimit`` default (ms), which applies when neither the message nor the actor sets one.
+DEFAULT_TIME_LIMIT_MS = 600_000
+
+
+def _time_limit_s(broker: Broker, message: MessageProxy) -> float:
+    """The attempt's time limit as ``TimeLimit`` reads it: the message's, else the actor's, else the default."""
+    limit_ms = message.options.get("time_limit")
+    if not limit_ms:
+        try:
+            limit_ms = broker.get_actor(message.actor_name).options.get("time_limit")
+        except Exception:  # NOTE: an unknown actor is dead-lettered by Dramatiq itself; the default stands.
+            limit_ms = None
+    return float(limit_ms or DEFAULT_TIME_LIMIT_MS) / 1000
 
 
 class Claims(Middleware):
@@ -137,7 +153,7 @@ class Claims(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         try:
-            self._claim(message)
+            self._claim(broker, message)
         except SkipMessage:
             raise
         except Exception as exc:
@@ -158,7 +174,7 @@ class Claims(Middleware):
             message.fail()
             raise SkipMessage() from None
 
-    def _claim(self, message: MessageProxy) -> None:
+    def _claim(self, broker: Broker, message: MessageProxy) -> None:
         labels = (message.actor_name, message.queue_name)
         with self._lock:
             claim = self._start(self.reservations.take(message.options.get("redis_message_id", "")))
@@ -198,7 +214,17 @@ class Claims(Middleware):
             attempt=job.attempts,
             request_id=message.options.get("request_id"),
         )
-        attempt.context = JobContext(job.id, job.task, job.attempts, self.store, self.results)
+        attempt.context = JobContext(
+            job.id,
+            job.task,
+            job.attempts,
+            self.store,
+            self.results,
+            queue=job.queue,
+            max_retries=job.max_retries,
+            deadline=utcnow() + timedelta(seconds=_time_limit_s(broker, message)),
+            workflow_id=job.workflow_id,
+        )
         attempt.job_token = enter_job(attempt.context)
 
     def _start(self, claim: Claim | None) -> Claim | None:
