@@ -21,7 +21,13 @@ from services.api.resources.jobs import (
     JobsResource,
 )
 from services.api.resources.openapi import OpenApiResource
-from services.api.resources.queues import DeadLettersResource, DeadRequeueResource, QueuesResource
+from services.api.resources.queues import (
+    DeadLettersResource,
+    DeadRequeueResource,
+    QueuePauseResource,
+    QueueResumeResource,
+    QueuesResource,
+)
 from services.api.resources.schedules import ScheduleResource, SchedulesResource
 from services.api.resources.tasks import TasksResource
 from services.api.resources.workflows import WorkflowCancelResource, WorkflowResource, WorkflowsResource
@@ -29,6 +35,7 @@ from shared import metrics
 from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.jobs import JobStore
+from shared.store.pauses import QueuePauses
 from shared.store.schedules import ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
@@ -101,6 +108,9 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/workflows/{workflow_id}", WorkflowResource(workflows))
     app.add_route("/v1/workflows/{workflow_id}/cancel", WorkflowCancelResource(engine))
     app.add_route("/v1/queues", QueuesResource(submitter))
+    pauses = QueuePauses(store.engine)
+    app.add_route("/v1/queues/{name}/pause", QueuePauseResource(submitter, pauses))
+    app.add_route("/v1/queues/{name}/resume", QueueResumeResource(submitter, pauses))
     app.add_route("/v1/queues/{name}/dead", DeadLettersResource(submitter))
     app.add_route("/v1/queues/{name}/dead/requeue", DeadRequeueResource(submitter))
     schedules = ScheduleStore(store.engine)

@@ -74,7 +74,7 @@ JOB_OPTIONS: dict[str, Schema] = {
             "not together with delay_s > 0.",
         }
     ),
-    "priority": nullable({**PRIORITY, "description": "null means 0."}),
+    "priority": nullable({**PRIORITY, "description": "Absent or null: the task's default priority."}),
     "max_retries": nullable({"type": "integer", "minimum": 0, "maximum": MAX_RETRIES}),
     "time_limit_s": nullable({"type": "number", "minimum": MIN_LIMIT_S, "maximum": MAX_TIME_LIMIT_S}),
     "max_age_s": nullable({"type": "number", "minimum": MIN_LIMIT_S, "maximum": MAX_DELAY_S}),
@@ -275,7 +275,12 @@ def _problem_schema() -> Schema:
 
 
 def _queue_schemas() -> dict[str, Schema]:
-    kinds: dict[str, Schema] = {"int": COUNT, "float": {"type": "number", "minimum": 0}, "str": QUEUE}
+    kinds: dict[str, Schema] = {
+        "int": COUNT,
+        "float": {"type": "number", "minimum": 0},
+        "str": QUEUE,
+        "bool": {"type": "boolean", "description": "No worker starts the queue's jobs while it is paused."},
+    }
     stats = {f.name: kinds[str(f.type)] for f in fields(QueueStats)}
     ids = {"type": "array", "items": {"type": "string", "maxLength": 36}, "minItems": 1, "maxItems": MAX_REQUEUE_IDS}
     return {
@@ -284,6 +289,10 @@ def _queue_schemas() -> dict[str, Schema]:
         "RequeueRequest": {"oneOf": [closed({"ids": ids}, ["ids"]), closed({"all": {"const": True}}, ["all"])]},
         "Requeued": closed({"requeued": COUNT}, ["requeued"]),
         "Purged": closed({"purged": COUNT}, ["purged"]),
+        "QueuePause": closed(
+            {"name": QUEUE, "paused": {"type": "boolean"}, "paused_at": nullable(DATE_TIME)},
+            ["name", "paused", "paused_at"],
+        ),
     }
 
 

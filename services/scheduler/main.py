@@ -31,6 +31,7 @@ from services.scheduler.runner import Runner
 from services.scheduler.schedule_file import sync_file
 from services.scheduler.sweeper import StrandedRuns
 from shared.broker.orphans import requeue_orphans
+from shared.broker.pausing import sync_pauses
 from shared.broker.publishing import build_broker
 from shared.broker.queues import QueueGauges
 from shared.ids import new_id
@@ -41,6 +42,7 @@ from shared.schedules.triggers import build_trigger, first_tick_at_or_after
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
+from shared.store.pauses import QueuePauses
 from shared.store.schedules import ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
@@ -86,14 +88,17 @@ def run(settings: Settings) -> int:
     lost_messages = LostMessages(store, broker)
     stranded_runs = StrandedRuns(store, registry, broker, dead_after_s=settings.worker_dead_after_s)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
+    pauses = QueuePauses(engine)
     outbox_relay = OutboxRelay(store, broker, grace_s=settings.relay_grace_s)
     work: dict[str, Callable[[], object]] = {
         housekeeping.RELAY: lambda: jobs_relayed_total.inc(outbox_relay.run()),
         # What crashes leave behind: messages of dead workers, and workflows whose worker died
-        # between recording a step and moving the workflow on.
+        # between recording a step and moving the workflow on; and the Redis mirror of paused
+        # queues put right from the store (a Redis that lost its data, an API that died mid-pause).
         housekeeping.REQUEUE_ORPHANS: lambda: (
             requeue_orphans(broker.client, store, dead_after_s=settings.worker_dead_after_s),
             workflow_engine.advance_stale(),
+            sync_pauses(broker.client, pauses.paused()),
         ),
         housekeeping.PRUNE: lambda: prune_finished(
             engine, results, broker.client, retention_s=settings.job_retention_s

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from services.worker.consumer import AckSets
+from services.worker.ack_sets import AckSets
 from services.worker.outages import until_up
 from shared.batches import take_batch
 from shared.broker.waking import REDIS_DOWN

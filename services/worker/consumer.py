@@ -8,13 +8,15 @@ the job's final status is committed) and any other ack goes straight to Redis.
 Both collaborators come through ``WorkerBroker``'s constructor.
 
 An idle consumer waits in ``BLPOP`` on the queue's wake-up list
-(``shared/broker/waking.py``) instead of sleeping.
+(``shared/broker/waking.py``) instead of sleeping. A queue's fetch takes its
+highest priority band first and returns nothing while the queue is paused
+(``shared/broker/bands.py``); a consumer of a paused queue puts back what it
+fetched and has not handed out, and waits for the resume's token.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +29,9 @@ from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 
-from shared.broker.waking import WakingRedisBroker, acks_key, is_delay_queue, wake_key
+from services.worker.ack_sets import AckSets
+from shared.broker.bands import BandedFetch, paused_key, resume_key
+from shared.broker.waking import WakingRedisBroker, is_delay_queue, wake_key
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +39,8 @@ log = logging.getLogger(__name__)
 WAIT_S = 1.0
 #: Longest a consumer holding claimable messages waits for room before it looks again (acks go out meanwhile).
 ROOM_WAIT_S = 0.01
-
-#: Dramatiq's "ack" (dispatch.lua) for many messages of one queue: out of the worker's ack set, then
-#: out of the queue's message hash. KEYS: the ack set, the message hash; ARGV: redis message ids.
-_ACK_MANY = """
-local acked = 0
-for _, message_id in ipairs(ARGV) do
-    if redis.call("srem", KEYS[1], message_id) > 0 then
-        redis.call("hdel", KEYS[2], message_id)
-        acked = acked + 1
-    end
-end
-return acked
-"""
+#: How often a consumer holding fetched messages it has not handed out looks whether its queue was paused.
+PAUSE_CHECK_S = 0.5
 
 
 @contextmanager
@@ -85,48 +78,6 @@ class DeferredAcks(Protocol):
         """The ack that replaces the consumer's own for this message copy, if one was deferred (once)."""
 
 
-class AckSets:
-    """This process's ack sets in Redis, and which of their messages its worker threads hold now."""
-
-    def __init__(self, client: redis.Redis, *, namespace: str, owner: str) -> None:
-        self.client = client
-        self.namespace = namespace
-        self.owner = owner
-        self._ack_script: Any = None
-        #: Per queue, the Redis message ids this process's consumers handed to its worker
-        #: threads and has not acked, nacked or requeued yet: the only legitimate members
-        #: of its ack set once a consumer is replaced (see ``_WakingConsumer``).
-        self._in_hand: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-
-    def key(self, queue_name: str) -> str:
-        return acks_key(self.namespace, self.owner, queue_name)
-
-    def hand_out(self, queue_name: str, redis_message_id: str) -> None:
-        with self._lock:
-            self._in_hand.setdefault(queue_name, set()).add(redis_message_id)
-
-    def handed_back(self, queue_name: str, redis_message_ids: Iterable[str]) -> None:
-        with self._lock:
-            self._in_hand.get(queue_name, set()).difference_update(redis_message_ids)
-
-    def in_hand(self, queue_name: str) -> set[str]:
-        with self._lock:
-            return set(self._in_hand.get(queue_name, ()))
-
-    def ack_many(self, acks: list[tuple[str, str]]) -> None:
-        """Dramatiq's ack of many ``(queue name, redis message id)`` pairs, one script call per queue."""
-        by_queue: dict[str, list[str]] = {}
-        for queue_name, redis_message_id in acks:
-            by_queue.setdefault(queue_name, []).append(redis_message_id)
-        if self._ack_script is None:
-            self._ack_script = self.client.register_script(_ACK_MANY)
-        for queue_name, ids in by_queue.items():
-            keys = [self.key(queue_name), f"{self.namespace}:{queue_name}.msgs"]
-            self._ack_script(keys=keys, args=ids)
-            self.handed_back(queue_name, ids)
-
-
 class WorkerBroker(WakingRedisBroker):
     """The broker of a worker process: its consumers claim ahead, hand acks over and wake on tokens."""
 
@@ -143,6 +94,25 @@ class WorkerBroker(WakingRedisBroker):
         self.ack_sets = ack_sets
         self.claims = claims
         self.deferred_acks = deferred_acks
+        self._fetches: dict[str, BandedFetch] = {}
+
+    def fetch_banded(self, queue_name: str, count: int) -> list[bytes | None] | None:
+        """Up to ``count`` messages of a (non-delay) queue, highest priority first; None while it is paused."""
+        fetch = self._fetches.get(queue_name)
+        if fetch is None:
+            fetch = self._fetches[queue_name] = BandedFetch(
+                self.client,
+                namespace=self.namespace,
+                worker_id=self.broker_id,
+                acks=self.ack_sets.key(queue_name),
+                queue_name=queue_name,
+            )
+        return fetch(min(count, self._max_unpack_size()))
+
+    def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
+        if is_delay_queue(queue_name):
+            return self._dispatch("fetch")(queue_name, prefetch)
+        return self.fetch_banded(queue_name, prefetch) or []
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> _WakingConsumer:
         return _WakingConsumer(
@@ -189,6 +159,7 @@ class _WakingConsumer(_RedisConsumer):
         self._reclaim = True
         #: Leading cached messages that may be handed out (claimed ahead, or needing no claim).
         self._ready = 0
+        self._pause_checked_at = time.monotonic()
 
     def ack(self, message: MessageProxy) -> None:
         """Ack now, or hand the ack to the deferred acks when they hold one for this copy (after a commit)."""
@@ -215,6 +186,9 @@ class _WakingConsumer(_RedisConsumer):
                 self._requeue_own_unacked()
                 self._reclaim = False
             while True:
+                if self.message_cache and self._paused_meanwhile():
+                    self._put_back_cache()
+                    continue
                 if self.message_cache:
                     claims = self.claims
                     if claims is not None and self._ready == 0:
@@ -238,11 +212,19 @@ class _WakingConsumer(_RedisConsumer):
                     self.queued_message_ids.add(message.message_id)
                     self.ack_sets.hand_out(self.queue_name, message.options["redis_message_id"])
                     return MessageProxy(message)
-                messages = []
+                messages: list[Any] | None = []
                 if self.outstanding_message_count < self.prefetch:
-                    self.message_cache = messages = self.broker.do_fetch(
-                        self.queue_name, self.prefetch - self.outstanding_message_count
-                    )
+                    wanted = self.prefetch - self.outstanding_message_count
+                    if is_delay_queue(self.queue_name):
+                        messages = self.broker.do_fetch(self.queue_name, wanted)
+                    else:
+                        messages = self.broker.fetch_banded(self.queue_name, wanted)
+                    if messages is None:
+                        # Paused: wait for the resume's token (or the timeout), then look again.
+                        self.broker.client.blpop([resume_key(self.queue_name)], timeout=WAIT_S)
+                        return None
+                    self.message_cache = messages
+                    self._pause_checked_at = time.monotonic()
                 if messages:
                     continue
                 if not is_delay_queue(self.queue_name) and self.outstanding_message_count < self.prefetch:
@@ -254,6 +236,31 @@ class _WakingConsumer(_RedisConsumer):
                 return None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionClosed(exc) from None
+
+    def _paused_meanwhile(self) -> bool:
+        """Whether the queue was paused since the last look (at most one look per ``PAUSE_CHECK_S``)."""
+        now = time.monotonic()
+        if is_delay_queue(self.queue_name) or now - self._pause_checked_at < PAUSE_CHECK_S:
+            return False
+        self._pause_checked_at = now
+        return bool(self.broker.client.exists(paused_key(self.queue_name)))
+
+    def _put_back_cache(self) -> None:
+        """The queue was paused: what was fetched and not handed out goes back (claims first)."""
+        redis_ids: list[str] = []
+        for data in self.message_cache:
+            if data is None:
+                continue
+            try:
+                message = data if isinstance(data, Message) else Message.decode(data)
+            except DecodeError:
+                continue  # stays in the ack set: the next consumer, or the supervisor, puts it back
+            redis_ids.append(message.options["redis_message_id"])
+        if self._give_back(redis_ids):
+            self.broker.do_requeue(self.queue_name, *redis_ids)
+            self.message_cache = []
+            self._ready = 0
+            log.info("queue %s paused: put back %d fetched message(s)", self.queue_name, len(redis_ids))
 
     def _candidates(self) -> list[Message[Any] | None]:
         """The cached messages, decoded in place: each one a worker thread will run, else None."""

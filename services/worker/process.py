@@ -23,8 +23,9 @@ from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 
+from services.worker.ack_sets import AckSets
 from services.worker.acker import Acker
-from services.worker.consumer import AckSets, WorkerBroker
+from services.worker.consumer import WorkerBroker
 from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX, ConsumerWatch
 from services.worker.context import current_job, use_settings
 from services.worker.fault_report import enable as enable_fault_report
@@ -113,7 +114,9 @@ def declare_actors(broker: RedisBroker, catalog: Catalog) -> None:
             _actor_fn(definition),
             actor_name=spec.name,
             queue_name=spec.queue,
-            priority=spec.priority,
+            # NOTE: no Dramatiq actor priority: Dramatiq orders a worker's local queue by it, lowest
+            # first (the reverse of ours) and per task, not per job. Priority acts on the fetch
+            # (shared/broker/bands.py), and the local queue keeps the fetch's order.
             broker=broker,
             **options,
         )

@@ -26,6 +26,7 @@ from dramatiq.broker import Broker
 from dramatiq.common import xq_name
 
 from shared.backoff import backoff_s
+from shared.broker.bands import LUA_LIST_OF
 from shared.broker.publishing import NAMESPACE, publish
 from shared.broker.waking import WAKE_TOKENS, is_delay_queue, wake_key
 from shared.broker.workers import forget_worker
@@ -44,8 +45,11 @@ HEARTBEATS = f"{NAMESPACE}:__heartbeats__"
 # queue and its message hash. ARGV: how many wake tokens to keep at most, the time in ms, how many
 # job ids to drop follow, those job ids, then the job ids to dead-letter. A message of a job to drop
 # leaves Redis (its job was recorded with a new message, or final); one to dead-letter goes to the
-# dead-letter queue, as Dramatiq's nack does; the rest go back. Returns how many went back.
-_REQUEUE = """
+# dead-letter queue, as Dramatiq's nack does; the rest go back, each to its priority band. Returns
+# how many went back.
+_REQUEUE = (
+    LUA_LIST_OF
+    + """
 local drop, dead = {}, {}
 local n_drop = tonumber(ARGV[3])
 for i = 4, 3 + n_drop do drop[ARGV[i]] = true end
@@ -70,7 +74,7 @@ for _, id in ipairs(ids) do
     redis.call('zadd', KEYS[5], ARGV[2], id)
     redis.call('hset', KEYS[6], id, body)
   elseif body or redis.call('hexists', KEYS[3], id) == 1 then
-    redis.call('lpush', KEYS[2], id)
+    redis.call('lpush', list_of(KEYS[2], id), id)
     n = n + 1
   end
 end
@@ -81,6 +85,7 @@ if n > 0 and KEYS[4] ~= '' then
 end
 return n
 """
+)
 
 
 def beat(client: redis.Redis, worker_id: str) -> None:

@@ -74,6 +74,9 @@ def message_for(job: Job) -> dramatiq.Message[object]:
         options["time_limit"] = int(job.time_limit_s * 1000)
     if job.request_id:
         options["request_id"] = job.request_id
+    if job.priority:
+        # The message's band (shared/broker/bands.py); retries and due delayed copies keep it.
+        options["priority"] = job.priority
     return dramatiq.Message(
         queue_name=job.queue,
         actor_name=job.task,

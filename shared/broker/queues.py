@@ -2,7 +2,9 @@
 
 Dramatiq's Redis layout: ``dramatiq:<q>`` is a list of message ids with the
 bodies in the hash ``dramatiq:<q>.msgs``; delayed messages sit in
-``dramatiq:<q>.DQ``; dead letters in the sorted set ``dramatiq:<q>.XQ``.
+``dramatiq:<q>.DQ``; dead letters in the sorted set ``dramatiq:<q>.XQ``. A queue's
+waiting messages are in one list per priority band (``shared/broker/bands.py``):
+its depth counts them all, and its oldest is the oldest head of any band.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import redis
 from prometheus_client.core import GaugeMetricFamily
 
+from shared.broker.bands import band_keys, paused_key
 from shared.broker.publishing import NAMESPACE
 from shared.metrics import PREFIX
 from shared.store.jobs import JobStore
@@ -51,25 +54,32 @@ class QueueStats:
     in_progress: int
     dead: int
     oldest_age_s: float
+    #: As mirrored in Redis from the store (``shared/store/pauses.py``).
+    paused: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def oldest_age_s(client: redis.Redis, queue: str, now_s: float | None = None) -> float:
-    """Age of the message at the head of the queue (0 when empty): one LINDEX and one HGET."""
+    """Age of the oldest message at the head of a band of the queue (0 when empty): one LINDEX per band, one HMGET."""
     key = f"{NAMESPACE}:{queue}"
-    head = client.lindex(key, 0)
-    if head is None:
+    pipe = client.pipeline(transaction=False)
+    for band in band_keys(key):
+        pipe.lindex(band, 0)
+    heads = [head for head in pipe.execute() if head is not None]
+    if not heads:
         return 0.0
-    body = client.hget(key + ".msgs", head)
-    if body is None:
+    oldest_ms: float | None = None
+    for body in client.hmget(key + ".msgs", heads):
+        try:
+            enqueued_ms = float(json.loads(body)["message_timestamp"])  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError):
+            continue
+        oldest_ms = enqueued_ms if oldest_ms is None else min(oldest_ms, enqueued_ms)
+    if oldest_ms is None:
         return 0.0
-    try:
-        enqueued_ms = json.loads(body)["message_timestamp"]
-    except (ValueError, KeyError, TypeError):
-        return 0.0
-    return max(0.0, (now_s or time.time()) - enqueued_ms / 1000)
+    return max(0.0, (now_s or time.time()) - oldest_ms / 1000)
 
 
 def queue_stats(client: redis.Redis, store: JobStore, queues: list[str]) -> list[QueueStats]:
@@ -77,20 +87,25 @@ def queue_stats(client: redis.Redis, store: JobStore, queues: list[str]) -> list
     names = sorted(set(queues) | set(counts))
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.llen(f"{NAMESPACE}:{name}")
+        for band in band_keys(f"{NAMESPACE}:{name}"):
+            pipe.llen(band)
         pipe.hlen(f"{NAMESPACE}:{name}.DQ.msgs")
+        pipe.exists(paused_key(name))
     sizes = pipe.execute()
     now_s = time.time()
     stats = []
+    per_queue = len(band_keys("")) + 2
     for index, name in enumerate(names):
+        row = sizes[per_queue * index : per_queue * (index + 1)]
         stats.append(
             QueueStats(
                 name=name,
-                depth=int(sizes[2 * index]),
-                delayed=int(sizes[2 * index + 1]),
+                depth=sum(int(size) for size in row[:-2]),
+                delayed=int(row[-2]),
                 in_progress=counts.get(name, {}).get("running", 0),
                 dead=counts.get(name, {}).get("dead", 0),
                 oldest_age_s=round(oldest_age_s(client, name, now_s), 3),
+                paused=bool(row[-1]),
             )
         )
     return stats
@@ -129,6 +144,11 @@ class QueueGauges:
             "dead": GaugeMetricFamily(PREFIX + "queue_dead", "Jobs in the dead-letter queue.", labels=["queue"]),
             "oldest_age_s": GaugeMetricFamily(
                 PREFIX + "queue_oldest_age_seconds", "Age of the oldest waiting message.", labels=["queue"]
+            ),
+            "paused": GaugeMetricFamily(
+                PREFIX + "queue_paused",
+                "1 while the queue is paused (no worker starts its jobs), else 0.",
+                labels=["queue"],
             ),
         }
         try:

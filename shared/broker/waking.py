@@ -9,6 +9,8 @@ work arrives and costs one command per wait while nothing does. Delay queues
 keep Dramatiq's polling, since their messages become due by the clock, not by
 an enqueue.
 
+Each enqueue lands in its priority's band (``shared/broker/bands.py``).
+
 This module is the publishing half, which the API, the scheduler and the worker
 share; the consuming half lives with the worker.
 """
@@ -24,7 +26,7 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message, get_encoder
 
-from shared.ids import random_uuid
+from shared.broker.bands import REQUEUE, band_keys, fairness_key, list_key_of, new_redis_id, queue_key
 
 WAKE_PREFIX = "jobrelay:wake:"
 #: What a Redis call raises when Redis is away: refused, reset, or a socket that stalled past its
@@ -51,6 +53,26 @@ def acks_key(namespace: str, broker_id: str, queue_name: str) -> str:
 class WakingRedisBroker(RedisBroker):
     #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
     _dispatch_loaded = False
+    _requeue_script: Any = None
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Dramatiq's ``RedisBroker.enqueue``, with a Redis message id naming the message's band.
+
+        A delayed message waits in the delay queue's one list (a plain id); it gets its band's
+        id when it is due and the worker enqueues it again.
+        """
+        queue_name = message.queue_name
+        options: dict[str, Any] = {"redis_message_id": new_redis_id(message.options.get("priority"))}
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            options = {"redis_message_id": new_redis_id(0), "eta": current_millis() + delay}
+            message = message.copy(queue_name=queue_name, options=options)
+        else:
+            message = message.copy(options=options)
+        self.emit_before("enqueue", message, delay)
+        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode())
+        self.emit_after("enqueue", message, delay)
+        return message
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
         """Dramatiq's enqueue script and the wake-up token, in one round trip.
@@ -61,7 +83,14 @@ class WakingRedisBroker(RedisBroker):
         """
 
         def fill(pipe: redis.client.Pipeline) -> None:
-            self._enqueue_in(pipe, queue_name, message_id, data)
+            key = queue_key(self.namespace, queue_name)
+            band_list = list_key_of(key, message_id)
+            if band_list == key:
+                self._enqueue_in(pipe, queue_name, message_id, data)
+            else:
+                # What the dispatch script's enqueue does, into the message's band.
+                pipe.hset(key + ".msgs", message_id, data)
+                pipe.rpush(band_list, message_id)
             self._wake_in(pipe, {queue_name})
 
         try:
@@ -72,7 +101,7 @@ class WakingRedisBroker(RedisBroker):
     def enqueue_many(self, messages: list[tuple[Message[Any], int | None]]) -> None:
         """``enqueue`` for many messages (with their delays in ms) in one round trip.
 
-        Like ``RedisBroker.enqueue``, each copy gets its own ``redis_message_id``
+        Like ``enqueue``, each copy gets its own ``redis_message_id`` (naming its band)
         and a delayed one goes to the delay queue with its ``eta``.
         """
         sent: list[tuple[Message[Any], int | None]] = []
@@ -80,18 +109,21 @@ class WakingRedisBroker(RedisBroker):
         # RPUSH of its id), done per queue for all the messages at once: one command per queue
         # instead of one script call per message, in one MULTI/EXEC round trip.
         by_queue: dict[str, dict[str, bytes]] = {}
+        by_list: dict[str, list[str]] = {}
         encode = get_encoder().encode
         now_ms = current_millis()
         for message, delay in messages:
             # NOTE: ``Message.copy`` and ``Message.encode`` go through ``dataclasses`` per
             # message, which cost more than the rest of a batch's publish; this builds the
             # same copy and the same encoding directly.
-            redis_message_id = random_uuid()
-            options = {**message.options, "redis_message_id": redis_message_id}
             queue_name = message.queue_name
             if delay is not None:
                 queue_name = dq_name(queue_name)
-                options["eta"] = now_ms + delay
+                redis_message_id = new_redis_id(0)
+                options = {**message.options, "redis_message_id": redis_message_id, "eta": now_ms + delay}
+            else:
+                redis_message_id = new_redis_id(message.options.get("priority"))
+                options = {**message.options, "redis_message_id": redis_message_id}
             fields: dict[str, Any] = {
                 "queue_name": queue_name,
                 "actor_name": message.actor_name,
@@ -106,14 +138,32 @@ class WakingRedisBroker(RedisBroker):
                 self.emit_before("enqueue", message, delay)
                 sent.append((message, delay))
             by_queue.setdefault(queue_name, {})[redis_message_id] = encode(fields)
+            key = queue_key(self.namespace, queue_name)
+            by_list.setdefault(list_key_of(key, redis_message_id), []).append(redis_message_id)
         pipe = self.client.pipeline(transaction=True)
         for queue_name, encoded in by_queue.items():
             pipe.hset(f"{self.namespace}:{queue_name}.msgs", mapping=encoded)  # type: ignore[arg-type]
-            pipe.rpush(f"{self.namespace}:{queue_name}", *encoded)
+        for list_key, ids in by_list.items():
+            pipe.rpush(list_key, *ids)
         self._wake_in(pipe, set(by_queue))
         pipe.execute()
         for message, delay in sent:
             self.emit_after("enqueue", message, delay)
+
+    def do_requeue(self, queue_name: str, *redis_message_ids: str) -> int:
+        """Dramatiq's requeue (out of this broker's ack set, back to the queue), into each message's
+        band and at its front: these messages were fetched before anything waiting now."""
+        if self._requeue_script is None:
+            self._requeue_script = self.client.register_script(REQUEUE)
+        key = queue_key(self.namespace, queue_name)
+        acks = acks_key(self.namespace, self.broker_id, queue_name)
+        return int(self._requeue_script(keys=[acks, key, key + ".msgs"], args=list(redis_message_ids)))
+
+    def flush(self, queue_name: str) -> None:
+        """Dramatiq's flush (the queue, its delay queue, ack set, dead letters), and every band."""
+        super().flush(queue_name)
+        key = queue_key(self.namespace, queue_name)
+        self.client.delete(*band_keys(key), fairness_key(self.namespace, queue_name))
 
     def _execute(self, fill: Callable[[redis.client.Pipeline], None]) -> list[Any]:
         """Run a pipeline of dispatch script calls in one round trip.

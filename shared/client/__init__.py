@@ -27,6 +27,7 @@ from typing import Any, TypedDict, Unpack
 Job = dict[str, Any]
 JobList = list[Job]
 TaskList = list[dict[str, Any]]
+QueueList = list[dict[str, Any]]
 
 #: The statuses a job never leaves on its own.
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
@@ -333,3 +334,15 @@ class JobrelayClient:
     def tasks(self) -> TaskList:
         """The registered task catalog, one dict per task."""
         return self._call("GET", "/v1/tasks")["items"]
+
+    def queues(self) -> QueueList:
+        """Every queue's stats: depth (every priority), delayed, in progress, dead, oldest age, paused."""
+        return self._call("GET", "/v1/queues")["items"]
+
+    def pause_queue(self, queue: str) -> dict[str, Any]:
+        """Pause a queue (admin key): its jobs are accepted and stored, none starts. Idempotent."""
+        return self._call("POST", f"/v1/queues/{urllib.parse.quote(queue, safe='')}/pause")
+
+    def resume_queue(self, queue: str) -> dict[str, Any]:
+        """Resume a paused queue (admin key); its workers wake at once. Idempotent."""
+        return self._call("POST", f"/v1/queues/{urllib.parse.quote(queue, safe='')}/resume")

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from shared.client import ApiUnauthorized, ClientError, ConnectionFailed, Job, JobrelayClient
 
-COMMANDS = frozenset({"submit", "status"})
+COMMANDS = frozenset({"submit", "status", "queues"})
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_KEY_FILE = "dev-api-key"
 BAR_WIDTH = 20
@@ -59,7 +59,7 @@ def _json_object(raw: str) -> dict[str, Any]:
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``submit`` and ``status`` to the ``jobrelay`` command's subparsers."""
+    """Add ``submit``, ``status`` and ``queues`` to the ``jobrelay`` command's subparsers."""
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", default=None, help=f"API base URL (JOBRELAY_URL, default {DEFAULT_URL})")
     connection.add_argument(
@@ -93,6 +93,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     status = subparsers.add_parser("status", parents=[connection], help="show a job")
     status.add_argument("job_id", metavar="ID", help="job id, as submit prints it")
     status.add_argument("--watch", action="store_true", help="show live progress until the job is final")
+
+    queues = subparsers.add_parser("queues", parents=[connection], help="list, pause or resume queues")
+    queues.add_argument("action", nargs="?", choices=["list", "pause", "resume"], default="list")
+    queues.add_argument("name", nargs="?", default=None, metavar="NAME", help="the queue to pause or resume")
 
 
 def read_dev_token(data_dir: Path) -> str | None:
@@ -207,6 +211,19 @@ def _status(client: JobrelayClient, args: argparse.Namespace) -> int:
     return _exit_code(final)
 
 
+def _queues(client: JobrelayClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        if args.name is not None:
+            raise UsageError("jobrelay queues list takes no NAME")
+        _print_json({"items": client.queues()})
+        return 0
+    if args.name is None:
+        raise UsageError(f"jobrelay queues {args.action} needs the queue's NAME")
+    change = client.pause_queue if args.action == "pause" else client.resume_queue
+    _print_json(change(args.name))
+    return 0
+
+
 def _explain(exc: ClientError) -> str:
     """The error's one line plus what to do about the usual setup mistakes."""
     if isinstance(exc, ApiUnauthorized):
@@ -217,7 +234,7 @@ def _explain(exc: ClientError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed ``submit`` or ``status`` command; return the process exit code."""
+    """Run a parsed ``submit``, ``status`` or ``queues`` command; return the process exit code."""
     command = args.command
     try:
         client = connect(args.url, args.token)
@@ -225,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
             return _submit(client, args)
         if command == "status":
             return _status(client, args)
+        if command == "queues":
+            return _queues(client, args)
         raise UsageError(f"not a client command: {command!r}")
     except (ClientError, UsageError) as exc:
         message = _explain(exc) if isinstance(exc, ClientError) else str(exc)

@@ -202,3 +202,13 @@ schedules = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     CheckConstraint("(cron IS NULL) <> (interval_s IS NULL)", name="ck_schedules_one_timing"),
 )
+
+#: Paused queues: a row while the queue is paused (the source of truth; workers read a Redis mirror,
+#: shared/broker/pausing.py).
+queue_pauses = Table(
+    "queue_pauses",
+    metadata,
+    Column("queue", String(64), primary_key=True),
+    Column("paused_at", UtcDateTime, nullable=False),
+    Column("paused_by", String(200), nullable=False),
+)

@@ -183,9 +183,10 @@ def build_job(
         known = ", ".join(registry.queues()) or "none"
         message = f"no worker serves queue {queue!r} (no registered task uses it); the known queues: {known}"
         errors.append(FieldError(f"{base}/queue", message))
-    priority = _whole(body.get("priority", 0))
+    priority = _whole(body.get("priority"))
     if priority is None:
-        priority = 0
+        # Not given (or null): the task's default, from @task(priority=...).
+        priority = spec.priority if spec is not None else 0
     if (
         isinstance(priority, bool)
         or not isinstance(priority, int)

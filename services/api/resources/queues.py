@@ -1,4 +1,4 @@
-"""``/v1/queues``: queue stats and the dead-letter queue of each queue."""
+"""``/v1/queues``: queue stats, pausing and resuming a queue, and the dead-letter queue of each queue."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import falcon
 from services.api.body import read_json
 from services.api.middleware import sees_tracebacks
 from services.api.resources.jobs import parse_limit
+from shared.broker.pausing import mirror_pause, mirror_resume
 from shared.broker.queues import drop_dead_letters, queue_stats
 from shared.catalog import QUEUE_NAME
 from shared.errors import FieldError, InvalidInput, NotFound
+from shared.job import rfc3339
 from shared.store.jobs import JobFilter
+from shared.store.pauses import QueuePauses
 from shared.submission.submitter import Submitter
 
 MAX_REQUEUE_IDS = 1000
@@ -31,6 +34,43 @@ class QueuesResource:
         queues = sorted({spec.queue for spec in self.submitter.registry.all().values()})
         stats = queue_stats(self.submitter.broker.client, self.submitter.store, queues)
         resp.media = {"items": [s.as_dict() for s in stats]}
+
+
+class _QueueSwitch:
+    """``POST /v1/queues/{name}/pause`` and ``/resume``: idempotent; the store first, then the Redis mirror.
+
+    NOTE: a failed Redis write after the commit is not undone: the scheduler puts the mirror
+    right from the store within seconds (``shared/broker/pausing.py``), and the client may retry.
+    """
+
+    scopes = {"POST": "admin"}
+
+    def __init__(self, submitter: Submitter, pauses: QueuePauses) -> None:
+        self.submitter = submitter
+        self.pauses = pauses
+
+    def _known(self, name: str) -> None:
+        registry = self.submitter.registry
+        if not registry.knows_queue(name):
+            known = registry.queues()
+            raise NotFound(f"no queue named {name!r}; the known queues: {', '.join(known) or 'none'}")
+
+
+class QueuePauseResource(_QueueSwitch):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        self._known(name)
+        key = getattr(req.context, "api_key", None)
+        paused_at = self.pauses.pause(name, paused_by=key.name if key is not None else "")
+        mirror_pause(self.submitter.broker.client, name)
+        resp.media = {"name": name, "paused": True, "paused_at": rfc3339(paused_at)}
+
+
+class QueueResumeResource(_QueueSwitch):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        self._known(name)
+        self.pauses.resume(name)
+        mirror_resume(self.submitter.broker.client, name)
+        resp.media = {"name": name, "paused": False, "paused_at": None}
 
 
 class DeadLettersResource:

@@ -94,3 +94,37 @@ def test_queue_stats(client: testing.TestClient, redis_client: redis.Redis) -> N
         time.sleep(0.02)
     assert default["depth"] == 2 and default["delayed"] == 1 and default["in_progress"] == 0 and default["dead"] == 0
     assert default["oldest_age_s"] >= 0
+
+
+def test_pause_and_resume_are_admin_only_idempotent_and_shown(
+    client: testing.TestClient, redis_client: redis.Redis
+) -> None:
+    # read and write keys may not pause or resume
+    assert client.simulate_post("/v1/queues/default/pause").status_code == 403
+    reader = {"Authorization": f"Bearer {READER}"}
+    assert client.simulate_post("/v1/queues/default/resume", headers=reader).status_code == 403
+    # pausing twice keeps the first pause
+    first = client.simulate_post("/v1/queues/default/pause", headers=ADMIN_HEADERS)
+    again = client.simulate_post("/v1/queues/default/pause", headers=ADMIN_HEADERS)
+    assert first.status_code == again.status_code == 200
+    assert first.json["paused"] is True and again.json == first.json and first.json["name"] == "default"
+    assert redis_client.exists("jobrelay:paused:default") == 1
+    listed = {q["name"]: q["paused"] for q in client.simulate_get("/v1/queues").json["items"]}
+    assert listed["default"] is True and not any(v for k, v in listed.items() if k != "default")
+    # submissions are accepted while paused
+    assert (
+        client.simulate_post("/v1/jobs", json={"task": "diagnostics.echo", "args": {"message": "x"}}).status_code == 202
+    )
+    # resuming twice is fine too
+    for _ in range(2):
+        resumed = client.simulate_post("/v1/queues/default/resume", headers=ADMIN_HEADERS)
+        assert resumed.status_code == 200 and resumed.json == {"name": "default", "paused": False, "paused_at": None}
+    assert redis_client.exists("jobrelay:paused:default") == 0
+    assert all(not q["paused"] for q in client.simulate_get("/v1/queues").json["items"])
+
+
+def test_pausing_an_unknown_queue_is_404_naming_the_known_ones(client: testing.TestClient) -> None:
+    for action in ("pause", "resume"):
+        resp = client.simulate_post(f"/v1/queues/nope/{action}", headers=ADMIN_HEADERS)
+        assert resp.status_code == 404
+        assert "'nope'" in resp.json["detail"] and "default" in resp.json["detail"] and "emails" in resp.json["detail"]

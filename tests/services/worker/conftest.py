@@ -13,7 +13,8 @@ import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 
-from services.worker.consumer import AckSets, ClaimsAhead, DeferredAcks, WorkerBroker
+from services.worker.ack_sets import AckSets
+from services.worker.consumer import ClaimsAhead, DeferredAcks, WorkerBroker
 from services.worker.middleware.claims import Claims
 from services.worker.process import build_worker_broker
 from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
@@ -66,16 +67,21 @@ def worker_settings(redis_url: str, tmp_path: Path, database_url: str) -> Settin
 
 @contextmanager
 def running_harness(
-    settings: Settings, catalog: Catalog, store: JobStore, registry: TaskRegistry, client: redis.Redis | None = None
+    settings: Settings,
+    catalog: Catalog,
+    store: JobStore,
+    registry: TaskRegistry,
+    client: redis.Redis | None = None,
+    threads: int = 2,
 ) -> Iterator[Harness]:
     wiring = build_worker_broker(settings, catalog, owner="test-worker", client=client)
     broker = wiring.broker
     for queue in catalog.queues():
         broker.declare_queue(queue)
     broker.emit_after("process_boot")
-    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker = Worker(broker, worker_threads=threads, worker_timeout=50)
     # As in a worker process: consumers claim jobs before handing out their messages.
-    wiring.claims.claim_ahead(2)
+    wiring.claims.claim_ahead(threads)
     worker.start()
     try:
         submitter = Submitter(store, registry, build_broker(settings.require_redis_url("tests")), 1 << 20)

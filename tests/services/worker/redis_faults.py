@@ -6,12 +6,21 @@ refused or reset connection would; the rest of the traffic goes to the real serv
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from shared.broker.bands import FETCH, REQUEUE
+from shared.broker.publishing import NAMESPACE
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts by SHA-1
+
 
 Command = Sequence[Any]
 
@@ -71,9 +80,15 @@ class Faults:
 
 
 def dispatch(command: str, queue: str) -> Callable[[list[str]], bool]:
-    """Dramatiq's dispatch script called with ``command`` (enqueue, requeue, ...) on ``queue``."""
+    """Dramatiq's dispatch script called with ``command`` (enqueue, requeue, ...) on ``queue``, or the
+    script that does it in priority bands (``shared/broker/bands.py``: fetch, requeue)."""
+    banded = {"fetch": _sha(FETCH), "requeue": _sha(REQUEUE)}.get(command)
 
     def match(text: list[str]) -> bool:
-        return text[0].upper() in ("EVALSHA", "EVAL") and command in text and queue in text
+        if text[0].upper() not in ("EVALSHA", "EVAL"):
+            return False
+        if command in text and queue in text:
+            return True
+        return banded is not None and banded in text and f"{NAMESPACE}:{queue}" in text
 
     return match

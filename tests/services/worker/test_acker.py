@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import redis
 
+from services.worker.ack_sets import AckSets
 from services.worker.acker import Acker
-from services.worker.consumer import AckSets
 from services.worker.status_writer import StatusWriter
 from shared.broker.publishing import NAMESPACE, message_for
 from shared.job import Job, JobStatus

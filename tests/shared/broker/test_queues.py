@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import redis
 from prometheus_client import CollectorRegistry
 
+from shared.broker.pausing import mirror_pause
 from shared.broker.publishing import build_broker, message_for, redis_client
 from shared.broker.queues import QueueGauges, drop_dead_letters, oldest_age_s, queue_stats
 from shared.job import JobStatus
@@ -39,6 +41,12 @@ def test_stats_and_gauges(redis_url: str, redis_client: redis.Redis, store: JobS
     assert registry.get_sample_value("jobrelay_queue_dead", {"queue": "default"}) == 1
     assert registry.get_sample_value("jobrelay_queue_depth", {"queue": "other"}) == 0
     assert (registry.get_sample_value("jobrelay_queue_oldest_age_seconds", {"queue": "default"}) or 0) > 0
+    assert registry.get_sample_value("jobrelay_queue_paused", {"queue": "default"}) == 0
+    # and a paused queue is 1, its jobs of every priority counted
+    mirror_pause(redis_client, "other")
+    broker.enqueue(message_for(replace(make_job(), queue="other", priority=8)))
+    assert registry.get_sample_value("jobrelay_queue_paused", {"queue": "other"}) == 1
+    assert registry.get_sample_value("jobrelay_queue_depth", {"queue": "other"}) == 1
 
 
 def test_gauges_survive_redis_being_away(store: JobStore) -> None:

@@ -189,3 +189,22 @@ def test_token_falls_back_to_the_dev_key_file(
     (data_dir / "dev-api-key").write_text("garbage\n")
     assert cli("status", "x") == 2
     assert "name:token:scopes" in capsys.readouterr().err
+
+
+def test_queues_pause_list_and_resume(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # a write key may not pause
+    assert cli("queues", "pause", "default") == 2
+    assert "403" in capsys.readouterr().err
+    assert cli("queues", "pause", "default", "--token", ADMIN) == 0
+    assert json.loads(capsys.readouterr().out)["paused"] is True
+    assert cli("queues") == 0
+    listed = {q["name"]: q["paused"] for q in json.loads(capsys.readouterr().out)["items"]}
+    assert listed["default"] is True
+    assert cli("queues", "resume", "default", "--token", ADMIN) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "default", "paused": False, "paused_at": None}
+    assert JobrelayClient(env, ADMIN).queues()[0]["paused"] is False
+    # no name, or an unknown queue
+    assert cli("queues", "pause", "--token", ADMIN) == 2
+    assert "NAME" in capsys.readouterr().err
+    assert cli("queues", "resume", "nope", "--token", ADMIN) == 2
+    assert "404" in capsys.readouterr().err

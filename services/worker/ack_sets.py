@@ -1,0 +1,71 @@
+"""A worker process's ack sets: the messages each of its queues fetched and has not acked yet.
+
+Dramatiq keeps them in Redis (``dramatiq:__acks__.<worker>.<queue>``) for the crash
+recovery; this process also remembers which of them its worker threads hold now, so a
+consumer that replaces another puts back only what nobody holds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from shared.broker.waking import acks_key
+
+#: Dramatiq's "ack" (dispatch.lua) for many messages of one queue: out of the worker's ack set, then
+#: out of the queue's message hash. KEYS: the ack set, the message hash; ARGV: redis message ids.
+_ACK_MANY = """
+local acked = 0
+for _, message_id in ipairs(ARGV) do
+    if redis.call("srem", KEYS[1], message_id) > 0 then
+        redis.call("hdel", KEYS[2], message_id)
+        acked = acked + 1
+    end
+end
+return acked
+"""
+
+
+class AckSets:
+    """This process's ack sets in Redis, and which of their messages its worker threads hold now."""
+
+    def __init__(self, client: redis.Redis, *, namespace: str, owner: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.owner = owner
+        self._ack_script: Any = None
+        #: Per queue, the Redis message ids this process's consumers handed to its worker
+        #: threads and has not acked, nacked or requeued yet: the only legitimate members
+        #: of its ack set once a consumer is replaced (see ``_WakingConsumer``).
+        self._in_hand: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, queue_name: str) -> str:
+        return acks_key(self.namespace, self.owner, queue_name)
+
+    def hand_out(self, queue_name: str, redis_message_id: str) -> None:
+        with self._lock:
+            self._in_hand.setdefault(queue_name, set()).add(redis_message_id)
+
+    def handed_back(self, queue_name: str, redis_message_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._in_hand.get(queue_name, set()).difference_update(redis_message_ids)
+
+    def in_hand(self, queue_name: str) -> set[str]:
+        with self._lock:
+            return set(self._in_hand.get(queue_name, ()))
+
+    def ack_many(self, acks: list[tuple[str, str]]) -> None:
+        """Dramatiq's ack of many ``(queue name, redis message id)`` pairs, one script call per queue."""
+        by_queue: dict[str, list[str]] = {}
+        for queue_name, redis_message_id in acks:
+            by_queue.setdefault(queue_name, []).append(redis_message_id)
+        if self._ack_script is None:
+            self._ack_script = self.client.register_script(_ACK_MANY)
+        for queue_name, ids in by_queue.items():
+            keys = [self.key(queue_name), f"{self.namespace}:{queue_name}.msgs"]
+            self._ack_script(keys=keys, args=ids)
+            self.handed_back(queue_name, ids)
