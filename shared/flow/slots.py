@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.broker.bands import LUA_LIST_OF
 from shared.broker.waking import WAKE_TOKENS, wake_key
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ return 0
 
 # KEYS: slots, waiting list, the queue list, the queue's message hash, its wake-up list, the holder's
 # held hash, WAITING_BUCKETS. ARGV: holder ('' to release none), limit, descriptor, wake tokens kept.
-# Returns how many waiters went back to the queue.
-_RELEASE = """
+# Returns how many waiters went back to the queue, each to its priority band (shared/broker/bands.py).
+_RELEASE = (
+    LUA_LIST_OF
+    + """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[1] ~= '' then
@@ -75,7 +78,7 @@ while #ids < free do
   if not id then break end
   if redis.call('hexists', KEYS[4], id) == 1 then table.insert(ids, id) end
 end
-for i = #ids, 1, -1 do redis.call('lpush', KEYS[3], ids[i]) end
+for i = #ids, 1, -1 do redis.call('lpush', list_of(KEYS[3], ids[i]), ids[i]) end
 if redis.call('llen', KEYS[2]) == 0 then redis.call('srem', KEYS[7], ARGV[3]) end
 if #ids > 0 then
   redis.call('lpush', KEYS[5], 1)
@@ -83,6 +86,7 @@ if #ids > 0 then
 end
 return #ids
 """
+)
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from dramatiq.middleware import Middleware, SkipMessage
 from services.worker.outages import deliver, persist
 from services.worker.slot_pool import HeldSlot, SlotPool
 from shared import metrics
+from shared.broker.bands import new_redis_id
 from shared.catalog import Catalog, TaskSpec
 from shared.flow.buckets import RATE_TICKET, RateBuckets
 from shared.flow.limits import FlowLimits
 from shared.flow.slots import Bucket, ConcurrencySlots, Waiting, holder_name
-from shared.ids import random_uuid
 from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,8 @@ class Flow(Middleware):
         # NOTE: the claim made ahead goes back before the message can be seen waiting: a slot freed
         # at once could send it to another worker, whose claim must find the row claimable.
         self._give_back(redis_message_id)
-        copy_id = random_uuid()
+        # The copy keeps the message's priority band (shared/broker/bands.py) when a slot sends it back.
+        copy_id = new_redis_id(message.options.get("priority"))
         waiting = Waiting(copy_id, _copy(message, {**message.options, "redis_message_id": copy_id}).encode())
         got = deliver(
             lambda: self.slots.acquire(bucket, owner=self.owner, redis_message_id=redis_message_id, waiting=waiting)
