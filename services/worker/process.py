@@ -42,6 +42,7 @@ from services.worker.middleware.watchdog import Watchdog
 from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
+from shared.broker.pausing import sync_pauses
 from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
 from shared.broker.workers import describe_worker
 from shared.catalog import Catalog, TaskDefinition
@@ -51,8 +52,9 @@ from shared.metrics import disable as disable_metrics
 from shared.metrics import start_deferred_series, start_job_series
 from shared.results import build_result_storage
 from shared.settings import Settings
-from shared.store.engine import create_store_engine
+from shared.store.engine import STORE_DOWN, create_store_engine
 from shared.store.jobs import JobStore
+from shared.store.pauses import QueuePauses
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
 from shared.workflows import WorkflowEngine
@@ -249,6 +251,12 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
         start_deferred_series(wiring.flow.series(specs))
     else:
         disable_metrics()
+    try:
+        # NOTE: before the first fetch: a Redis that lost the pause mirror must not let a paused queue run
+        # until the scheduler restores it.
+        sync_pauses(broker.client, QueuePauses(store.engine).paused())
+    except (redis.RedisError, *STORE_DOWN) as exc:
+        log.warning("could not restore the paused queues from the store: %s", exc)
     broker.emit_after("process_boot")
     worker.start()
     wiring.flow.start()

@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from shared.broker.bands import band_key, new_redis_id
 from shared.broker.orphans import requeue_worker
 from shared.broker.waking import wake_key
 from shared.flow.slots import WAITING_BUCKETS, Bucket, ConcurrencySlots, Waiting, held_key, holder_name
@@ -168,3 +169,18 @@ def test_the_crash_recovery_of_a_worker_gives_its_slots_back(
 
     assert slots.holders(BUCKET.name) == []
     assert redis_client.lrange(QUEUE, 0, -1) == [b"m2-copy"]
+
+
+def test_a_waiter_of_a_higher_priority_goes_back_to_its_own_band(
+    slots: ConcurrencySlots, redis_client: redis.Redis
+) -> None:
+    # Given both slots taken and a priority 7 copy waiting (its Redis id names its band)
+    for redis_id in ("m0", "m1"):
+        assert slots.acquire(BUCKET, owner="w1", redis_message_id=redis_id) == 1
+    waiting = Waiting(new_redis_id(7), b'{"copy": "m2"}')
+    assert slots.acquire(BUCKET, owner="w1", redis_message_id="m2", waiting=waiting) == 0
+    # When a slot frees
+    assert slots.release(BUCKET, holder=holder_name("w1", "m0"), owner="w1") == 1
+    # Then the copy waits in band 7's list, not priority 0's
+    assert redis_client.lrange(band_key(QUEUE, 7), 0, -1) == [waiting.redis_message_id.encode()]
+    assert redis_client.llen(QUEUE) == 0
