@@ -52,6 +52,7 @@ _SO_SPEC = {
 }
 _SO_TARGET = {"name", "apiVersion", "kind", "envSourceContainerName"}
 _SO_TRIGGER = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+_SO_MODIFIERS = {"formula", "target", "activationTarget", "metricType"}
 _SO_ADVANCED = {"horizontalPodAutoscalerConfig", "restoreToOriginalReplicaCount", "scalingModifiers"}
 #: Metadata of KEDA's `redis` (lists) scaler.
 _REDIS_METADATA = {
@@ -138,6 +139,20 @@ def check_scaled_object(obj: Obj, rendered: Rendered, secret_keys: dict[str, set
         kind = auth.get("kind", "TriggerAuthentication")
         if not auth or rendered.find(kind, auth.get("name", "")) is None:
             errors.append(f"{where}.authenticationRef {auth} names no {kind} of this kustomization")
+    modifiers = advanced.get("scalingModifiers")
+    if modifiers is not None:
+        # KEDA 2.12+: one metric computed from the named triggers' values.
+        errors += _unknown("spec.advanced.scalingModifiers", modifiers, _SO_MODIFIERS)
+        names = {trigger.get("name") for trigger in triggers}
+        unknown = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(modifiers.get("formula", "")))) - names)
+        if not modifiers.get("formula") or unknown:
+            errors.append(f"spec.advanced.scalingModifiers.formula names no trigger: {unknown or 'empty'}")
+        if not re.fullmatch(r"\d+(\.\d+)?", str(modifiers.get("target", ""))) or not isinstance(
+            modifiers.get("target"), str
+        ):
+            errors.append("spec.advanced.scalingModifiers.target must be a number in a string")
+        if modifiers.get("metricType", "AverageValue") not in ("AverageValue", "Value"):
+            errors.append(f"spec.advanced.scalingModifiers.metricType {modifiers.get('metricType')!r}")
     return errors
 
 

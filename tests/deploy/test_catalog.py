@@ -7,6 +7,7 @@ import argparse
 import math
 
 from services.cli import build_parser
+from shared.broker.bands import BANDS, band_key
 from shared.broker.publishing import NAMESPACE as DRAMATIQ_NAMESPACE
 from shared.catalog import Catalog
 from tests.deploy.manifests import Obj, Rendered, labels, pod_spec
@@ -69,8 +70,13 @@ def test_every_worker_has_a_scaled_object(rendered: Rendered, task_catalog: Cata
         name = deployment["metadata"]["name"]
         objects = by_target.get(name, [])
         assert len(objects) == 1, f"{rendered.name}: {name} needs exactly one ScaledObject, has {len(objects)}"
-        lists = [t["metadata"].get("listName") for t in objects[0]["spec"]["triggers"] if t["type"] == "redis"]
-        assert lists == [f"{DRAMATIQ_NAMESPACE}:{queue}"], f"{rendered.name}: {name} scales on {lists}"
+        spec = objects[0]["spec"]
+        triggers = {t.get("name"): t["metadata"].get("listName") for t in spec["triggers"] if t["type"] == "redis"}
+        # Every priority band's list (shared/broker/bands.py), summed: every waiting message counts.
+        bands = {f"p{band}": band_key(f"{DRAMATIQ_NAMESPACE}:{queue}", band) for band in range(BANDS)}
+        assert triggers == bands, f"{rendered.name}: {name} scales on {triggers}"
+        formula = spec.get("advanced", {}).get("scalingModifiers", {}).get("formula", "")
+        assert sorted(term.strip() for term in formula.split("+")) == sorted(bands), f"{name}: formula {formula!r}"
     strays = sorted(set(by_target) - {d["metadata"]["name"] for d in rendered.workers()})
     assert not strays, f"{rendered.name}: ScaledObjects for no worker: {strays}"
 
