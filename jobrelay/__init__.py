@@ -63,6 +63,7 @@ from shared.client import (  # noqa: E402
     WaitTimeout,
     job_request,
 )
+from shared.lifespans import resources, worker_lifespan  # noqa: E402
 from shared.schema import Schema  # noqa: E402
 
 __all__ = [
@@ -86,6 +87,8 @@ __all__ = [
     "job_request",
     "report_progress",
     "report_progress_async",
+    "resources",
     "result_file",
     "task",
+    "worker_lifespan",
 ]

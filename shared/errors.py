@@ -78,5 +78,11 @@ class TaskError(JobrelayError):
     title = "Task error"
 
 
+class LifespanError(JobrelayError):
+    """A worker lifespan that is declared wrongly, failed at its start, or did not yield in time."""
+
+    title = "Worker lifespan error"
+
+
 class PermanentTaskFailure(Exception):
     """An attempt no retry can mend (a result that is not JSON): the job fails at once, whatever its retries."""

@@ -62,6 +62,8 @@ class Settings:
     worker_processes: int = 1
     worker_threads: int = 8
     worker_heartbeat_s: float = 2.0
+    #: How long a worker lifespan may take to yield its resources before the process gives up.
+    worker_startup_timeout_s: float = 60.0
     worker_dead_after_s: float = 10.0
     job_lease_s: float = 30.0
     job_retention_s: float = 7 * 86400.0
@@ -129,6 +131,9 @@ class Settings:
             worker_processes=_get(env, "WORKER_PROCESSES", _int(1, 256), d.worker_processes),
             worker_threads=_get(env, "WORKER_THREADS", _int(1, 1024), d.worker_threads),
             worker_heartbeat_s=_get(env, "WORKER_HEARTBEAT_S", _float(0.1, 60), d.worker_heartbeat_s),
+            worker_startup_timeout_s=_get(
+                env, "WORKER_STARTUP_TIMEOUT_S", _float(0.1, 3600), d.worker_startup_timeout_s
+            ),
             worker_dead_after_s=_get(env, "WORKER_DEAD_AFTER_S", _float(1, 3600), d.worker_dead_after_s),
             job_lease_s=_get(env, "JOB_LEASE_S", _float(1, 3600), d.job_lease_s),
             job_retention_s=_get(env, "JOB_RETENTION", _duration, d.job_retention_s),

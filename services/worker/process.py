@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from services.worker.fault_report import enable as enable_fault_report
 from services.worker.fault_report import fault_report_path
 from services.worker.heartbeat import Heartbeat
 from services.worker.held_jobs import HeldJobs, held_jobs_path
+from services.worker.lifespans import LIFESPAN_FAILED_EXIT_CODE, LifespanFailed, WorkerLifespans
 from services.worker.middleware.claims import Claims
 from services.worker.middleware.event_loop import AsyncTasks
 from services.worker.middleware.flow import Flow
@@ -46,6 +48,7 @@ from shared.broker.pausing import sync_pauses
 from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
 from shared.broker.workers import describe_worker
 from shared.catalog import Catalog, TaskDefinition
+from shared.lifespans import default_lifespans
 from shared.logs import configure_logging
 from shared.metric_files import reserve_file_space
 from shared.metrics import disable as disable_metrics
@@ -133,6 +136,7 @@ class WorkerWiring:
     outcomes: Outcomes
     store: JobStore
     flow: Flow
+    lifespans: WorkerLifespans
 
     def close(self) -> None:
         """Commit and ack what is still pending, then let go of Redis (after the worker stopped)."""
@@ -142,7 +146,12 @@ class WorkerWiring:
 
 
 def build_worker_broker(
-    settings: Settings, catalog: Catalog, *, owner: str, client: redis.Redis | None = None
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    owner: str,
+    client: redis.Redis | None = None,
+    lifespans: list[Callable[..., Any]] | None = None,
 ) -> WorkerWiring:
     """The path of a message through a worker, wired in the order it is travelled.
 
@@ -150,7 +159,8 @@ def build_worker_broker(
     middleware run in list order before the task and in reverse order after it:
     claim, time the attempt, store the result, record the outcome, advance the
     workflow; the acker acks a success once its commit is done. ``client``: the Redis client
-    of the consumers and acks (tests give one that fails chosen commands).
+    of the consumers and acks (tests give one that fails chosen commands); ``lifespans``: the
+    worker lifespans to enter (default: those the task modules registered).
     """
     engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     store = JobStore(engine)
@@ -190,6 +200,13 @@ def build_worker_broker(
         TimeLimit(interval=250),
         AsyncTasks(),
     ]
+    # NOTE: after AsyncTasks: its boot hook starts the event loop the async lifespans enter on, and
+    # (after hooks run in reverse) the lifespans exit before that loop stops.
+    worker_lifespans = WorkerLifespans(
+        default_lifespans.lifespans() if lifespans is None else lifespans,
+        startup_timeout_s=settings.worker_startup_timeout_s,
+    )
+    middleware.append(worker_lifespans)
     broker = WorkerBroker(
         ack_sets=ack_sets,
         claims=claims.reservations,
@@ -202,7 +219,7 @@ def build_worker_broker(
         ),
     )
     declare_actors(broker, catalog)
-    return WorkerWiring(broker, claims, outcomes, store, flow)
+    return WorkerWiring(broker, claims, outcomes, store, flow, worker_lifespans)
 
 
 def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> None:
@@ -258,12 +275,19 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     except (redis.RedisError, *STORE_DOWN) as exc:
         log.warning("could not restore the paused queues from the store: %s", exc)
     broker.emit_after("process_boot")
-    worker.start()
+    try:
+        worker.start()
+    except LifespanFailed as exc:
+        # NOTE: no restart can mend this: the supervisor stops on this exit code, not in a crash loop.
+        log.error("worker %s cannot start: %s", owner, exc.error.detail)
+        logging.shutdown()
+        os._exit(LIFESPAN_FAILED_EXIT_CODE)
     wiring.flow.start()
     heartbeat.start()
     log.info("worker %s consuming %s with %d thread(s)", owner, ",".join(queues), threads)
     stop.wait()
     log.info("worker %s stopping: finishing in-flight work within %.0fs", owner, grace_s)
+    wiring.lifespans.exit_deadline = time.monotonic() + grace_s
     worker.stop(timeout=int(grace_s * 1000))
     wiring.outcomes.close()
     wiring.flow.close()

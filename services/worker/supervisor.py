@@ -30,6 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.worker.crashes import CrashRecovery, died_of
 from services.worker.fault_report import Location, task_locations
+from services.worker.lifespans import LIFESPAN_FAILED_EXIT_CODE
 from services.worker.middleware.watchdog import HARD_LIMIT_EXIT_CODE
 from services.worker.tasks import load_task_modules
 from shared.broker.orphans import LostAttempts
@@ -87,6 +88,8 @@ class Supervisor:
         self.grace_s = grace_s
         self.children: dict[int, Child] = {}
         self.stopping = threading.Event()
+        #: Set when a child could not start (a worker lifespan failed): the supervisor stops, exiting 1.
+        self.failed = False
         redis_url = settings.require_redis_url("the worker")
         self.client = redis.Redis.from_url(redis_url, socket_timeout=10)
         self.store = JobStore(create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s))
@@ -152,7 +155,16 @@ class Supervisor:
                 if code is None:
                     continue
                 log.error("worker process %d exited with %s; recovering its messages", child.process.pid, code)
-                cause = None if code in (0, HARD_LIMIT_EXIT_CODE) else died_of(code)
+                if code == LIFESPAN_FAILED_EXIT_CODE:
+                    # NOTE: a lifespan that fails at start fails in every new process too: stop, don't loop.
+                    log.error(
+                        "worker process %d could not start (a worker lifespan failed: its error is "
+                        "logged above); stopping the worker",
+                        child.process.pid,
+                    )
+                    self.failed = True
+                    self.stopping.set()
+                cause = None if code in (0, HARD_LIMIT_EXIT_CODE, LIFESPAN_FAILED_EXIT_CODE) else died_of(code)
                 counted = self._recover(child, cause=cause)
                 young = time.monotonic() - child.started < CRASH_LOOP_WINDOW_S and not counted
                 young_deaths[slot] = young_deaths.get(slot, 0) + 1 if young else 0
@@ -178,7 +190,7 @@ class Supervisor:
                 child.process.wait()
             # Whatever it still held goes back to the queue for the next worker.
             self._recover(child, cause=None, attempts=3)
-        return 0
+        return 1 if self.failed else 0
 
 
 def serve_metrics(bind: str) -> None:

@@ -20,6 +20,7 @@ from services.worker import retry_policy
 from services.worker.context import CurrentJob, job_view, report_progress, report_progress_async, result_file
 from shared import client
 from shared.catalog import task
+from shared.lifespans import resources, worker_lifespan
 from shared.schema import Schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,8 @@ FOR_TASKS = {
     "result_file": result_file,
     "current_job": job_view,
     "CurrentJob": CurrentJob,
+    "worker_lifespan": worker_lifespan,
+    "resources": resources,
 }
 #: What a client script imports: the client, ``job_request`` and every error it raises.
 FOR_CLIENTS = {
