@@ -1,4 +1,8 @@
-"""JSON-lines logging with the job and request context of the current thread."""
+"""Logging in one format per process setting: JSON lines, or text lines, both with the job and request context.
+
+Every process (API under gunicorn, worker, scheduler) calls ``configure_logging``; gunicorn's own
+loggers are routed to the same handler by ``services/api/gunicorn_conf.py``.
+"""
 
 from __future__ import annotations
 
@@ -57,19 +61,54 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``LOG_JSON=off``: one readable line, ending with the same context fields as the JSON lines."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = dict(_context.get() or {})
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                fields[name] = value
+        if not fields:
+            return text
+        head, sep, tail = text.partition("\n")
+        context = " ".join(f"{key}={value}" for key, value in fields.items())
+        return f"{head} [{context}]{sep}{tail}"
+
+
+class _AttemptFailureFilter(logging.Filter):
+    """Drop Dramatiq's own ERROR with traceback for every failed attempt.
+
+    NOTE: the outcomes middleware logs each attempt's end itself: a retried attempt as one
+    WARNING line, the final failure as one ERROR with its traceback. Dramatiq's line would
+    repeat the traceback at ERROR for every attempt, retried or not.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Failed to process message"))
+
+
 def configure_logging(service: str, level: str = "INFO", *, json_lines: bool = True) -> None:
     """Route every logger to stderr, as JSON lines unless ``LOG_JSON=off``."""
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Dramatiq logs every enqueue at DEBUG; keep it at INFO unless asked.
     quiet = max(logging.getLevelName(level), logging.INFO)
     logging.getLogger("dramatiq").setLevel(quiet)
+    worker_thread_log = logging.getLogger("dramatiq.worker.WorkerThread")
+    if not any(isinstance(f, _AttemptFailureFilter) for f in worker_thread_log.filters):
+        worker_thread_log.addFilter(_AttemptFailureFilter())
     # APScheduler logs every run of every job, Alembic every migration check.
     for chatty in ("apscheduler", "alembic"):
         logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -49,7 +49,8 @@ class LeaderLease:
             log.warning("leader lease unreachable: %s", exc)
             held = False
         if held != self.is_leader:
-            log.warning("scheduler %s %s leadership", self.identity, "took" if held else "lost")
+            # NOTE: a leader change is routine (a deploy, a restart); an unreachable lease is the warning.
+            log.info("scheduler %s %s leadership", self.identity, "took" if held else "lost")
         self.is_leader = held
         return held
 

@@ -221,6 +221,8 @@ class Outcomes(Middleware):
             return
         self._finish(job, JobStatus.FAILED, error=error)
         metrics.jobs_failed_total.labels(*labels).inc()
-        log.error("job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"])
+        log.error(
+            "job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"], exc_info=exc
+        )
         # Dramatiq nacks failed messages, which moves them to the dead-letter queue.
         message.fail()

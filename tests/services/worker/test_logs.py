@@ -1,0 +1,62 @@
+"""What a worker logs for a job, in both formats: one WARNING line per retried attempt, one ERROR with traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from shared.logs import configure_logging
+from tests.services.worker.conftest import Harness
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def lines_of(err: str, job_id: str) -> list[dict]:
+    parsed = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [line for line in parsed if line.get("job_id") == job_id or job_id in line["message"]]
+
+
+def test_retried_attempts_warn_in_one_line_and_the_final_failure_errors_once(
+    harness: Harness, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    # Given: JSON lines to this test's stderr
+    configure_logging("worker", "INFO", json_lines=True)
+
+    # When: a job fails all four of its attempts
+    job = harness.submit({"task": "diagnostics.fail", "args": {}, "max_retries": 3})
+    assert harness.wait(job.id).attempts == 4
+
+    # Then: three WARNING lines without traceback, one ERROR with it, and nothing from Dramatiq's own handler
+    err = capsys.readouterr().err
+    lines = lines_of(err, job.id)
+    warnings = [line for line in lines if line["level"] == "warning"]
+    errors = [line for line in lines if line["level"] == "error"]
+    assert len(warnings) == 3 and not any("exc" in line for line in warnings), warnings
+    assert len(errors) == 1 and "DiagnosticFailure" in errors[0]["exc"], errors
+    assert "Failed to process message" not in err
+    assert err.count("Traceback") == 1
+    assert all(line["job_id"] == job.id for line in lines)
+
+
+def test_text_lines_carry_the_job_id(
+    harness: Harness, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    configure_logging("worker", "INFO", json_lines=False)
+
+    job = harness.submit({"task": "diagnostics.echo", "args": {"message": "hi"}})
+    harness.wait(job.id)
+
+    [succeeded] = [line for line in capsys.readouterr().err.splitlines() if "job succeeded" in line]
+    assert f"job_id={job.id}" in succeeded and "INFO" in succeeded
