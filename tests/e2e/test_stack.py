@@ -162,3 +162,26 @@ def test_a_transfer_coding_the_api_cannot_read_is_a_400(stack: Stack, coding: st
     head, _, body = answer.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 400") and "Content-Type: application/problem+json" in head, answer
     assert json.loads(body)["status"] == 400
+
+
+def test_the_banner_lists_every_url_once_the_api_answers(stack: Stack) -> None:
+    log = stack.log_path.read_text()
+    banner = log[log.index("jobrelay is up") :]
+    for url in (
+        stack.base_url,
+        f"{stack.base_url}/docs",
+        f"{stack.base_url}/console/",
+        f"{stack.base_url}/metrics",
+        stack.worker_metrics_url,
+    ):
+        assert url in banner, url
+    assert "scheduler metrics" in banner
+
+
+def test_gunicorn_logs_in_the_same_json_lines(stack: Stack) -> None:
+    lines = stack.log_path.read_text().splitlines()
+    gunicorn = [json.loads(line) for line in lines if line.startswith("{") and '"gunicorn.error"' in line]
+    assert any("Listening at" in line["message"] for line in gunicorn), lines[:40]
+    assert all(line["service"] == "api" for line in gunicorn)
+    # gunicorn's own text format starts with "[<date>] [<pid>] [INFO]"
+    assert not [line for line in lines if line.startswith("[") and "] [INFO]" in line]
