@@ -11,6 +11,7 @@ from dramatiq.brokers.redis import RedisBroker
 from services.api import errors
 from services.api.console import Gate, add_console, build_console
 from services.api.middleware import Auth, RefuseNul, RequestId
+from services.api.resources.docs import add_docs
 from services.api.resources.health import HealthResource, ReadyResource
 from services.api.resources.jobs import (
     BatchResource,
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/readyz", ReadyResource(store.engine, broker.client))
     app.add_route("/metrics", MetricsResource())
     app.add_route("/openapi.json", OpenApiResource(registry))
+    add_docs(app)
     app.add_route("/v1/jobs", JobsResource(submitter))
     app.add_route("/v1/jobs/batch", BatchResource(submitter))
     app.add_route("/v1/jobs/{job_id}", JobResource(store))

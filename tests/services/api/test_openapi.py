@@ -59,13 +59,18 @@ def schema_validator(doc: Doc, name: str) -> Any:
 def routes(app: falcon.App) -> Iterator[tuple[str | None, str, Any]]:
     """(URI template, method, resource) for every responder of the API the app's router holds.
 
-    The console's HTML pages (``/console``, services/api/console/) are not part of the API's contract.
+    The console's HTML pages (``/console``, services/api/console/) and the Swagger UI page (``/docs``)
+    are not part of the API's contract.
     """
     nodes = list(app._router._roots)
     while nodes:
         node = nodes.pop()
         nodes.extend(node.children)
-        if node.resource is None or getattr(node.resource, "console_page", False):
+        if (
+            node.resource is None
+            or getattr(node.resource, "console_page", False)
+            or getattr(node.resource, "docs_page", False)
+        ):
             continue
         for method in falcon.constants.COMBINED_METHODS:
             if hasattr(node.resource, f"on_{method.lower()}"):
