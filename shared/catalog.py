@@ -46,6 +46,9 @@ class TaskSpec:
     concurrency_key: str | None = None
     rate_limit: str | None = None
     rate_limit_key: str | None = None
+    #: Callbacks: the task submitted as a new job when a job of this one succeeds / fails for good.
+    on_success: str | None = None
+    on_failure: str | None = None
 
     def limits(self) -> FlowLimits:
         rate = parse_rate(self.rate_limit) if self.rate_limit is not None else None
@@ -68,6 +71,8 @@ class TaskSpec:
             "concurrency_key": self.concurrency_key,
             "rate_limit": self.rate_limit,
             "rate_limit_key": self.rate_limit_key,
+            "on_success": self.on_success,
+            "on_failure": self.on_failure,
         }
 
     @classmethod
@@ -88,6 +93,8 @@ class TaskSpec:
             concurrency_key=data.get("concurrency_key"),
             rate_limit=data.get("rate_limit"),
             rate_limit_key=data.get("rate_limit_key"),
+            on_success=data.get("on_success"),
+            on_failure=data.get("on_failure"),
         )
 
 
@@ -122,6 +129,8 @@ class Catalog:
         concurrency_key: str | None = None,
         rate_limit: str | None = None,
         rate_limit_key: str | None = None,
+        on_success: str | None = None,
+        on_failure: str | None = None,
     ) -> Callable[[F], F]:
         """Declare the decorated function as task ``name``; the function is returned unchanged."""
         if not TASK_NAME.fullmatch(name):
@@ -132,6 +141,9 @@ class Catalog:
             raise TaskError(f"task {name}: max_retries must be >= 0")
         if time_limit_s is not None and time_limit_s <= 0:
             raise TaskError(f"task {name}: time_limit_s must be positive")
+        for option, callback in (("on_success", on_success), ("on_failure", on_failure)):
+            if callback is not None and (not isinstance(callback, str) or not TASK_NAME.fullmatch(callback)):
+                raise TaskError(f"task {name}: {option} must name a task, like 'reports.notify'; got {callback!r}")
         exc_types = tuple(non_retryable)
 
         def decorate(fn: F) -> F:
@@ -162,6 +174,8 @@ class Catalog:
                 concurrency_key=concurrency_key,
                 rate_limit=rate_limit.strip() if rate_limit is not None else None,
                 rate_limit_key=rate_limit_key,
+                on_success=on_success,
+                on_failure=on_failure,
             )
             existing = self._tasks.get(name)
             if existing is not None and existing.fn.__qualname__ != fn.__qualname__:

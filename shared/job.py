@@ -85,6 +85,9 @@ class Job:
     held: bool = False
     #: Why it waits although due: ``{"reason": "concurrency" | "rate_limit", "until": ms or None}`` (flow limits).
     deferred: dict[str, Any] | None = None
+    #: The job submitted as this one's on_success / on_failure callback, or why none could be.
+    callback_job_id: str | None = None
+    callback_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -118,6 +121,8 @@ class Job:
             "workflow_id": self.workflow_id,
             "schedule_id": self.schedule_id,
             "deferred": _deferred(self.deferred) if self.deferred and not self.status.is_final else None,
+            "callback_job_id": self.callback_job_id,
+            "callback_error": self.callback_error,
         }
         if self.cancel_requested and not self.status.is_final:
             body["cancel_requested"] = True

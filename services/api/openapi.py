@@ -256,6 +256,8 @@ def _job_schema() -> Schema:
                 ["reason", "until"],
             )
         ),
+        "callback_job_id": nullable(ID),
+        "callback_error": nullable(STRING),
     }
     required = list(props)
     props["cancel_requested"] = {"const": True, "description": "Present while a running attempt is interrupted."}

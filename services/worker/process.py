@@ -26,6 +26,7 @@ from dramatiq.middleware import TimeLimit
 
 from services.worker.ack_sets import AckSets
 from services.worker.acker import Acker
+from services.worker.callbacks import Callbacks
 from services.worker.consumer import WorkerBroker
 from services.worker.consumer_watch import CONSUMERS_DOWN_PREFIX, ConsumerWatch
 from services.worker.context import current_job, use_settings
@@ -45,7 +46,7 @@ from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
 from shared.broker.pausing import sync_pauses
-from shared.broker.publishing import NAMESPACE, broker_options, build_broker, redis_client
+from shared.broker.publishing import NAMESPACE, broker_options, build_broker, publish, redis_client
 from shared.broker.workers import describe_worker
 from shared.catalog import Catalog, TaskDefinition
 from shared.lifespans import default_lifespans
@@ -175,7 +176,20 @@ def build_worker_broker(
     workflows = WorkflowAdvance(claims, workflow_engine.advance)
     ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
     acker = Acker(ack_sets, on_final=workflows.ended)
-    outcomes = Outcomes(store, writes, catalog, claims=claims, workflows=workflows, acker=acker, owner=owner)
+    callback_broker = build_broker(redis_url)
+    callbacks = Callbacks(
+        catalog,
+        TaskRegistry(engine),
+        publish=lambda jobs: publish(callback_broker, jobs),
+        outbox_sent=store.outbox_sent,
+    )
+    try:
+        callbacks.warn_unknown()
+    except Exception as exc:  # NOTE: a warning only; the registry may not be reachable yet.
+        log.warning("could not check the callback tasks: %s", exc)
+    outcomes = Outcomes(
+        store, writes, catalog, claims=claims, workflows=workflows, acker=acker, owner=owner, callbacks=callbacks
+    )
     # NOTE: before the claim, so a job over a concurrency or rate limit is neither claimed nor
     # charged an attempt; its after hooks run last, giving the slot back once the outcome is recorded.
     flow = Flow(

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Update, bindparam, select, update
 from shared.job import FINAL_STATUSES, Job, JobStatus
 from shared.store.models import jobs
 from shared.store.sql import InList
+from shared.store.submissions import write_submission
 
 
 class ClaimOutcome(StrEnum):
@@ -57,11 +58,23 @@ class FinishRequest:
     result_url: str | None = None
     error: dict[str, Any] | None = None
     next_attempt_at: datetime | None = None
+    #: The callback job to insert in the same commit (under outbox entry ``callback_outbox_id``), or
+    #: why the callback that fell due could not be submitted.
+    callback: Job | None = None
+    callback_outbox_id: str | None = None
+    callback_error: str | None = None
 
     @property
     def is_plain(self) -> bool:
         """Nothing of its own to write (a success without a result): it shares one UPDATE with its kind."""
-        return self.result is None and self.result_url is None and self.error is None and self.next_attempt_at is None
+        return (
+            self.result is None
+            and self.result_url is None
+            and self.error is None
+            and self.next_attempt_at is None
+            and self.callback is None
+            and self.callback_error is None
+        )
 
 
 def commit_attempts(
@@ -96,7 +109,13 @@ def commit_attempts(
         )
     for job_id, values in other_writes:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-    return outcomes, _finish_many(conn, finishes, now)
+    done = _finish_many(conn, finishes, now)
+    for finish, written in zip(finishes, done, strict=True):
+        if written and finish.callback is not None:
+            # NOTE: the callback's row and its outbox entry ride in the outcome's commit: the worker
+            # publishes it after the commit, and the relay does if the worker could not.
+            write_submission(conn, [copy.copy(finish.callback)], finish.callback_outbox_id, ())
+    return outcomes, done
 
 
 def unclaim(conn: Connection, owner: str, job_ids: Sequence[str], now: datetime) -> int:
@@ -191,6 +210,10 @@ def _finish_values(request: FinishRequest, now: datetime) -> dict[str, Any]:
         "lease_expires_at": None,
         "error": request.error,
     }
+    if request.callback is not None:
+        values["callback_job_id"] = request.callback.id
+    if request.callback_error is not None:
+        values["callback_error"] = request.callback_error
     if request.status == JobStatus.RETRYING:
         values["next_attempt_at"] = request.next_attempt_at
     else:

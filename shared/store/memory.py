@@ -132,6 +132,9 @@ class MemoryJobStore:
         if row is None or row.status is not JobStatus.RUNNING or row.lease_owner != request.owner:
             return False
         _write(row, copy.deepcopy(_finish_values(request, now)))
+        if request.callback is not None:
+            # As in SQL: the callback's row (and its outbox entry) in the outcome's commit.
+            self.insert([copy.deepcopy(request.callback)], outbox_id=request.callback_outbox_id)
         return True
 
     def finish(

@@ -116,6 +116,9 @@ jobs = Table(
     Column("held", Boolean, nullable=False, server_default=text("false")),
     # Why a waiting job has not started yet: a concurrency or rate limit of its task (migration 0007).
     Column("deferred", JSON, nullable=True),
+    # The on_success / on_failure callback job submitted in the outcome's commit, or why none was (0009).
+    Column("callback_job_id", String(36), nullable=True),
+    Column("callback_error", Text, nullable=True),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),

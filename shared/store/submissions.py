@@ -103,7 +103,7 @@ class Submissions:
                         continue
                     inserting.update(group_keys[index])
                     to_insert.extend(job for job, created in decided if created)
-                _write_submission(conn, to_insert, outbox_id, sent)
+                write_submission(conn, to_insert, outbox_id, sent)
         except IntegrityError:
             # A concurrent request with the same key won the race; answer as a repeat would.
             if not all_keys:
@@ -281,7 +281,7 @@ _OUTBOX_INSERT = outbox.insert()
 _OUTBOX_DELETE = outbox.delete().where(InList(outbox.c.id, "ids"))
 
 
-def _write_submission(conn: Connection, new_jobs: Sequence[Job], outbox_id: str | None, sent: Sequence[str]) -> None:
+def write_submission(conn: Connection, new_jobs: Sequence[Job], outbox_id: str | None, sent: Sequence[str]) -> None:
     """Insert ``new_jobs``, with outbox entry ``outbox_id`` listing those the broker takes now
     (written marked published), and delete the outbox entries ``sent``.
 

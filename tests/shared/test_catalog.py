@@ -282,6 +282,8 @@ def _declared_spec(fresh: Catalog) -> TaskSpec:
         concurrency=3,
         concurrency_key="month",
         rate_limit="10/s",
+        on_success="reports.notify",
+        on_failure="reports.alert",
     )
     def generate(month: str, limit: Annotated[int, Schema(minimum=1)] = 10) -> None:
         """Generate a report."""
@@ -310,6 +312,8 @@ def test_as_dict_holds_every_field(fresh: Catalog) -> None:
         "concurrency_key": "month",
         "rate_limit": "10/s",
         "rate_limit_key": None,
+        "on_success": "reports.notify",
+        "on_failure": "reports.alert",
     }
 
 
@@ -356,3 +360,8 @@ def test_task_spec_is_frozen(fresh: Catalog) -> None:
 
     with pytest.raises(AttributeError):
         spec.queue = "other"  # type: ignore[misc]
+
+
+def test_a_callback_must_name_a_task(fresh: Catalog) -> None:
+    with pytest.raises(TaskError, match=r"on_failure must name a task, like 'reports\.notify'; got 'Not A Task'"):
+        fresh.task(name="a.one", on_failure="Not A Task")

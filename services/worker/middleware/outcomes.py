@@ -22,6 +22,7 @@ from dramatiq.middleware import Middleware
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from services.worker.acker import Acker
+from services.worker.callbacks import Callbacks
 from services.worker.middleware.claims import Attempt, Claims
 from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.outages import deliver, persist
@@ -85,6 +86,7 @@ class Outcomes(Middleware):
         workflows: WorkflowAdvance,
         acker: Acker | None,
         owner: str,
+        callbacks: Callbacks | None = None,
     ) -> None:
         self.store = store
         self.writes = writes
@@ -94,6 +96,8 @@ class Outcomes(Middleware):
         #: Succeeded jobs are acked after their commit, off the worker thread (None: at once).
         self.acker = acker
         self.owner = owner
+        #: The on_success / on_failure callbacks (None: none are submitted).
+        self.callbacks = callbacks
 
     def close(self) -> None:
         """Commit and ack what is still pending (after the worker stopped)."""
@@ -168,20 +172,41 @@ class Outcomes(Middleware):
     def _succeed(self, message: MessageProxy, attempt: Attempt) -> bool:
         """Record the success; True when its commit, ack and workflow advance are left to the acker."""
         job = attempt.job
+        callback = self._callback(job, JobStatus.SUCCEEDED, result=attempt.result)
         if self.acker is not None:
             request = FinishRequest(
-                job.id, self.owner, JobStatus.SUCCEEDED, result=attempt.result, result_url=attempt.result_url
+                job.id,
+                self.owner,
+                JobStatus.SUCCEEDED,
+                result=attempt.result,
+                result_url=attempt.result_url,
+                **callback,
             )
-            self.acker.defer(message.options["redis_message_id"], self.writes.finish_later(request), job)
+            committed = self.writes.finish_later(request)
+            if self.callbacks is not None and "callback" in callback:
+                callbacks = self.callbacks
+                committed.add_done_callback(lambda done: callbacks.committed(request, done))
+            self.acker.defer(message.options["redis_message_id"], committed, job)
             return True
-        if not self._finish(job, JobStatus.SUCCEEDED, result=attempt.result, result_url=attempt.result_url):
+        if not self._finish(job, JobStatus.SUCCEEDED, result=attempt.result, result_url=attempt.result_url, **callback):
             log.warning("job %s finished after its lease passed to another worker", job.id)
         return False
 
     def _finish(self, job: Job, status: JobStatus, **fields: Any) -> bool:
         """Record the end of this attempt, waiting out a store outage; False if the lease was lost."""
         request = FinishRequest(job.id, self.owner, status, **fields)
-        return persist(lambda: self.writes.finish(request))
+        written = persist(lambda: self.writes.finish(request))
+        if self.callbacks is not None and request.callback is not None:
+            self.callbacks.committed(request, written)
+        return written
+
+    def _callback(
+        self, job: Job, status: JobStatus, *, result: Any = None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The callback fields of this outcome's finish: only a success or a failure for good has one."""
+        if self.callbacks is None:
+            return {}
+        return self.callbacks.fields(job, status, result=result, error=error)
 
     def _decide(self, job: Job, exc: BaseException) -> tuple[Decision, dict[str, Any]]:
         try:
@@ -219,7 +244,7 @@ class Outcomes(Middleware):
             if not isinstance(exc, Retry):
                 log.warning("job %s attempt %d failed, retrying in %.2fs", job.id, job.attempts, decision.delay_s)
             return
-        self._finish(job, JobStatus.FAILED, error=error)
+        self._finish(job, JobStatus.FAILED, error=error, **self._callback(job, JobStatus.FAILED, error=error))
         metrics.jobs_failed_total.labels(*labels).inc()
         log.error(
             "job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"], exc_info=exc

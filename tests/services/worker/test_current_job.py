@@ -22,13 +22,13 @@ def test_outside_a_task_there_is_no_current_job() -> None:
 
 def test_a_task_sees_its_job_and_logs_with_its_fields(
     worker_settings: Settings,
-    catalog: Catalog,
     store: JobStore,
     registry: TaskRegistry,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given: a task that fails once, then reports what current_job() showed it
     seen: list[dict[str, Any]] = []
+    catalog = Catalog()
 
     @catalog.task(name="testing.who_am_i", max_retries=2, time_limit_s=30, min_backoff_s=0.01, max_backoff_s=0.02)
     def who_am_i() -> str:
