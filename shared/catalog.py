@@ -23,6 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+#: How long a cancelled task may go on running before its worker process is killed (``cancel_grace_s``).
+DEFAULT_CANCEL_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class TaskSpec:
     #: Callbacks: the task submitted as a new job when a job of this one succeeds / fails for good.
     on_success: str | None = None
     on_failure: str | None = None
+    #: Seconds a cancelled job may go on running before its worker process is killed (``services/worker/limits.py``).
+    cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S
 
     def limits(self) -> FlowLimits:
         rate = parse_rate(self.rate_limit) if self.rate_limit is not None else None
@@ -73,6 +77,7 @@ class TaskSpec:
             "rate_limit_key": self.rate_limit_key,
             "on_success": self.on_success,
             "on_failure": self.on_failure,
+            "cancel_grace_s": self.cancel_grace_s,
         }
 
     @classmethod
@@ -95,6 +100,7 @@ class TaskSpec:
             rate_limit_key=data.get("rate_limit_key"),
             on_success=data.get("on_success"),
             on_failure=data.get("on_failure"),
+            cancel_grace_s=data.get("cancel_grace_s", DEFAULT_CANCEL_GRACE_S),
         )
 
 
@@ -131,6 +137,7 @@ class Catalog:
         rate_limit_key: str | None = None,
         on_success: str | None = None,
         on_failure: str | None = None,
+        cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
     ) -> Callable[[F], F]:
         """Declare the decorated function as task ``name``; the function is returned unchanged."""
         if not TASK_NAME.fullmatch(name):
@@ -144,6 +151,8 @@ class Catalog:
         for option, callback in (("on_success", on_success), ("on_failure", on_failure)):
             if callback is not None and (not isinstance(callback, str) or not TASK_NAME.fullmatch(callback)):
                 raise TaskError(f"task {name}: {option} must name a task, like 'reports.notify'; got {callback!r}")
+        if not 0 < cancel_grace_s <= 3600:
+            raise TaskError(f"task {name}: cancel_grace_s must be above 0 and at most 3600")
         exc_types = tuple(non_retryable)
 
         def decorate(fn: F) -> F:
@@ -176,6 +185,7 @@ class Catalog:
                 rate_limit_key=rate_limit_key,
                 on_success=on_success,
                 on_failure=on_failure,
+                cancel_grace_s=cancel_grace_s,
             )
             existing = self._tasks.get(name)
             if existing is not None and existing.fn.__qualname__ != fn.__qualname__:

@@ -313,6 +313,7 @@ def component_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
         "concurrency_key": nullable({"type": "string", "description": "Argument path: the limit is per value."}),
         "rate_limit": nullable({"type": "string", "description": "Most starts per period, like '100/m'."}),
         "rate_limit_key": nullable({"type": "string", "description": "Argument path: the rate is per value."}),
+        "cancel_grace_s": {**NUMBER, "description": "Seconds a cancelled job may run on before its process is killed."},
     }
     jobs = {"type": "array", "items": ref("Job")}
     return {

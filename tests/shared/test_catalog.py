@@ -314,6 +314,7 @@ def test_as_dict_holds_every_field(fresh: Catalog) -> None:
         "rate_limit_key": None,
         "on_success": "reports.notify",
         "on_failure": "reports.alert",
+        "cancel_grace_s": 2.0,
     }
 
 

@@ -19,6 +19,7 @@ _SHOWN = (
     "concurrency_key",
     "rate_limit",
     "rate_limit_key",
+    "cancel_grace_s",
 )
 
 

@@ -244,6 +244,7 @@ def test_tasks_lists_the_registered_catalog(client: testing.TestClient) -> None:
     items = {t["name"]: t for t in client.simulate_get("/v1/tasks").json["items"]}
     assert {"diagnostics.echo", "diagnostics.sleep", "diagnostics.fail"} <= set(items)
     assert items["diagnostics.sleep"]["args_schema"]["required"] == ["seconds"]
+    assert items["diagnostics.sleep"]["cancel_grace_s"] == 2.0
 
 
 def test_submissions_and_rejections_are_counted(client: testing.TestClient) -> None:
