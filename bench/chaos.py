@@ -356,13 +356,14 @@ idempotent, as user tasks must be. A *duplicate* would be a run that exactly-onc
   released its lease and put its message back at the front of its queue with no attempt counted: with
   `max_retries=2` it ran 16 times in 100 s. Each worker process now marks, in
   `$DATA_DIR/held-jobs/<worker id>`, the jobs its threads are inside and the ones it claimed ahead
-  (`services/worker/held_jobs.py`). When a process dies of a signal or of an exit code other than 0 and the
-  hard time limit's 70 (whose job the watchdog records itself), the supervisor records each attempt it died
-  under by the task's retry policy: `retrying` after its backoff with a new message (the old one is dropped,
-  so it cannot run before its time), or `failed` and dead-lettered, with the error `WorkerCrashed`, `worker
-  process died: SIGABRT` (or `exit code 3`). That counts for every job its threads were running, since none
-  can tell which one killed it: a task that may crash its process is best given a queue and workers of its
-  own. Its claims ahead go back uncounted, and its slot restarts at once
+  (`services/worker/held_jobs.py`). When a process dies of a signal or of an exit code other
+  than 0 (and was not killed by its supervisor for a limit, which counts only the jobs it was killed for),
+  the supervisor records each attempt it died under by the task's retry policy: `retrying` after its backoff
+  with a new message (the old one is dropped, so it cannot run before its time), or `failed` and
+  dead-lettered, with the error `WorkerCrashed`, `worker process died: SIGABRT` (or `exit code 3`). That
+  counts for every job its threads were running, since none can tell which one killed it: a task that may
+  crash its process is best given a queue and workers of its own. Its claims ahead go back uncounted, and
+  its slot restarts at once
   (`services/worker/crashes.py`), so one job's crash loop costs the jobs beside it one process restart each
   time (`tests/services/worker/test_supervisor.py`: dead-lettered after 3 attempts, no neighbour waited 3 s).
   Nothing stays `running` for good either: the scheduler leader's `maintenance.sweep` (every 30 s,

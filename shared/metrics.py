@@ -78,6 +78,11 @@ jobs_deferred_total = Counter(
 consumer_restarts_total = Counter(
     PREFIX + "worker_consumer_restarts_total", "Consumer threads found dead and started again.", ("queue",)
 )
+worker_kills_total = Counter(
+    PREFIX + "worker_kills_total",
+    "Worker processes their supervisor killed: a job past its hard time limit, or cancelled past its grace.",
+    ("reason",),
+)
 jobs_in_progress = Gauge(PREFIX + "jobs_in_progress", "Attempts running now.", _JOB, multiprocess_mode="livesum")
 job_duration_seconds = Histogram(PREFIX + "job_duration_seconds", "Attempt run time.", _JOB, buckets=DURATION_BUCKETS)
 job_queue_wait_seconds = Histogram(

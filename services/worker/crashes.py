@@ -3,8 +3,7 @@
 A task that kills its process (a segfault in C code, ``os.abort()``, the OOM killer) never
 reaches the outcome hooks, so nothing records its attempt. Put back with its claim released,
 such a job ran again at once, at the front of its queue, forever. Here, for a process that
-died on its own (a signal, or an exit code other than 0 and the hard time limit's 70, whose
-watchdog recorded its job itself):
+died on its own (a signal, or an exit code other than 0):
 
 - the attempts its threads were inside (``R`` in its ``HeldJobs`` file) count, all of them, since
   nothing tells which thread killed the process: each is recorded
@@ -18,8 +17,11 @@ watchdog recorded its job itself):
 
 When the process left a fatal-error report naming the task that killed it (``fault_report.py``:
 a segfault or an abort in a task's thread), only that task's attempts count and the others go
-back uncounted, as claims ahead do. A process stopped on purpose (SIGTERM, the hard time limit)
-has nothing counted.
+back uncounted, as claims ahead do. A process stopped on purpose (SIGTERM) has nothing counted.
+One its supervisor killed (``limits.py``) has only the attempts it was killed for counted: past
+their hard limit, recorded by their retry policy with ``HardTimeLimitExceeded``; cancelled and
+still running after their grace, ``cancelled``. Its other attempts go back to their queues
+uncounted (``unclaim``, as the claims ahead).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from dramatiq.broker import Broker
 
 from services.worker.fault_report import Location, culprits, fault_report_path
 from services.worker.held_jobs import held_jobs_path, read_held
+from services.worker.limits import KILL_TIME_LIMIT, Kill
+from services.worker.middleware.outcomes import HardTimeLimitExceeded
 from shared import metrics
 from shared.broker.orphans import LostAttempts, record_lost, requeue_orphans
+from shared.job import Job
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
 
@@ -76,29 +81,52 @@ class CrashRecovery:
         self.data_dir = data_dir
         self.task_locations = task_locations or {}
 
-    def settle(self, owner: str, *, cause: str | None) -> LostAttempts:
+    def settle(self, owner: str, *, cause: str | None, kill: Kill | None = None) -> LostAttempts:
         """Count the attempts ``owner`` died under and give back its claims ahead.
 
-        ``cause``: what it died of; None for a process stopped on purpose, which counts nothing.
+        ``cause``: what it died of; None for a process stopped on purpose, which counts nothing
+        but the attempts ``kill`` names (its supervisor killed it for them).
         Without its file (a process that could not keep one) nothing is counted or given back here.
         """
         held = read_held(held_jobs_path(self.data_dir, owner))
-        if held is None:
+        if held is None and kill is None:
             return LostAttempts()
         rows = self.store.running_of(owner)
-        ahead = [job.id for job in rows if job.id in held.ahead]
-        if ahead:
-            self.store.unclaim(owner, ahead)
-        crashed = [job for job in rows if job.id in held.running] if cause is not None else []
-        named = culprits(fault_report_path(self.data_dir, owner), self.task_locations) if crashed else set()
-        if named:
-            # The fatal-error report names the task that killed the process: only its attempts count.
-            # The jobs beside it go back to their queue with the rest (``requeue``), their attempt
-            # not recorded as failed: they run again at once, as after a stop on purpose.
-            crashed = [job for job in crashed if job.task in named]
-        lost = record_lost(
-            self.store, self.registry, crashed, error_type=WORKER_CRASHED, message=f"worker process died: {cause}"
-        )
+        given_back = {job.id for job in rows if held is not None and job.id in held.ahead}
+        if kill is not None and held is not None:
+            # NOTE: killed on purpose for other attempts: these ran beside them, and cost nothing.
+            given_back |= {job.id for job in rows if job.id in held.running and job.id not in kill.job_ids}
+        if given_back:
+            self.store.unclaim(owner, sorted(given_back))
+        if kill is not None:
+            lost = self._record_killed(rows, kill)
+        else:
+            crashed = [job for job in rows if held is not None and job.id in held.running] if cause is not None else []
+            named = culprits(fault_report_path(self.data_dir, owner), self.task_locations) if crashed else set()
+            if named:
+                # The fatal-error report names the task that killed the process: only its attempts count.
+                # The jobs beside it go back to their queue with the rest (``requeue``), their attempt
+                # not recorded as failed: they run again at once, as after a stop on purpose.
+                crashed = [job for job in crashed if job.task in named]
+            lost = record_lost(
+                self.store, self.registry, crashed, error_type=WORKER_CRASHED, message=f"worker process died: {cause}"
+            )
+        self._count(lost, cause or (kill.reason if kill else None))
+        return lost
+
+    def _record_killed(self, rows: list[Job], kill: Kill) -> LostAttempts:
+        """The attempts a child was killed for: past their hard limit, or cancelled past their grace."""
+        killed = [job for job in rows if job.id in kill.job_ids]
+        if kill.reason == KILL_TIME_LIMIT:
+            message = f"the task ran past its hard time limit of {kill.limit_s:g}s; its worker process was replaced"
+            return record_lost(
+                self.store, self.registry, killed, error_type=HardTimeLimitExceeded.__name__, message=message
+            )
+        # Cancelled past their grace: ``lost_attempt_end`` records each ``cancelled`` (its cancel request).
+        return record_lost(self.store, self.registry, killed, error_type="Cancelled", message="cancelled while running")
+
+    @staticmethod
+    def _count(lost: LostAttempts, cause: str | None) -> None:
         for job in lost.retrying:
             metrics.jobs_retried_total.labels(job.task, job.queue).inc()
             log.warning("job %s: its worker process died (%s) in attempt %d; retrying", job.id, cause, job.attempts)
@@ -108,7 +136,6 @@ class CrashRecovery:
         for job in lost.cancelled:
             metrics.jobs_cancelled_total.labels(job.task, job.queue).inc()
             log.info("job %s cancelled: its worker process died (%s) while it ran", job.id, cause)
-        return lost
 
     def requeue(self, owner: str, lost: LostAttempts) -> int:
         """Send the counted attempts' next messages, drop or dead-letter their old ones, put back the rest."""

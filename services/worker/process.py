@@ -35,6 +35,7 @@ from services.worker.fault_report import fault_report_path
 from services.worker.heartbeat import Heartbeat
 from services.worker.held_jobs import HeldJobs, held_jobs_path
 from services.worker.lifespans import LIFESPAN_FAILED_EXIT_CODE, LifespanFailed, WorkerLifespans
+from services.worker.limits import catalog_limits
 from services.worker.middleware.claims import Claims
 from services.worker.middleware.event_loop import AsyncTasks
 from services.worker.middleware.flow import Flow
@@ -170,8 +171,9 @@ def build_worker_broker(
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
     results = build_result_storage(settings.effective_result_storage_url)
     writes = StatusWriter(store)
-    # What the supervisor reads if this process dies: which attempts count (``held_jobs.py``).
-    held = HeldJobs(held_jobs_path(Path(settings.data_dir), owner))
+    # What the supervisor reads: the attempts' limits while this process lives (``limits.py``),
+    # which attempts count if it dies (``held_jobs.py``).
+    held = HeldJobs(held_jobs_path(Path(settings.data_dir), owner), limits_of=catalog_limits(catalog))
     claims = Claims(store, writes, results, owner=owner, lease_s=settings.job_lease_s, held=held)
     workflows = WorkflowAdvance(claims, workflow_engine.advance)
     ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
@@ -210,7 +212,7 @@ def build_worker_broker(
         # NOTE: after the others, so its after hook runs first: the duration is the task's run time,
         # without the result upload or an outage waited out in the outcome hooks.
         JobMetrics(claims),
-        Watchdog(store, claims, outcomes),
+        Watchdog(store, claims, outcomes, held=held),
         TimeLimit(interval=250),
         AsyncTasks(),
     ]

@@ -126,7 +126,7 @@ class Reservations:
         with self._lock:
             claim = self._by_message.pop(redis_message_id, None)
         if claim is not None and claim.outcome is ClaimOutcome.CLAIMED and claim.job is not None:
-            self.held.enter(claim.job.id)
+            self.held.enter(claim.job)
             return claim
         # An attempt of this thread that ended without ``observe`` (skipped) is over too.
         self.held.leave()

@@ -95,7 +95,7 @@ def queue_time_limits(catalog: Catalog, queue: str) -> dict[str, float]:
 
 def test_grace_periods_cover_the_slowest_task(rendered: Rendered, task_catalog: Catalog) -> None:
     """--grace lets a job started just before SIGTERM run to its hard time limit; the pod outlives --grace."""
-    from services.worker.middleware.watchdog import hard_limit_s
+    from services.worker.limits import hard_limit_s
 
     for queue, deployment in served_queues(rendered).items():
         name = deployment["metadata"]["name"]

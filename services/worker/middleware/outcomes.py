@@ -70,7 +70,7 @@ class Cancelled(BaseException):
 
 
 class HardTimeLimitExceeded(Exception):
-    """Recorded for a job whose process was replaced because it ran past its hard time limit."""
+    """Recorded for a job whose process its supervisor killed because it ran past its hard time limit."""
 
 
 class Outcomes(Middleware):
@@ -153,19 +153,6 @@ class Outcomes(Middleware):
             metrics.jobs_cancelled_total.labels(job.task, job.queue).inc()
             log.info("job %s cancelled before it started", job.id)
             self.workflows.ended(job)
-
-    def record_hard_timeout(self, job: Job, limit_s: float) -> None:
-        """Record the outcome of a job whose process is about to be replaced.
-
-        Nothing is enqueued: the message stays unacked, and the supervisor puts it
-        back when this process is gone; a ``retrying`` row lets it run again.
-        """
-        exc = HardTimeLimitExceeded(f"the task ran past its hard time limit of {limit_s:g}s; its process was replaced")
-        decision, error = self._decide(job, exc)
-        status = JobStatus.RETRYING if decision.retry else JobStatus.FAILED
-        self.store.finish(job.id, owner=self.owner, status=status, error=error, next_attempt_at=utcnow())
-        counter = metrics.jobs_retried_total if decision.retry else metrics.jobs_failed_total
-        counter.labels(job.task, job.queue).inc()
 
     # -- writes ----------------------------------------------------------------
 

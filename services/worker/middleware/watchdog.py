@@ -1,41 +1,33 @@
-"""Interrupting running jobs: cancellation, and the hard time limit that replaces the process.
+"""Interrupting running jobs: cancellation at the next bytecode, from a thread of the worker process.
 
-One thread per worker process checks, every ``interval_s``:
+One thread per worker process checks, every ``interval_s``, the running jobs an operator
+cancelled: ``Cancelled`` is raised in the task's thread, which takes effect at its next Python
+bytecode (within a second for tasks that return to Python at least that often), and the jobs
+claimed ahead that were cancelled before they started are recorded so.
 
-- running jobs an operator cancelled: ``Cancelled`` is raised in the task's
-  thread, which takes effect at its next Python bytecode (within a second for
-  tasks that return to Python at least that often);
-- jobs past their hard time limit (the soft limit plus a grace): the soft limit
-  raised ``TimeLimitExceeded`` already, so the task is stuck in C code or
-  blocking I/O. The job's outcome is recorded (retrying or failed) and the
-  process exits; the supervisor requeues its other messages and starts a new one.
+What a thread of this process cannot do is enforce anything while a task holds the GIL in C code,
+or sits in a C call that ignores async exceptions. The hard time limit, and a cancel still running
+after its grace, are the supervisor's (``services/worker/limits.py``): it reads the attempts'
+deadlines from the ``HeldJobs`` file and kills the process. This middleware tells that file when a
+task returned (``past_task``), so an attempt whose outcome hooks wait out an outage is not killed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-from collections.abc import Callable
+from typing import Any
 
-from dramatiq.broker import Broker
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.threading import raise_thread_exception
 
-from services.worker.middleware.claims import Attempt, Claims
+from services.worker.held_jobs import HeldJobs
+from services.worker.middleware.claims import Claims
 from services.worker.middleware.outcomes import Cancelled, Outcomes
 from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
-
-#: Exit code of a process replaced for a hard time limit (EX_SOFTWARE).
-HARD_LIMIT_EXIT_CODE = 70
-
-
-def hard_limit_s(soft_limit_s: float) -> float:
-    """The soft limit plus a grace of 10% (at least 5 s) for the task to unwind."""
-    return soft_limit_s + max(5.0, 0.1 * soft_limit_s)
 
 
 class Watchdog(Middleware):
@@ -45,14 +37,14 @@ class Watchdog(Middleware):
         claims: Claims,
         outcomes: Outcomes,
         *,
+        held: HeldJobs | None = None,
         interval_s: float = 0.25,
-        exit_process: Callable[[int], None] = os._exit,
     ) -> None:
         self.store = store
         self.claims = claims
         self.outcomes = outcomes
+        self.held = held or HeldJobs(None)
         self.interval_s = interval_s
-        self.exit_process = exit_process
         self._signalled: set[str] = set()
         self._stopping = threading.Event()
 
@@ -61,6 +53,12 @@ class Watchdog(Middleware):
 
     def before_worker_shutdown(self, broker: Broker, worker: object) -> None:
         self._stopping.set()
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        # NOTE: the first of the after hooks that matter (listed late, run early): the task is over.
+        self.held.past_task()
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval_s):
@@ -71,9 +69,6 @@ class Watchdog(Middleware):
 
     def check_once(self) -> None:
         running = self.claims.running()
-        # NOTE: the hard limit first, and without the store: a task stuck in C code must be replaced
-        # even while the store is away (the cancel checks below ask it).
-        self._enforce_hard_limits(running)
         reserved = self.claims.reservations.job_ids()
         if reserved:
             self.outcomes.cancel_reserved(set(self.store.cancel_requested_among(reserved)))
@@ -89,21 +84,3 @@ class Watchdog(Middleware):
             log.info("interrupting cancelled job %s", job_id)
             raise_thread_exception(entry.thread_id, Cancelled)
         self._signalled &= set(by_id)
-
-    def _enforce_hard_limits(self, running: list[Attempt]) -> None:
-        """Replace this process when a task ran past its hard limit (one whose outcome hooks are
-        running, waiting out a store or Redis outage, is past its task and not counted)."""
-        now = time.monotonic()
-        for entry in running:
-            limit = entry.job.time_limit_s
-            if limit is None or not entry.in_task or now - entry.started_s < hard_limit_s(limit):
-                continue
-            log.critical(
-                "job %s ran past its hard time limit (%.1fs); replacing this worker process",
-                entry.job.id,
-                hard_limit_s(limit),
-            )
-            self.outcomes.record_hard_timeout(entry.job, hard_limit_s(limit))
-            logging.shutdown()
-            self.exit_process(HARD_LIMIT_EXIT_CODE)
-            return

@@ -10,6 +10,7 @@ from dramatiq import Message
 
 from services.worker.crashes import CrashRecovery, died_of
 from services.worker.held_jobs import HeldJobs, held_jobs_path
+from services.worker.limits import KILL_CANCEL, KILL_TIME_LIMIT, Kill
 from shared.broker.publishing import build_broker, message_for
 from shared.job import Job, JobStatus, utcnow
 from shared.store.jobs import JobStore
@@ -54,7 +55,7 @@ def mark_running(held: HeldJobs, job_ids: list[str]) -> threading.Event:
         entered = threading.Event()
 
         def run(job_id: str = job_id, entered: threading.Event = entered) -> None:
-            held.enter(job_id)
+            held.enter(make_job(id=job_id))
             entered.set()
             release.wait(30)
 
@@ -156,3 +157,57 @@ def test_what_a_process_died_of() -> None:
     assert died_of(-9) == "SIGKILL"
     assert died_of(3) == "exit code 3"
     assert died_of(-99) == "signal 99"
+
+
+def test_a_process_killed_for_a_hard_limit_counts_that_job_alone(
+    redis_client: redis.Redis, redis_url: str, store: JobStore, registry: TaskRegistry, tmp_path: Path
+) -> None:
+    # Given a process inside three jobs: one past its hard limit (no retries left), one past it
+    # with retries left, one running beside them; and one claimed ahead
+    late = fetched(redis_client, store, max_retries=0)
+    retried = fetched(redis_client, store)
+    beside = fetched(redis_client, store)
+    ahead = fetched(redis_client, store)
+    held = HeldJobs(held_jobs_path(tmp_path, OWNER))
+    held.ahead([ahead.id])
+    threads = mark_running(held, [late.id, retried.id, beside.id])
+    crashes = recovery(redis_client, redis_url, store, tmp_path)
+    # When its supervisor killed it for the two late ones and recovers it
+    kill = Kill(KILL_TIME_LIMIT, frozenset({late.id, retried.id}), 8.0)
+    crashes.requeue(OWNER, crashes.settle(OWNER, cause=None, kill=kill))
+    threads.set()
+    # Then the late ones are recorded by their retry policy with the time-limit error
+    message = "the task ran past its hard time limit of 8s; its worker process was replaced"
+    error = {"type": "HardTimeLimitExceeded", "message": message, "retryable": True}
+    row = store.get(late.id)
+    assert (row.status, row.attempts, row.error, row.dead) == (JobStatus.FAILED, 1, error, True)
+    row = store.get(retried.id)
+    assert (row.status, row.attempts, row.error) == (JobStatus.RETRYING, 1, error)
+    # And the one beside them goes back uncounted, as the claim ahead does: both queued, attempt 0
+    for job in (beside, ahead):
+        row = store.get(job.id)
+        assert (row.status, row.attempts, row.lease_owner, row.error) == (JobStatus.QUEUED, 0, None, None)
+    assert messages(redis_client, "default.XQ") == {late.id}
+    assert messages(redis_client, "default.DQ") == {retried.id}
+    assert queued(redis_client) == {beside.id, ahead.id}
+
+
+def test_a_process_killed_for_a_cancel_past_its_grace_records_it_cancelled(
+    redis_client: redis.Redis, redis_url: str, store: JobStore, registry: TaskRegistry, tmp_path: Path
+) -> None:
+    # Given a process inside a job an operator cancelled, still running, and one beside it
+    stuck = fetched(redis_client, store)
+    store.cancel(stuck.id)
+    beside = fetched(redis_client, store)
+    held = HeldJobs(held_jobs_path(tmp_path, OWNER))
+    threads = mark_running(held, [stuck.id, beside.id])
+    crashes = recovery(redis_client, redis_url, store, tmp_path)
+    # When its supervisor killed it past the cancel grace
+    crashes.requeue(OWNER, crashes.settle(OWNER, cause=None, kill=Kill(KILL_CANCEL, frozenset({stuck.id}))))
+    threads.set()
+    # Then the job is cancelled, its message gone; the one beside it is back, uncounted
+    row = store.get(stuck.id)
+    assert row.status is JobStatus.CANCELLED and row.error is not None and row.error["type"] == "Cancelled"
+    assert stuck.id not in messages(redis_client, "default")
+    assert (store.get(beside.id).status, store.get(beside.id).attempts) == (JobStatus.QUEUED, 0)
+    assert queued(redis_client) == {beside.id}

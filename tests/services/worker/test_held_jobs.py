@@ -11,6 +11,7 @@ from services.worker.held_jobs import Held, HeldJobs, held_jobs_path, read_held
 from services.worker.reservations import Reservations
 from shared.job import Job, JobStatus, utcnow
 from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
+from tests.shared.store.test_jobs import make_job
 
 
 def in_thread(call: object) -> None:
@@ -30,7 +31,7 @@ class WorkerThread:
         assert self._entered.wait(10)
 
     def _run(self, held: HeldJobs, job_id: str) -> None:
-        held.enter(job_id)
+        held.enter(make_job(id=job_id))
         self._entered.set()
         self._leave.wait(30)
         held.leave()
@@ -74,7 +75,7 @@ def test_no_file_when_it_cannot_be_kept(tmp_path: Path) -> None:
     held = HeldJobs(path)
     # Then marking works (nothing is kept) and the supervisor finds no file: it recovers as before
     held.ahead(["j1"])
-    held.enter("j1")
+    held.enter(make_job(id="j1"))
     held.leave()
     assert read_held(path) is None
 
