@@ -1,0 +1,63 @@
+"""The ``jobrelay_stack`` fixture (pytest11 plugin): submit, job, drain, advance and client in one process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobrelay import ApiInvalidRequest, JobrelayClient, task
+from services.testing.stack import JobrelayStack
+
+
+@task(name="testing_mode.add", max_retries=0, time_limit_s=10, on_success="testing_mode.note")
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@task(name="testing_mode.note", max_retries=0, time_limit_s=10)
+def note(job_id: str, result: Any = None, error: dict[str, Any] | None = None) -> str:
+    """Record a callback."""
+    return f"{job_id} gave {result}"
+
+
+def test_the_fixture_comes_from_the_installed_plugin(jobrelay_stack: JobrelayStack) -> None:
+    assert isinstance(jobrelay_stack, JobrelayStack)
+    assert isinstance(jobrelay_stack.client, JobrelayClient)
+
+
+def test_submit_drain_and_job_run_the_job_and_its_callback(jobrelay_stack: JobrelayStack) -> None:
+    job_id = jobrelay_stack.submit(add, {"a": 2, "b": 3})
+    assert jobrelay_stack.job(job_id)["status"] == "queued"
+
+    assert jobrelay_stack.drain() == 2  # the job, then its callback
+
+    view = jobrelay_stack.job(job_id)
+    assert view["status"] == "succeeded" and view["result"] == 5
+    callback = jobrelay_stack.job(view["callback_job_id"])
+    assert callback["result"] == f"{job_id} gave 5"
+
+
+def test_a_delayed_job_waits_for_the_virtual_clock(jobrelay_stack: JobrelayStack) -> None:
+    job_id = jobrelay_stack.submit("testing_mode.add", {"a": 1, "b": 1}, delay_s=3600)
+    assert jobrelay_stack.drain() == 0
+    jobrelay_stack.advance(3599)
+    assert jobrelay_stack.drain() == 0
+    jobrelay_stack.advance(1)
+    assert jobrelay_stack.drain() == 2
+    assert jobrelay_stack.job(job_id)["result"] == 2
+
+
+def test_a_bad_request_raises_the_api_message(jobrelay_stack: JobrelayStack) -> None:
+    with pytest.raises(ApiInvalidRequest, match="/args/b"):
+        jobrelay_stack.submit(add, {"a": 1})
+    with pytest.raises(ApiInvalidRequest, match=r"no worker has registered a task named 'nobody\.here'"):
+        jobrelay_stack.client.submit("nobody.here", {})
+
+
+def test_the_client_cancels_a_queued_job(jobrelay_stack: JobrelayStack) -> None:
+    job_id = jobrelay_stack.submit(add, {"a": 1, "b": 2})
+    assert jobrelay_stack.client.cancel(job_id)["status"] == "cancelled"
+    assert jobrelay_stack.drain() == 1  # the message is consumed and skipped
+    assert jobrelay_stack.job(job_id)["status"] == "cancelled"
