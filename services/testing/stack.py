@@ -76,22 +76,6 @@ class VirtualClock:
     def now_ms(self) -> int:
         return int((time.time() + self.offset_s) * 1000)
 
-    def _settle(self, timeout_s: float = 10.0) -> None:
-        """Wait until every job the API committed as published is in the broker.
-
-        NOTE: the API answers a submission once its rows are committed and publishes them from its
-        writer's background thread right after; without this a drain could miss a job just submitted.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            published = self.store.waiting_published(older_than=utcnow() + timedelta(days=1))
-            missing = [job.id for job in published if job.id not in self.broker.seen]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"jobs {missing[:5]} were committed as published but never reached the broker")
-            time.sleep(0.002)
-
     def advance(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("the clock only moves forward")
@@ -268,6 +252,22 @@ class JobrelayStack:
             if ran >= MAX_DRAIN:
                 raise RuntimeError(f"drain() ran {MAX_DRAIN} messages and more are due: a job re-enqueues itself?")
         return ran
+
+    def _settle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every job the API committed as published is in the broker.
+
+        NOTE: the API answers a submission once its rows are committed and publishes them from its
+        writer's background thread right after; without this a drain could miss a job just submitted.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            published = self.store.waiting_published(older_than=utcnow() + timedelta(days=1))
+            missing = [job.id for job in published if job.id not in self.broker.seen]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"jobs {missing[:5]} were committed as published but never reached the broker")
+            time.sleep(0.002)
 
     def _settle(self, timeout_s: float = 10.0) -> None:
         """Wait until every job the API committed as published is in the broker.
