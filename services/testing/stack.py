@@ -269,22 +269,6 @@ class JobrelayStack:
                 raise RuntimeError(f"jobs {missing[:5]} were committed as published but never reached the broker")
             time.sleep(0.002)
 
-    def _settle(self, timeout_s: float = 10.0) -> None:
-        """Wait until every job the API committed as published is in the broker.
-
-        NOTE: the API answers a submission once its rows are committed and publishes them from its
-        writer's background thread right after; without this a drain could miss a job just submitted.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            published = self.store.waiting_published(older_than=utcnow() + timedelta(days=1))
-            missing = [job.id for job in published if job.id not in self.broker.seen]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"jobs {missing[:5]} were committed as published but never reached the broker")
-            time.sleep(0.002)
-
     def advance(self, seconds: float) -> None:
         """Move the virtual clock: delayed jobs and retries due by then fall due (run them with ``drain``)."""
         self.clock.advance(seconds)
