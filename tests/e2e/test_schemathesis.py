@@ -91,8 +91,11 @@ def api_schema(stack: Stack) -> Iterator[schemathesis.BaseSchema]:
             "phases": {"stateful": {"inference": {"algorithms": []}}},
             # NOTE: the coverage phase walks every boundary of every step variant, with 1000-step workflows among
             # them: 40 s alone. Batches cover the same job request schema at every boundary in about a second.
+            # Pause and resume take a queue name only: a few examples cover them (and pause no queue for long).
             "operations": [{"include-path": "/v1/workflows", "include-method": "POST",
-                            "phases": {"coverage": {"enabled": False}}}],
+                            "phases": {"coverage": {"enabled": False}}},
+                           {"include-path-regex": "^/v1/queues/[^/]+/(pause|resume)$",
+                            "generation": {"max-examples": 5}}],
         }
     )  # fmt: skip
     yield schemathesis.openapi.from_url(f"{stack.base_url}/openapi.json", config=config)
