@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from shared.tracing import trace_id_of
+
 
 class JobStatus(StrEnum):
     QUEUED = "queued"
@@ -88,6 +90,8 @@ class Job:
     #: The job submitted as this one's on_success / on_failure callback, or why none could be.
     callback_job_id: str | None = None
     callback_error: str | None = None
+    #: The W3C traceparent of the span it was submitted in (``shared/tracing.py``); None when tracing is off.
+    traceparent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -123,6 +127,7 @@ class Job:
             "deferred": _deferred(self.deferred) if self.deferred and not self.status.is_final else None,
             "callback_job_id": self.callback_job_id,
             "callback_error": self.callback_error,
+            "trace_id": trace_id_of(self.traceparent),
         }
         if self.cancel_requested and not self.status.is_final:
             body["cancel_requested"] = True

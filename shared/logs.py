@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import tracing
+
 #: Fields every log line carries when they are known.
 CONTEXT_FIELDS = ("job_id", "task", "queue", "attempt", "workflow_id", "request_id")
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
@@ -52,6 +54,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         line.update(_context.get() or {})
+        ids = tracing.current_ids()
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:

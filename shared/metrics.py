@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.exposition import choose_encoder
+
+from shared.exemplars import ExemplarCollector
 
 PREFIX = "jobrelay_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -103,13 +104,21 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics text of every process of this service."""
-    if os.environ.get(MULTIPROC_ENV):
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """The metrics text of every process of this service, in OpenMetrics (with the duration buckets'
+    exemplars, ``shared/exemplars.py``) when the scrape's ``accept`` header asks for it."""
+    encode, content_type = choose_encoder(accept or "")
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
+        registry.register(multiprocess_collector(Path(directory)))
+        return encode(registry), content_type
+    return encode(DEFAULT_REGISTRY), content_type
+
+
+def multiprocess_collector(directory: Path) -> ExemplarCollector:
+    """Every process's metric files in ``directory``, the duration buckets given their exemplars."""
+    return ExemplarCollector(multiprocess.MultiProcessCollector(None, str(directory)), directory)
 
 
 def start_job_series(tasks: list[tuple[str, str]]) -> None:

@@ -78,6 +78,8 @@ class Settings:
     reports_database_url: str | None = None
     #: The console links its pages to the Grafana dashboards here when set (http or https).
     grafana_url: str | None = None
+    #: The console links a job to its trace here: an http(s) URL with ``{trace_id}`` in it (Tempo, Jaeger, ...).
+    traces_url: str | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -145,6 +147,7 @@ class Settings:
             webhook_signing_secret=_get(env, "WEBHOOK_SIGNING_SECRET", str, None),
             reports_database_url=_get(env, "REPORTS_DATABASE_URL", _database_url, None),
             grafana_url=_get(env, "GRAFANA_URL", _url(("http", "https")), None),
+            traces_url=_get(env, "TRACES_URL", _traces_url, None),
         )
 
 
@@ -230,6 +233,16 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
         return raw
 
     return parse
+
+
+def _traces_url(raw: str) -> str:
+    """An http(s) URL template of a trace viewer, ``{trace_id}`` standing for the job's trace id."""
+    _url(("http", "https"))(raw)
+    if "{trace_id}" not in raw:
+        raise ValueError(
+            "must contain {trace_id}, where the job's trace id goes (e.g. http://jaeger:16686/trace/{trace_id})"
+        )
+    return raw
 
 
 def _result_storage_url(raw: str) -> str:

@@ -10,7 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from services.api import errors
 from services.api.console import Gate, add_console, build_console
-from services.api.middleware import Auth, RefuseNul, RequestId
+from services.api.middleware import Auth, RefuseNul, RequestId, Tracing
 from services.api.resources.docs import add_docs
 from services.api.resources.health import HealthResource, ReadyResource
 from services.api.resources.jobs import (
@@ -32,7 +32,7 @@ from services.api.resources.queues import (
 from services.api.resources.schedules import ScheduleResource, SchedulesResource
 from services.api.resources.tasks import TasksResource
 from services.api.resources.workflows import WorkflowCancelResource, WorkflowResource, WorkflowsResource
-from shared import metrics
+from shared import exemplars, metrics, tracing
 from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.jobs import JobStore
@@ -68,7 +68,7 @@ class Metrics:
         elapsed = time.perf_counter() - getattr(req.context, "started", time.perf_counter())
         status = falcon.http_status_to_code(resp.status)
         metrics.http_requests_total.labels(req.method, route, str(status)).inc()
-        metrics.http_request_duration_seconds.labels(req.method, route).observe(elapsed)
+        exemplars.observe(metrics.http_request_duration_seconds, (req.method, route), elapsed)
         if req.method == "POST" and route in SUBMIT_ROUTES and status in REJECT_REASONS:
             metrics.jobs_rejected_total.labels(REJECT_REASONS[status]).inc()
 
@@ -77,13 +77,16 @@ class MetricsResource:
     public = True
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data, content_type = metrics.exposition()
+        data, content_type = metrics.exposition(req.get_header("Accept"))
         resp.data = data
         resp.content_type = content_type
 
 
 def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, broker: RedisBroker) -> falcon.App:
     middleware: list[Any] = [Metrics(), RequestId(), Auth(settings.api_keys, enabled=settings.api_auth), RefuseNul()]
+    if tracing.enabled():
+        # NOTE: first, so the request's span is the current one in every other middleware's log lines.
+        middleware.insert(0, Tracing())
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False

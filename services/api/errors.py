@@ -87,6 +87,7 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
 def handle_dependency_down(req: falcon.Request, resp: falcon.Response, exc: Exception, _params: Any) -> None:
     """The job store or Redis did not answer: a clear 503, never a 500 (nothing was half-written)."""
     which = "Redis" if isinstance(exc, redis.RedisError) else "the job store"
+    req.context.trace_error = exc
     log.warning("%s unavailable on %s %s: %s", which, req.method, req.path, type(exc).__name__)
     resp.set_header("Retry-After", "1")
     problem(resp, 503, "Service unavailable", f"{which} cannot be reached right now; try again shortly")
@@ -98,12 +99,14 @@ def handle_os_error(req: falcon.Request, resp: falcon.Response, exc: OSError, pa
         handle_unexpected(req, resp, exc, params)
         return
     log.warning("no disk space on %s %s: %s", req.method, req.path, exc)
+    req.context.trace_error = exc
     resp.set_header("Retry-After", "1")
     problem(resp, 503, "Service unavailable", "the server's disk is full; try again shortly")
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, _params: Any) -> None:
     log.exception("unhandled error on %s %s", req.method, req.path)
+    req.context.trace_error = exc
     problem(resp, 500, "Internal error", "the server failed to handle this request; it has been logged")
 
 

@@ -18,12 +18,14 @@ from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
+from shared.tracing import configure_tracing
 
 
 def build_app(settings: Settings | None = None) -> falcon.App:
     """The app for one gunicorn worker process."""
     settings = settings or Settings.from_env()
     configure_logging("api", settings.log_level, json_lines=settings.log_json)
+    configure_tracing("api")
     # Before the first request writes a metric: a full disk must not kill the process (SIGBUS).
     reserve_file_space()
     engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)

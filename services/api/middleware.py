@@ -8,6 +8,7 @@ from typing import Any
 
 import falcon
 
+from shared import tracing
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.ids import new_id
 from shared.logs import reset_log_context, set_log_context
@@ -29,6 +30,36 @@ class RequestId:
         token = getattr(req.context, "log_token", None)
         if token is not None:
             reset_log_context(token)
+
+
+class Tracing:
+    """A server span per request, the parent of the store commit and the publish (``shared/tracing.py``).
+
+    Installed only when tracing is on; first in the chain, so its span covers the others. A W3C
+    ``traceparent`` header from the client is honoured: the request joins the caller's trace.
+    """
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.trace = tracing.start(
+            f"{req.method} {req.path}",
+            kind="server",
+            attributes={"http.request.method": req.method, "url.path": req.path, "url.scheme": req.scheme},
+            parent=req.get_header("traceparent"),
+        )
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, ok: bool) -> None:
+        started = getattr(req.context, "trace", None)
+        if started is None:
+            return
+        opened = started[0]
+        status = falcon.http_status_to_code(resp.status)
+        # NOTE: named by route template once routed, never by raw path (ids make every name unique).
+        opened.update_name(f"{req.method} {req.uri_template or 'unmatched'}")
+        if req.uri_template:
+            opened.set_attribute("http.route", req.uri_template)
+        opened.set_attribute("http.response.status_code", status)
+        error = getattr(req.context, "trace_error", None)
+        tracing.finish(started, error if status >= 500 else None)
 
 
 class RefuseNul:

@@ -258,6 +258,11 @@ def _job_schema() -> Schema:
         ),
         "callback_job_id": nullable(ID),
         "callback_error": nullable(STRING),
+        "trace_id": {
+            "type": ["string", "null"],
+            "pattern": "^[0-9a-f]{32}$",
+            "description": "The OpenTelemetry trace of the job (its request or schedule fire); null when untraced.",
+        },
     }
     required = list(props)
     props["cancel_requested"] = {"const": True, "description": "Present while a running attempt is interrupted."}

@@ -47,6 +47,7 @@ from shared.store.schedules import ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
 from shared.submission.submitter import Submitter
+from shared.tracing import configure_tracing
 from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def sync_builtins(schedules: ScheduleStore) -> None:
 
 def run(settings: Settings) -> int:
     configure_logging("scheduler", settings.log_level, json_lines=settings.log_json)
+    configure_tracing("scheduler")
     engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
     migrate(engine)
     store = JobStore(engine)

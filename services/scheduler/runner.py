@@ -21,6 +21,7 @@ from apscheduler.triggers.date import DateTrigger
 from services.scheduler import metrics
 from services.scheduler.leader import LeaderLease
 from services.scheduler.ticks import Plan, Run, plan_ticks, tick_job_id
+from shared import tracing
 from shared.clock import Clock, SystemClock
 from shared.errors import InvalidInput
 from shared.logs import log_context
@@ -179,6 +180,12 @@ class Runner:
 
     def _fire_tick(self, schedule: Schedule, run: Run) -> bool:
         """Submit the job of one tick; True when its job exists now (made here or by another replica)."""
+        # NOTE: each fire is a trace of its own (no request started it); its job joins that trace.
+        attributes = {"jobrelay.schedule_id": schedule.id, "jobrelay.task": schedule.task}
+        with tracing.span(f"fire {schedule.id}", new_trace=True, attributes=attributes):
+            return self._submit_tick(schedule, run)
+
+    def _submit_tick(self, schedule: Schedule, run: Run) -> bool:
         try:
             job = build_scheduled_job(
                 self.submitter.registry,

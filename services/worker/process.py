@@ -42,10 +42,12 @@ from services.worker.middleware.flow import Flow
 from services.worker.middleware.metrics import JobMetrics
 from services.worker.middleware.outcomes import Outcomes
 from services.worker.middleware.results import Results
+from services.worker.middleware.tracing import TraceMessages, TraceRun
 from services.worker.middleware.watchdog import Watchdog
 from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
+from shared import tracing
 from shared.broker.pausing import sync_pauses
 from shared.broker.publishing import NAMESPACE, broker_options, build_broker, publish, redis_client
 from shared.broker.workers import describe_worker
@@ -223,6 +225,9 @@ def build_worker_broker(
         startup_timeout_s=settings.worker_startup_timeout_s,
     )
     middleware.append(worker_lifespans)
+    if tracing.enabled():
+        # NOTE: first and last: the consumer span encloses every hook, the run span only the task.
+        middleware = [TraceMessages(), *middleware, TraceRun(claims)]
     broker = WorkerBroker(
         ack_sets=ack_sets,
         claims=claims.reservations,
@@ -240,6 +245,7 @@ def build_worker_broker(
 
 def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> None:
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
+    tracing.configure_tracing("worker")
     # Before the first metric is written: a full disk must not kill the process (SIGBUS).
     reserve_file_space()
     # The built-in tasks read SMTP_URL, WEBHOOK_SIGNING_SECRET, ... from these, never from the environment.

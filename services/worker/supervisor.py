@@ -32,7 +32,6 @@ from pathlib import Path
 import redis
 from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.worker.crashes import CrashRecovery, died_of
 from services.worker.fault_report import Location, task_locations
@@ -46,7 +45,7 @@ from shared.broker.orphans import LostAttempts
 from shared.broker.publishing import build_broker
 from shared.ids import new_id
 from shared.logs import configure_logging
-from shared.metrics import fresh_multiproc_dir, mark_process_dead
+from shared.metrics import MULTIPROC_ENV, fresh_multiproc_dir, mark_process_dead, multiprocess_collector
 from shared.processes import spawn
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
@@ -258,7 +257,7 @@ class Supervisor:
 def serve_metrics(bind: str) -> None:
     host, _, port = bind.rpartition(":")
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    registry.register(multiprocess_collector(Path(os.environ[MULTIPROC_ENV])))
     start_http_server(int(port), addr=host, registry=registry)
 
 

@@ -16,6 +16,7 @@ from dramatiq.middleware import Middleware
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 
+from shared import tracing
 from shared.broker.waking import REDIS_DOWN, WakingRedisBroker
 from shared.errors import Unavailable
 from shared.job import Job, due_for_broker, utcnow
@@ -68,7 +69,8 @@ def broker_options(
     }
 
 
-def message_for(job: Job) -> dramatiq.Message[object]:
+def message_for(job: Job, traceparent: str | None = None) -> dramatiq.Message[object]:
+    """The job's message; ``traceparent``: the publish span's, else the job's own (tracing off here)."""
     options: dict[str, object] = {"max_retries": job.max_retries}
     if job.time_limit_s is not None:
         options["time_limit"] = int(job.time_limit_s * 1000)
@@ -77,6 +79,8 @@ def message_for(job: Job) -> dramatiq.Message[object]:
     if job.priority:
         # The message's band (shared/broker/bands.py); retries and due delayed copies keep it.
         options["priority"] = job.priority
+    if traceparent or job.traceparent:
+        options[tracing.TRACEPARENT] = traceparent or job.traceparent
     return dramatiq.Message(
         queue_name=job.queue,
         actor_name=job.task,
@@ -97,12 +101,28 @@ def publish(broker: Broker, batch: Sequence[Job]) -> list[str]:
     """
     now = utcnow()
     messages: list[tuple[dramatiq.Message[object], int | None]] = []
+    spans: list[Any] = []
     for job in batch:
         if not due_for_broker(job, now):
             continue
         due = job.next_attempt_at or job.scheduled_for
         delay_ms = None if due is None or due <= now else int((due - now).total_seconds() * 1000)
-        messages.append((message_for(job), delay_ms))
+        # NOTE: one producer span per job, a child of the span the job was submitted in (kept on its
+        # row), whichever process publishes it: the API, the relay, a released workflow step.
+        if not tracing.enabled():
+            messages.append((message_for(job), delay_ms))
+            continue
+        producer = tracing.start(
+            f"publish {job.queue}",
+            kind="producer",
+            attributes=tracing.messaging_attributes(
+                "publish", queue=job.queue, job_id=job.id, task=job.task, workflow_id=job.workflow_id
+            ),
+            parent=job.traceparent,
+            current=False,
+        )
+        spans.append(producer)
+        messages.append((message_for(job, tracing.traceparent_of(producer)), delay_ms))
     if not messages:
         return []
     try:
@@ -112,5 +132,9 @@ def publish(broker: Broker, batch: Sequence[Job]) -> list[str]:
             for message, delay_ms in messages:
                 broker.enqueue(message, delay=delay_ms)
     except REDIS_DOWN as exc:
+        for producer in spans:
+            tracing.finish(producer, exc)
         raise Unavailable(f"Redis cannot be reached: {exc}") from exc
+    for producer in spans:
+        tracing.finish(producer)
     return [message.message_id for message, _ in messages]

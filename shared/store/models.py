@@ -119,6 +119,8 @@ jobs = Table(
     # The on_success / on_failure callback job submitted in the outcome's commit, or why none was (0009).
     Column("callback_job_id", String(36), nullable=True),
     Column("callback_error", Text, nullable=True),
+    # The W3C traceparent of the span the job was submitted in (migration 0010): its trace, across retries.
+    Column("traceparent", String(55), nullable=True),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),

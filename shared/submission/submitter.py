@@ -17,7 +17,7 @@ import logging
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.exc import IntegrityError
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.broker.publishing import publish
 from shared.errors import Unavailable
 from shared.ids import new_id
@@ -76,7 +76,8 @@ class Submitter:
         """The one path of every submission but the grouped one: the rows and their outbox entry in one
         commit, then one publish; if Redis is down, the entry stays and the relay sends the jobs."""
         entry = new_id()
-        stored = self.store.insert(new_jobs, outbox_id=entry)
+        with tracing.span("store commit"):
+            stored = self.store.insert(new_jobs, outbox_id=entry)
         if count:
             count_submitted([job for job, created in stored if created and not job.held])
         self.publish_handed([job for job, created in stored if created and job.published_at is not None], [entry])
@@ -84,7 +85,8 @@ class Submitter:
 
     def submit_grouped(self, new_jobs: list[Job]) -> list[tuple[Job, bool]]:
         """As ``submit``, committed and published together with the concurrent requests of this process."""
-        stored = self.writer.insert(new_jobs)
+        with tracing.span("store commit"):
+            stored = self.writer.insert(new_jobs)
         count_submitted([job for job, created in stored if created and not job.held])
         return stored
 

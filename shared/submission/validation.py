@@ -12,6 +12,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from shared import tracing
 from shared.catalog import QUEUE_NAME, TaskSpec
 from shared.errors import FieldError, InvalidInput
 from shared.ids import new_id
@@ -245,6 +246,9 @@ def build_job(
         request_hash=request_hash(hashed) if key else None,
         request_id=submission.request_id,
         held=held,
+        # NOTE: the request's span: the job's every publish (now, by the relay, as a step released
+        # later, as a retry) joins this trace.
+        traceparent=tracing.traceparent(),
     )
 
 
@@ -274,4 +278,5 @@ def build_scheduled_job(registry: TaskRegistry, *, job_id: str, schedule_id: str
         created_at=now,
         updated_at=now,
         schedule_id=schedule_id,
+        traceparent=tracing.traceparent(),
     )

@@ -48,6 +48,7 @@ ALL_VARIABLES = (
     "WEBHOOK_SIGNING_SECRET",
     "REPORTS_DATABASE_URL",
     "GRAFANA_URL",
+    "TRACES_URL",
 )
 
 TOKEN = "tok-Zq83hLw0pX"
@@ -779,3 +780,12 @@ def test_grafana_url_is_an_http_url() -> None:
     assert Settings.from_env({"GRAFANA_URL": url}).grafana_url == url
     error = refused({"GRAFANA_URL": "javascript:alert(1)"})
     assert "GRAFANA_URL" in str(error) and "http://" in str(error)
+
+
+def test_traces_url_is_an_http_url_with_the_trace_id_in_it() -> None:
+    assert Settings.from_env({}).traces_url is None
+    url = "http://jaeger.example.org:16686/trace/{trace_id}"
+    assert Settings.from_env({"TRACES_URL": url}).traces_url == url
+    error = refused({"TRACES_URL": "http://jaeger.example.org:16686/search"})
+    assert "TRACES_URL" in str(error) and "{trace_id}" in str(error)
+    assert "http://" in str(refused({"TRACES_URL": "javascript:{trace_id}"}))

@@ -32,6 +32,7 @@ def build_console(settings: Settings, **collaborators: Any) -> Console:
         sessions=Sessions(settings.api_keys, auth=settings.api_auth),
         templates=build_templates(),
         grafana_url=settings.grafana_url,
+        traces_url=settings.traces_url,
         **collaborators,
     )
 

@@ -51,6 +51,8 @@ class Console:
     templates: jinja2.Environment
     results: ResultStorage
     grafana_url: str | None = None
+    #: ``TRACES_URL``: a job page links to its trace there (``{trace_id}`` replaced).
+    traces_url: str | None = None
 
 
 class Page:

@@ -27,7 +27,7 @@ from services.worker.held_jobs import HeldJobs
 from services.worker.outages import persist
 from services.worker.reservations import Reservations
 from services.worker.status_writer import StatusWriter
-from shared import metrics
+from shared import metrics, tracing
 from shared.job import Job, utcnow
 from shared.logs import reset_log_context, set_log_context
 from shared.results import ResultStorage
@@ -153,7 +153,8 @@ class Claims(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         try:
-            self._claim(broker, message)
+            with tracing.span("claim", expected=(SkipMessage,)):
+                self._claim(broker, message)
         except SkipMessage:
             raise
         except Exception as exc:

@@ -13,7 +13,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
 from services.worker.middleware.claims import Claims
-from shared import metrics
+from shared import exemplars, metrics
 from shared.job import utcnow
 
 
@@ -50,9 +50,11 @@ class JobMetrics(Middleware):
         started = self._started.pop(message.message_id, None) if attempt is not None else None
         if attempt is None or started is None:
             return
-        series = metrics.job_series(attempt.job.task, attempt.job.queue)
+        labels = (attempt.job.task, attempt.job.queue)
+        series = metrics.job_series(*labels)
         series.in_progress.dec()
-        series.duration.observe(time.perf_counter() - started)
+        # The consumer span is current here: a sampled attempt is its bucket's exemplar.
+        exemplars.observe(metrics.job_duration_seconds, labels, time.perf_counter() - started, series.duration)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         if self._started.pop(message.message_id, None) is not None:

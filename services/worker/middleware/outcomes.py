@@ -28,7 +28,7 @@ from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.outages import deliver, persist
 from services.worker.retry_policy import Decision, Retry, decide
 from services.worker.status_writer import StatusWriter
-from shared import metrics
+from shared import metrics, tracing
 from shared.catalog import Catalog, TaskDefinition
 from shared.errors import TaskError
 from shared.flow.buckets import RATE_TICKET
@@ -113,6 +113,11 @@ class Outcomes(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        with tracing.span("finish"):
+            self._record(broker, message, exception)
+
+    def _record(self, broker: Broker, message: MessageProxy, exception: BaseException | None) -> None:
+        """Record the attempt's outcome (its commit is the acker's on a success)."""
         attempt = self.claims.current(message)
         if attempt is None:
             return

@@ -16,7 +16,8 @@ from typing import Any
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
-from services.worker.middleware.claims import Claims
+from services.worker.middleware.claims import Attempt, Claims
+from shared import tracing
 from shared.results import ResultStorage
 from shared.results.encoding import ResultNotJSON, encode
 
@@ -40,7 +41,14 @@ class Results(Middleware):
         attempt = self.claims.current(message)
         if attempt is None or exception is not None or attempt.context is None:
             return
-        job, context = attempt.job, attempt.context
+        with tracing.span("store result"):
+            self._store(attempt)
+
+    def _store(self, attempt: Attempt) -> None:
+        """Put the task's result inline on the attempt, or in result storage (big or a file)."""
+        context = attempt.context
+        assert context is not None
+        job = attempt.job
         url = f"/v1/jobs/{job.id}/result"
         try:
             if isinstance(context.result, bytes | bytearray) and not context.result_file_type:

@@ -16,6 +16,7 @@ from shared.errors import FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
 from shared.results import result_reference
 from shared.store.jobs import JobFilter
+from shared.tracing import trace_id_of
 
 FILTERS = ("status", "task", "queue", "schedule_id", "workflow_id", "created_after", "created_before", "q")
 PAGE_SIZE = 50
@@ -138,7 +139,10 @@ class JobPage(Page):
         if error and not viewer.allows("admin"):
             error = {key: value for key, value in error.items() if key != "traceback"}
         template = "job_live.html" if req.params.get("part") == "live" else "job.html"
-        self.render(req, resp, template, job=job, error=error, progress=_progress(job.progress))
+        trace_id = trace_id_of(job.traceparent)
+        traces_url = self.console.traces_url
+        trace_url = traces_url.replace("{trace_id}", trace_id) if traces_url and trace_id else None
+        self.render(req, resp, template, job=job, error=error, progress=_progress(job.progress), trace_url=trace_url)
 
 
 def _progress(progress: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -235,6 +235,26 @@ def test_grafana_link_only_when_grafana_url_is_set(admin: Browser, settings, sto
     assert isinstance(app, falcon.App)
 
 
+def test_job_page_links_to_its_trace_only_when_traces_url_is_set(admin: Browser, settings, store, registry) -> None:  # type: ignore[no-untyped-def]
+    from services.api.app import create_app
+    from shared.broker.publishing import build_broker
+    from tests.services.api.console.conftest import logged_in
+
+    # Given a job submitted in a traced request, and one untraced
+    traced, untraced = make_job(), make_job()
+    traced.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    store.insert([traced, untraced])
+    # Without TRACES_URL no page links anywhere
+    assert 'id="trace"' not in admin.get(f"/console/jobs/{traced.id}").text
+    # With it, the traced job's page links to its trace, the untraced one's does not
+    linked = settings.with_overrides(traces_url="https://tempo.example.org/trace/{trace_id}?from=console")
+    app = create_app(linked, store=store, registry=registry, broker=build_broker(settings.redis_url))
+    browser = logged_in(app, ADMIN)
+    page = browser.get(f"/console/jobs/{traced.id}").text
+    assert 'href="https://tempo.example.org/trace/0af7651916cd43dd8448eb211c80319c?from=console"' in page
+    assert 'id="trace"' not in browser.get(f"/console/jobs/{untraced.id}").text
+
+
 def test_bad_input_gets_a_4xx_page_never_a_5xx(writer: Browser, store: JobStore) -> None:
     csrf = writer.csrf("/console/tasks/diagnostics.echo")
     # U+0000 in a form value (PostgreSQL text cannot hold it), a date out of range, a forged cursor
