@@ -126,6 +126,9 @@ def test_request_id_follows_the_job_into_the_worker_logs(stack: Stack) -> None:
     line = next((line for line in mine if line["message"].startswith("job succeeded")), mine[0])
     assert line["request_id"] == "trace-me-42" and line["task"] == "diagnostics.echo"
     assert line["queue"] == "default" and line["attempt"] == 1 and line["level"] == "info"
+    # Tracing is off by default (no OTEL endpoint): no trace id on the lines nor on the job
+    assert not [line for line in mine if "trace_id" in line]
+    assert stack.request("GET", f"/v1/jobs/{job_id}")[1]["trace_id"] is None
     # The banner of `jobrelay up` prints the dev key on purpose; no service log line may.
     assert not [
         line for line in stack.log_path.read_text().splitlines() if line.startswith("{") and stack.token in line

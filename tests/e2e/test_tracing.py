@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,20 +227,6 @@ def test_a_tasks_outbound_http_call_is_a_span_under_its_run(traced: Stack, recei
     sent = [headers for headers in receiver.hooks if headers.get("x-jobrelay-delivery") == job["id"]]
     assert sent and sent[-1]["traceparent"].split("-")[1:3] == [done["trace_id"], outbound.span_id]
     assert "do-not-trace" not in json.dumps([span.attributes for span in spans])
-
-
-def test_tracing_off_is_the_default(tmp_path: Path) -> None:
-    # A stack without OTEL_EXPORTER_OTLP_ENDPOINT: no trace id on jobs, none in the log lines
-    stack = start_stack(tmp_path)
-    try:
-        job = submit(stack, {"task": "diagnostics.echo", "args": {"message": "untraced"}})
-        done = stack.wait_job(job["id"], {"succeeded"})
-        assert done["trace_id"] is None
-        time.sleep(0.2)
-        lines = [json.loads(line) for line in stack.log_path.read_text().splitlines() if line.startswith("{")]
-        assert lines and not [line for line in lines if "trace_id" in line]
-    finally:
-        assert stop_stack(stack) == 0
 
 
 def test_the_duration_histograms_carry_exemplars_of_sampled_traces(traced: Stack, receiver: Receiver) -> None:
