@@ -131,6 +131,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
         workflows=workflows,
         schedules=schedules,
         results=results,
+        pauses=pauses,
     )
     app.add_middleware(Gate(console))
     add_console(app, console, api_domain_handler=errors.handle_domain_error, api_http_handler=errors.handle_http_error)

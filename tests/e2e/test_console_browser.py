@@ -304,12 +304,31 @@ def test_a_read_key_cannot_change_anything(driver: WebDriver, stack: Stack) -> N
               post("/console/dead", {csrf, scope: "all"}),
               post("/console/tasks/diagnostics.echo", {csrf, "arg.message": "x"}),
               post("/console/schedules/console-nightly", {csrf, action: "pause"}),
+              post("/console/", {csrf, queue: "default", action: "pause"}),
             ]).then(done);
             """,
             job_id,
             csrf,
         )
-        assert statuses == [403, 403, 403, 403, 403]
+        assert statuses == [403, 403, 403, 403, 403, 403]
         assert stack.request("GET", f"/v1/jobs/{job_id}")[1]["status"] == "running"
     finally:
         stack.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+
+def test_pause_and_resume_a_queue_from_the_overview(driver: WebDriver, stack: Stack) -> None:
+    login(driver, stack, ADMIN)
+    driver.get(stack.base_url + "/console/")
+    try:
+        wait_for(driver, lambda d: d.find_element(By.ID, "pause-default"), "the pause button").click()
+        accept_confirm(driver)
+        wait_for(driver, lambda d: text_of(d, "#paused-default") == "paused", "the queue to read paused")
+        # A job for the paused queue waits; resumed, it runs.
+        job_id = submit(stack, {"task": "diagnostics.echo", "args": {"message": "after the pause"}})
+        time.sleep(1.0)
+        assert stack.request("GET", f"/v1/jobs/{job_id}")[1]["status"] == "queued"
+        driver.find_element(By.ID, "resume-default").click()
+        wait_for(driver, lambda d: d.find_elements(By.ID, "pause-default"), "the queue to read running")
+        assert stack.wait_job(job_id, {"succeeded", "failed"}, timeout_s=WAIT_S)["status"] == "succeeded"
+    finally:
+        stack.request("POST", "/v1/queues/default/resume")

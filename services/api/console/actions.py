@@ -1,19 +1,22 @@
 """The console's buttons: each calls the shared code the API's resource for the same operation calls.
 
 Cancel as ``POST /v1/jobs/{id}/cancel``, retry as ``/retry``, requeue dead letters
-as ``/v1/queues/{q}/dead/requeue``, pause and resume as ``PUT /v1/schedules/{id}``
-with ``enabled``. Never HTTP to ourselves.
+as ``/v1/queues/{q}/dead/requeue``, pause and resume a schedule as ``PUT
+/v1/schedules/{id}`` with ``enabled``, a queue as ``POST /v1/queues/{q}/pause`` and
+``/resume``. Never HTTP to ourselves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.broker.pausing import mirror_pause, mirror_resume
 from shared.broker.queues import drop_dead_letters
-from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError
+from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError, NotFound
 from shared.ids import new_id
 from shared.job import utcnow
 from shared.schedules.definition import next_run_after_change, parse_schedule
+from shared.store.pauses import QueuePauses
 from shared.store.schedules import DEFINITION_FIELDS, Schedule, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.submission.submitter import Submitter
@@ -114,3 +117,16 @@ def trigger_now(submitter: Submitter, schedule: Schedule) -> str:
     )
     [(stored, _created)] = submitter.submit([job])
     return stored.id
+
+
+def switch_queue(submitter: Submitter, pauses: QueuePauses, queue: str, *, pause: bool, by: str) -> None:
+    """As ``QueuePauseResource`` and ``QueueResumeResource``: the store first, then the Redis mirror."""
+    registry = submitter.registry
+    if not registry.knows_queue(queue):
+        raise NotFound(f"no queue named {queue!r}; the known queues: {', '.join(registry.queues()) or 'none'}")
+    if pause:
+        pauses.pause(queue, paused_by=by)
+        mirror_pause(submitter.broker.client, queue)
+    else:
+        pauses.resume(queue)
+        mirror_resume(submitter.broker.client, queue)

@@ -24,6 +24,7 @@ from shared.errors import FieldError, InvalidInput, JobrelayError
 from shared.job import rfc3339
 from shared.results import ResultStorage
 from shared.store.jobs import JobStore
+from shared.store.pauses import QueuePauses
 from shared.store.schedules import ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
@@ -50,6 +51,7 @@ class Console:
     sessions: Sessions
     templates: jinja2.Environment
     results: ResultStorage
+    pauses: QueuePauses
     grafana_url: str | None = None
     #: ``TRACES_URL``: a job page links to its trace there (``{trace_id}`` replaced).
     traces_url: str | None = None

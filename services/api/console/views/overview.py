@@ -10,11 +10,13 @@ from typing import Any
 import falcon
 import redis
 
+from services.api.console.actions import switch_queue
 from services.api.console.queries import rates, running_by_owner, state_totals
-from services.api.console.web import Page
+from services.api.console.web import Page, field, redirect
 from shared.broker.orphans import HEARTBEATS
 from shared.broker.queues import queue_stats
 from shared.broker.workers import described_workers
+from shared.errors import FieldError, InvalidInput
 from shared.job import JobStatus
 
 #: The scheduler's lease key (services/scheduler/leader.py; the API may not import services.scheduler).
@@ -78,8 +80,6 @@ def overview(page: Page) -> dict[str, Any]:
         row = item.as_dict()
         row["in_per_min"] = rate["in"] / 60
         row["out_per_min"] = rate["out"] / 60
-        # NOTE: shown only once the queue stats carry it (the queues' pause is another change's work).
-        row["paused"] = row.get("paused")
         rows.append(row)
     return {
         "queues": rows,
@@ -93,8 +93,18 @@ def overview(page: Page) -> dict[str, Any]:
 
 
 class OverviewPage(Page):
-    scopes = {"GET": "read"}
+    """The overview; its POST pauses or resumes a queue (admin, as ``POST /v1/queues/{name}/pause``)."""
+
+    scopes = {"GET": "read", "POST": "admin"}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         template = "overview_live.html" if req.params.get("part") == "live" else "overview.html"
         self.render(req, resp, template, **overview(self))
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        action = field(req, "action")
+        if action not in ("pause", "resume"):
+            raise InvalidInput("choose pause or resume", [FieldError("/action", "must be pause or resume")])
+        switch_queue(self.console.submitter, self.console.pauses, field(req, "queue"), pause=action == "pause",
+                     by=req.context.viewer.name)  # fmt: skip
+        redirect(resp, "/console/")

@@ -276,3 +276,28 @@ def test_bad_input_gets_a_4xx_page_never_a_5xx(writer: Browser, store: JobStore)
     assert writer.get("/console/workflows/no-such-workflow").status_code == 404
     assert writer.get("/console/tasks/no.such_task").status_code == 404
     assert store.page(JobFilter(), limit=5).items == []
+
+
+def test_admin_pauses_and_resumes_a_queue_from_the_overview(
+    admin: Browser,
+    writer: Browser,
+    redis_client: redis.Redis,
+    engine,  # type: ignore[no-untyped-def]
+) -> None:
+    from shared.broker.pausing import mirrored_pauses
+    from shared.store.pauses import QueuePauses
+
+    assert 'id="pause-emails"' in admin.get("/console/").text
+    assert 'id="pause-emails"' not in writer.get("/console/").text
+    csrf = admin.csrf("/console/")
+    # When the admin pauses emails: the store and the Redis mirror say so, and the overview shows it
+    assert admin.post("/console/", {"csrf": csrf, "queue": "emails", "action": "pause"}).status_code == 303
+    assert QueuePauses(engine).paused() == {"emails"} and mirrored_pauses(redis_client) == {"emails"}
+    assert 'id="paused-emails"' in admin.get("/console/", part="live").text
+    # A write key may not resume it, even by a direct POST with its own CSRF token
+    refused = writer.post("/console/", {"csrf": writer.csrf(), "queue": "emails", "action": "resume"})
+    assert refused.status_code == 403
+    assert admin.post("/console/", {"csrf": csrf, "queue": "emails", "action": "resume"}).status_code == 303
+    assert QueuePauses(engine).paused() == set() and mirrored_pauses(redis_client) == set()
+    unknown = admin.post("/console/", {"csrf": csrf, "queue": "nope", "action": "pause"})
+    assert unknown.status_code == 404 and "known queues" in unknown.text

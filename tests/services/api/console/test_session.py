@@ -110,6 +110,7 @@ def test_a_read_key_changes_nothing_even_by_direct_posts(reader: Browser, store:
         ("/console/dead", {"csrf": csrf, "scope": "all"}),
         ("/console/tasks/diagnostics.echo", {"csrf": csrf, "arg.message": "hi"}),
         ("/console/schedules/anything", {"csrf": csrf, "action": "pause"}),
+        ("/console/", {"csrf": csrf, "queue": "default", "action": "pause"}),
     ]
     for path, data in posts:
         result = reader.post(path, data)
