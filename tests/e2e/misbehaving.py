@@ -28,8 +28,13 @@ def gil_sleep(seconds: int) -> str:
 
 
 @task(name="misbehaving.c_sleep", queue="misbehaving", max_retries=3, time_limit_s=60)
-def c_sleep(seconds: int) -> str:
-    """Sleep in libc with the GIL released: other threads run, but no async exception lands here."""
+def c_sleep(seconds: int, started: str | None = None) -> str:
+    """Sleep in libc with the GIL released: other threads run, but no async exception lands here.
+
+    ``started``: a file touched just before the call, so a test knows the task is inside it.
+    """
+    if started:
+        Path(started).touch()
     ctypes.CDLL(None).sleep(seconds)
     return "woke"
 

@@ -99,7 +99,13 @@ def test_cancel_of_jobs_blocked_in_c_escalates_to_a_kill_within_three_seconds(
     worker: SupervisedWorker, tmp_path: Path
 ) -> None:
     # Given two jobs in one process: one in a C sleep that ignores async exceptions, one holding the GIL
-    in_c = worker.submit({"task": "misbehaving.c_sleep", "args": {"seconds": 60}})
+    # (started second: holding the GIL, it would keep the other from reaching its C call)
+    inside = tmp_path / "in-c"
+    in_c = worker.submit({"task": "misbehaving.c_sleep", "args": {"seconds": 60, "started": str(inside)}})
+    deadline = time.monotonic() + 15
+    while not inside.exists():
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.02)
     holding = worker.submit({"task": "misbehaving.gil_sleep", "args": {"seconds": 60}})
     for job in (in_c, holding):
         worker.wait(job.id, lambda j: running(j.status), 15)
