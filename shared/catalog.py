@@ -25,6 +25,8 @@ TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: How long a cancelled task may go on running before its worker process is killed (``cancel_grace_s``).
 DEFAULT_CANCEL_GRACE_S = 2.0
+#: The longest ``unique_for_s`` or ``debounce_s``: a year, as the longest delay.
+MAX_UNIQUE_S = 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class TaskSpec:
     on_failure: str | None = None
     #: Seconds a cancelled job may go on running before its worker process is killed (``services/worker/limits.py``).
     cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S
+    #: Unique jobs (``shared/store/uniqueness.py``): while a job of this task with the same arguments waits
+    #: or runs, for at most ``unique_for_s``, a submission returns it; ``debounce_s``: of a burst of
+    #: submissions, only the last runs, ``debounce_s`` after it. At most one of the two.
+    unique_for_s: float | None = None
+    debounce_s: float | None = None
 
     def limits(self) -> FlowLimits:
         rate = parse_rate(self.rate_limit) if self.rate_limit is not None else None
@@ -78,6 +85,8 @@ class TaskSpec:
             "on_success": self.on_success,
             "on_failure": self.on_failure,
             "cancel_grace_s": self.cancel_grace_s,
+            "unique_for_s": self.unique_for_s,
+            "debounce_s": self.debounce_s,
         }
 
     @classmethod
@@ -101,6 +110,8 @@ class TaskSpec:
             on_success=data.get("on_success"),
             on_failure=data.get("on_failure"),
             cancel_grace_s=data.get("cancel_grace_s", DEFAULT_CANCEL_GRACE_S),
+            unique_for_s=data.get("unique_for_s"),
+            debounce_s=data.get("debounce_s"),
         )
 
 
@@ -138,6 +149,8 @@ class Catalog:
         on_success: str | None = None,
         on_failure: str | None = None,
         cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
+        unique_for_s: float | None = None,
+        debounce_s: float | None = None,
     ) -> Callable[[F], F]:
         """Declare the decorated function as task ``name``; the function is returned unchanged."""
         if not TASK_NAME.fullmatch(name):
@@ -153,6 +166,11 @@ class Catalog:
                 raise TaskError(f"task {name}: {option} must name a task, like 'reports.notify'; got {callback!r}")
         if not 0 < cancel_grace_s <= 3600:
             raise TaskError(f"task {name}: cancel_grace_s must be above 0 and at most 3600")
+        for option, value in (("unique_for_s", unique_for_s), ("debounce_s", debounce_s)):
+            if value is not None and not 0 < value <= MAX_UNIQUE_S:
+                raise TaskError(f"task {name}: {option} must be positive and at most {MAX_UNIQUE_S:g}")
+        if unique_for_s is not None and debounce_s is not None:
+            raise TaskError(f"task {name}: give unique_for_s or debounce_s, not both")
         exc_types = tuple(non_retryable)
 
         def decorate(fn: F) -> F:
@@ -186,6 +204,8 @@ class Catalog:
                 on_success=on_success,
                 on_failure=on_failure,
                 cancel_grace_s=cancel_grace_s,
+                unique_for_s=unique_for_s,
+                debounce_s=debounce_s,
             )
             existing = self._tasks.get(name)
             if existing is not None and existing.fn.__qualname__ != fn.__qualname__:

@@ -92,6 +92,10 @@ class Job:
     callback_error: str | None = None
     #: The W3C traceparent of the span it was submitted in (``shared/tracing.py``); None when tracing is off.
     traceparent: str | None = None
+    #: Unique jobs and debounce (``shared/store/uniqueness.py``): the hash of the task and its uniqueness
+    #: key, held while the job waits or runs, and until when at most (None: as long as that).
+    unique_key: str | None = None
+    unique_until: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -128,6 +132,8 @@ class Job:
             "callback_job_id": self.callback_job_id,
             "callback_error": self.callback_error,
             "trace_id": trace_id_of(self.traceparent),
+            "unique_key": self.unique_key,
+            "unique_until": rfc3339(self.unique_until),
         }
         if self.cancel_requested and not self.status.is_final:
             body["cancel_requested"] = True

@@ -79,6 +79,32 @@ JOB_OPTIONS: dict[str, Schema] = {
     "time_limit_s": nullable({"type": "number", "minimum": MIN_LIMIT_S, "maximum": MAX_TIME_LIMIT_S}),
     "max_age_s": nullable({"type": "number", "minimum": MIN_LIMIT_S, "maximum": MAX_DELAY_S}),
     "idempotency_key": nullable({"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
+    "unique_for_s": nullable(
+        {
+            "type": "number",
+            "minimum": MIN_LIMIT_S,
+            "maximum": MAX_DELAY_S,
+            "description": "While a job of the task with the same uniqueness key waits or runs (for at most "
+            "this long), the submission returns it (200, Jobrelay-Deduplicated: unique). Overrides the task's.",
+        }
+    ),
+    "debounce_s": nullable(
+        {
+            "type": "number",
+            "minimum": MIN_LIMIT_S,
+            "maximum": MAX_DELAY_S,
+            "description": "The job waits this long; a later submission with the same uniqueness key "
+            "cancels it while it waits and takes its place. Not together with unique_for_s.",
+        }
+    ),
+    "unique_key": nullable(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_IDEMPOTENCY_KEY,
+            "description": "The uniqueness key; absent: the canonical JSON of args.",
+        }
+    ),
 }
 #: An eta and a positive delay together are refused.
 _ETA_AND_DELAY = {
@@ -112,7 +138,7 @@ def job_request_variant(
     args, args_required = _args(spec, held=held)
     options = {**JOB_OPTIONS, "queue": queue_option({spec.queue, *queues})}
     if step:
-        options["idempotency_key"] = NULL
+        options.update(idempotency_key=NULL, unique_for_s=NULL, debounce_s=NULL, unique_key=NULL)
     return closed(
         {"task": {"type": "string", "const": spec.name}, "args": args, **options},
         ["task", "args"] if args_required else ["task"],
@@ -264,6 +290,8 @@ def _job_schema() -> Schema:
             "description": "The OpenTelemetry trace of the job (its request or schedule fire); null when untraced.",
         },
     }
+    props["unique_key"] = nullable({"type": "string", "description": "Hash of the task and its uniqueness key."})
+    props["unique_until"] = nullable(DATE_TIME)
     required = list(props)
     props["cancel_requested"] = {"const": True, "description": "Present while a running attempt is interrupted."}
     return closed(props, required)
@@ -319,6 +347,8 @@ def component_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
         "rate_limit": nullable({"type": "string", "description": "Most starts per period, like '100/m'."}),
         "rate_limit_key": nullable({"type": "string", "description": "Argument path: the rate is per value."}),
         "cancel_grace_s": {**NUMBER, "description": "Seconds a cancelled job may run on before its process is killed."},
+        "unique_for_s": nullable({"type": "number", "description": "A job with the same args is returned, not added."}),
+        "debounce_s": nullable({"type": "number", "description": "Of a burst of submissions only the last runs."}),
     }
     jobs = {"type": "array", "items": ref("Job")}
     return {

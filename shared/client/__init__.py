@@ -159,6 +159,9 @@ class JobOptions(TypedDict, total=False):
     time_limit_s: float | None
     max_age_s: float | None
     idempotency_key: str | None
+    unique_for_s: float | None
+    debounce_s: float | None
+    unique_key: str | None
 
 
 def job_request(task: str, args: Mapping[str, Any] | None = None, **options: Unpack[JobOptions]) -> dict[str, Any]:

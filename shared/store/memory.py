@@ -15,6 +15,7 @@ types and lengths) and the methods only the API calls (listing, dead letters).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -25,6 +26,9 @@ from shared.errors import Conflict, NotFound
 from shared.ids import id_lower_bound
 from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, due_for_broker
 from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest, FinishRequest, _finish_values, decide_claim
+from shared.store.uniqueness import DEDUPLICATED, HOLDING
+
+_HOLDING = frozenset(JobStatus(status) for status in HOLDING)
 
 
 class MemoryJobStore:
@@ -63,6 +67,7 @@ class MemoryJobStore:
                 else:
                     out.append((copy.deepcopy(found), False))
             now = self.clock.now()
+            out = self._settle_unique(out, now)
             created = [job for job, is_new in out if is_new]
             handed = [job for job in created if not job.held and due_for_broker(job, now)] if outbox_id else []
             for job in handed:
@@ -72,6 +77,29 @@ class MemoryJobStore:
             for job in created:
                 self._rows[job.id] = copy.deepcopy(job)
             return out
+
+    def _settle_unique(self, out: list[tuple[Job, bool]], now: datetime) -> list[tuple[Job, bool]]:
+        """As ``shared.store.uniqueness.settle_unique``: a held key returns its holder, or a debounce replaces it."""
+        holders = {row.unique_key: row for row in self._rows.values() if row.unique_key and row.status in _HOLDING}
+        settled: list[tuple[Job, bool]] = []
+        for job, is_new in out:
+            holder = holders.get(job.unique_key) if is_new and job.unique_key else None
+            if holder is None:
+                settled.append((job, is_new))
+                holders.update({job.unique_key: job} if is_new and job.unique_key else {})
+                continue
+            lapsed = holder.unique_until is not None and holder.unique_until <= now
+            if not job.extra.get("debounce_s") and not lapsed:
+                settled.append((dataclasses.replace(copy.deepcopy(holder), extra={DEDUPLICATED: "unique"}), False))
+                continue
+            if job.extra.get("debounce_s") and holder.status in WAITING_STATUSES:
+                holder.status, holder.finished_at, holder.cancel_requested = JobStatus.CANCELLED, now, True
+                holder.error = {"type": "Debounced", "message": f"replaced by job {job.id}", "retryable": False}
+            holder.unique_key = None
+            settled = [(job, False) if pair[0] is holder else pair for pair in settled]
+            settled.append((job, True))
+            holders[job.unique_key or ""] = job
+        return settled
 
     def get(self, job_id: str) -> Job:
         with self._lock:

@@ -26,6 +26,9 @@ from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
 
+#: The rows that hold their uniqueness key: a key, and a waiting or running status.
+UNIQUE_HOLDING = "unique_key IS NOT NULL AND status IN ('queued', 'scheduled', 'retrying', 'running')"
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (naive text) and PostgreSQL alike."""
@@ -121,6 +124,10 @@ jobs = Table(
     Column("callback_error", Text, nullable=True),
     # The W3C traceparent of the span the job was submitted in (migration 0010): its trace, across retries.
     Column("traceparent", String(55), nullable=True),
+    # Unique jobs and debounce (migration 0011): the hash of the task and its uniqueness key, held
+    # while the job waits or runs (the partial unique index below), and until when at most.
+    Column("unique_key", String(64), nullable=True),
+    Column("unique_until", UtcDateTime, nullable=True),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),
@@ -157,6 +164,10 @@ Index("ix_jobs_workflow_id", jobs.c.workflow_id, jobs.c.id, **_with_value(jobs.c
 Index("ix_jobs_schedule_id", jobs.c.schedule_id, jobs.c.id, **_with_value(jobs.c.schedule_id))
 Index("ux_jobs_idempotency_key", jobs.c.idempotency_key, unique=True, **_with_value(jobs.c.idempotency_key))
 Index("ix_jobs_lease_owner", jobs.c.lease_owner, **_with_value(jobs.c.lease_owner))
+# NOTE: only a waiting or running job holds its uniqueness key: a finished one frees it by its status
+# change alone, so no worker code has to release it.
+Index("ux_jobs_unique_key", jobs.c.unique_key, unique=True, sqlite_where=text(UNIQUE_HOLDING),
+      postgresql_where=text(UNIQUE_HOLDING))  # fmt: skip
 
 tasks = Table(
     "tasks",

@@ -40,6 +40,7 @@ from shared.job import WAITING_STATUSES, Job, due_for_broker, utcnow
 from shared.store.engine import write_transaction
 from shared.store.models import UtcDateTime, jobs, outbox
 from shared.store.sql import InList
+from shared.store.uniqueness import settle_unique
 
 
 class Submissions:
@@ -63,7 +64,12 @@ class Submissions:
         return outcome
 
     def insert_groups(
-        self, groups: Sequence[Sequence[Job]], *, outbox_id: str | None = None, sent: Sequence[str] = ()
+        self,
+        groups: Sequence[Sequence[Job]],
+        *,
+        outbox_id: str | None = None,
+        sent: Sequence[str] = (),
+        races_left: int = 8,
     ) -> list[list[tuple[Job, bool]] | Conflict]:
         """``insert`` for the jobs of many requests in one transaction (one commit).
 
@@ -103,12 +109,18 @@ class Submissions:
                         continue
                     inserting.update(group_keys[index])
                     to_insert.extend(job for job, created in decided if created)
+                instead = settle_unique(conn, to_insert, utcnow())
+                if instead:
+                    to_insert = [job for job in to_insert if job.id not in instead]
+                    outcomes = [_deduplicated(outcome, instead) for outcome in outcomes]
                 write_submission(conn, to_insert, outbox_id, sent)
         except IntegrityError:
-            # A concurrent request with the same key won the race; answer as a repeat would.
-            if not all_keys:
+            # A concurrent request with the same idempotency or uniqueness key won the race; answer as a
+            # repeat would (the retry finds its row).
+            # NOTE: bounded, so that a refusal the retry cannot resolve (a taken primary key) is raised.
+            if races_left <= 0 or (not all_keys and not any(job.unique_key for group in groups for job in group)):
                 raise
-            return self.insert_groups(groups, outbox_id=outbox_id, sent=sent)
+            return self.insert_groups(groups, outbox_id=outbox_id, sent=sent, races_left=races_left - 1)
         if later:
             # NOTE: without an outbox entry (the caller knows of one only), so the relay publishes
             # their new jobs: a request reusing a key that another request of this commit inserts
@@ -332,6 +344,15 @@ def _postgresql_insert(dialect: Dialect, *, entry: bool = False, sent: bool = Fa
 
 def _mark_published(conn: Connection, job_ids: Sequence[str]) -> None:
     conn.execute(_MARK_PUBLISHED, {"ids": list(job_ids), "now": utcnow()})
+
+
+def _deduplicated(
+    outcome: list[tuple[Job, bool]] | Conflict | None, instead: dict[str, Job]
+) -> list[tuple[Job, bool]] | Conflict | None:
+    """A group's pairs with each job a held uniqueness key replaced by the job returned instead."""
+    if outcome is None or isinstance(outcome, Conflict):
+        return outcome
+    return [(instead[job.id], False) if created and job.id in instead else (job, created) for job, created in outcome]
 
 
 def _decide_group(group: Sequence[Job], existing: dict[str, Job]) -> list[tuple[Job, bool]] | Conflict:

@@ -18,6 +18,7 @@ from shared.errors import FieldError, InvalidInput
 from shared.ids import new_id
 from shared.job import Job, JobStatus, utcnow
 from shared.store.tasks import TaskRegistry
+from shared.store.uniqueness import unique_hash
 
 MAX_DELAY_S = 365 * 86400.0
 MAX_TIME_LIMIT_S = 7 * 86400.0
@@ -34,6 +35,9 @@ JOB_FIELDS = {
     "time_limit_s",
     "max_age_s",
     "idempotency_key",
+    "unique_for_s",
+    "debounce_s",
+    "unique_key",
 }
 
 
@@ -217,6 +221,7 @@ def build_job(
     key = body.get("idempotency_key", header_key)
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
         errors.append(FieldError(f"{base}/idempotency_key", "must be a string of 1 to 200 characters"))
+    unique = _uniqueness(body, base, spec, submission, errors)
     if len(errors) > before or spec is None:
         return None
 
@@ -224,10 +229,14 @@ def build_job(
     scheduled_for = eta if eta is not None else (now + timedelta(seconds=delay_s) if delay_s else None)
     if scheduled_for is not None and scheduled_for <= now:
         scheduled_for = None
+    unique_for_s, debounce_s, unique_key = unique
+    if debounce_s:
+        # NOTE: a debounced job waits out its burst: a later submission replaces it while it waits.
+        scheduled_for = max(scheduled_for or now, now + timedelta(seconds=debounce_s))
     hashed = dict(body)
     if submission.idempotency_key is not None:
         hashed.setdefault("idempotency_key", submission.idempotency_key)
-    return Job(
+    job = Job(
         id=new_id(),
         task=spec.name,
         queue=queue or spec.queue,
@@ -250,6 +259,34 @@ def build_job(
         # later, as a retry) joins this trace.
         traceparent=tracing.traceparent(),
     )
+    if unique_for_s or debounce_s:
+        job.unique_key = unique_hash(job.task, args, unique_key)
+        job.unique_until = now + timedelta(seconds=unique_for_s) if unique_for_s else None
+        job.extra["debounce_s"] = debounce_s
+    return job
+
+
+def _uniqueness(
+    body: dict[str, Any], base: str, spec: TaskSpec | None, submission: Submission, errors: list[FieldError]
+) -> tuple[float | None, float | None, str | None]:
+    """(unique_for_s, debounce_s, unique_key) of a request: its own, else its task's; none for a workflow step."""
+    unique_for_s = _number(body, "unique_for_s", base, errors, 0.001, MAX_DELAY_S)
+    debounce_s = _number(body, "debounce_s", base, errors, 0.001, MAX_DELAY_S)
+    unique_key = body.get("unique_key")
+    if unique_key is not None and (not isinstance(unique_key, str) or not 1 <= len(unique_key) <= 200):
+        errors.append(FieldError(f"{base}/unique_key", "must be a string of 1 to 200 characters"))
+    if unique_for_s is not None and debounce_s is not None:
+        errors.append(FieldError(f"{base}/debounce_s", "give either unique_for_s or debounce_s, not both"))
+    if submission.workflow_id is not None:
+        for name in ("unique_for_s", "debounce_s", "unique_key"):
+            if body.get(name) is not None:
+                errors.append(FieldError(f"{base}/{name}", "workflow steps are not unique jobs"))
+        return None, None, None
+    if unique_for_s is None and debounce_s is None and spec is not None:
+        unique_for_s, debounce_s = spec.unique_for_s, spec.debounce_s
+    if unique_key is not None and unique_for_s is None and debounce_s is None:
+        errors.append(FieldError(f"{base}/unique_key", "needs unique_for_s or debounce_s (here or on the task)"))
+    return unique_for_s, debounce_s, unique_key if isinstance(unique_key, str) else None
 
 
 def build_scheduled_job(registry: TaskRegistry, *, job_id: str, schedule_id: str, task: str, args: Any) -> Job:

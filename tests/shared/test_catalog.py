@@ -284,6 +284,7 @@ def _declared_spec(fresh: Catalog) -> TaskSpec:
         rate_limit="10/s",
         on_success="reports.notify",
         on_failure="reports.alert",
+        unique_for_s=30.0,
     )
     def generate(month: str, limit: Annotated[int, Schema(minimum=1)] = 10) -> None:
         """Generate a report."""
@@ -315,6 +316,8 @@ def test_as_dict_holds_every_field(fresh: Catalog) -> None:
         "on_success": "reports.notify",
         "on_failure": "reports.alert",
         "cancel_grace_s": 2.0,
+        "unique_for_s": 30.0,
+        "debounce_s": None,
     }
 
 
@@ -366,3 +369,13 @@ def test_task_spec_is_frozen(fresh: Catalog) -> None:
 def test_a_callback_must_name_a_task(fresh: Catalog) -> None:
     with pytest.raises(TaskError, match=r"on_failure must name a task, like 'reports\.notify'; got 'Not A Task'"):
         fresh.task(name="a.one", on_failure="Not A Task")
+
+
+def test_unique_for_s_and_debounce_s_are_checked(fresh: Catalog) -> None:
+    for options, message in [
+        ({"unique_for_s": 0}, r"^task a\.b: unique_for_s must be positive"),
+        ({"debounce_s": -1.0}, r"^task a\.b: debounce_s must be positive"),
+        ({"unique_for_s": 1, "debounce_s": 1}, r"^task a\.b: give unique_for_s or debounce_s, not both$"),
+    ]:
+        with pytest.raises(TaskError, match=message):
+            fresh.task(name="a.b", **options)  # type: ignore[arg-type]

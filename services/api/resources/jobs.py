@@ -16,6 +16,7 @@ from shared.errors import Conflict, FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
 from shared.results import ResultStorage, result_reference
 from shared.store.jobs import JobFilter, JobStore
+from shared.store.uniqueness import DEDUPLICATED
 from shared.submission.submitter import Submitter
 from shared.submission.validation import Submission, build_job
 from shared.workflows import WorkflowEngine
@@ -51,6 +52,9 @@ class JobsResource:
         [(stored, created)] = self.submitter.submit_grouped([job])
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         resp.set_header("Location", f"/v1/jobs/{stored.id}")
+        if stored.extra.get(DEDUPLICATED):
+            # NOTE: tells a unique job's answer from an idempotent replay's, both 200 with the stored job.
+            resp.set_header("Jobrelay-Deduplicated", str(stored.extra[DEDUPLICATED]))
         resp.media = stored.to_api(traceback=sees_tracebacks(req))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

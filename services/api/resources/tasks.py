@@ -20,6 +20,8 @@ _SHOWN = (
     "rate_limit",
     "rate_limit_key",
     "cancel_grace_s",
+    "unique_for_s",
+    "debounce_s",
 )
 
 

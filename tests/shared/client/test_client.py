@@ -94,6 +94,12 @@ def test_submit_with_delay_is_scheduled(api: JobrelayClient) -> None:
     assert job["status"] == "scheduled" and job["scheduled_for"] is not None
 
 
+def test_a_unique_job_submitted_again_is_the_same_job(api: JobrelayClient) -> None:
+    first = api.submit("diagnostics.echo", ECHO_ARGS, unique_for_s=60, unique_key="order-7")
+    again = api.submit("diagnostics.echo", {"message": "other"}, unique_for_s=60, unique_key="order-7")
+    assert again["id"] == first["id"] and again["unique_key"] == first["unique_key"]
+
+
 def test_idempotency_key_returns_the_original_job(api: JobrelayClient) -> None:
     first = api.submit("diagnostics.echo", ECHO_ARGS, idempotency_key="order-42")
     assert api.submit("diagnostics.echo", ECHO_ARGS, idempotency_key="order-42")["id"] == first["id"]
