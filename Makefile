@@ -39,6 +39,9 @@ format: install
 
 test: install system-deps lint
 	$(BIN)/pytest -q
+	# The example project's own tests, with no server: Redis and the database point at closed ports.
+	cd examples/orders && REDIS_URL=redis://127.0.0.1:9/0 DATABASE_URL=postgresql://jobrelay@127.0.0.1:9/jobrelay \
+		../../$(BIN)/pytest -q -p no:cacheprovider
 
 ## Benchmarks: write docs/benchmarks.md, the raw results and the plots in docs/bench/ (wrk from
 ## Debian for the API load). BENCH_OUT=/tmp/x writes /tmp/x/benchmarks.md and /tmp/x/bench/ instead.

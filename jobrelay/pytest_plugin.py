@@ -7,8 +7,8 @@ does not use it loads nothing of jobrelay's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,9 +17,16 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def jobrelay_stack() -> Iterator[JobrelayStack]:
+def jobrelay_resources() -> Mapping[str, Any] | None:
+    """What ``jobrelay.resources()`` returns in ``jobrelay_stack``'s tasks: None enters the registered
+    worker lifespans; override this fixture with a mapping of fakes to replace them."""
+    return None
+
+
+@pytest.fixture
+def jobrelay_stack(jobrelay_resources: Mapping[str, Any] | None) -> Iterator[JobrelayStack]:
     """An in-process jobrelay (the real API app, store and worker middleware), closed after the test."""
     from services.testing.stack import JobrelayStack
 
-    with JobrelayStack() as stack:
+    with JobrelayStack(resources=jobrelay_resources) as stack:
         yield stack
