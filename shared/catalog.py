@@ -1,7 +1,7 @@
 """The task catalog: one declaration per task, on its implementation.
 
 ``@task(name=..., queue=...)`` records a ``TaskSpec`` (name, queue, retry
-policy, limits, priority and the argument schema derived from type hints) in
+policy, limits, priority, isolation and the argument schema derived from type hints) in
 a ``Catalog``. Workers register their catalog's specs in the job store at
 boot; the API validates submissions against what is registered there and
 never imports task code.
@@ -27,6 +27,8 @@ QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 DEFAULT_CANCEL_GRACE_S = 2.0
 #: The longest ``unique_for_s`` or ``debounce_s``: a year, as the longest delay.
 MAX_UNIQUE_S = 365 * 86400.0
+#: Where a task's jobs run: a worker thread, or a child process of their own (``services/worker/isolation/``).
+ISOLATIONS = ("thread", "process")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class TaskSpec:
     #: submissions, only the last runs, ``debounce_s`` after it. At most one of the two.
     unique_for_s: float | None = None
     debounce_s: float | None = None
+    isolation: str = "thread"
 
     def limits(self) -> FlowLimits:
         rate = parse_rate(self.rate_limit) if self.rate_limit is not None else None
@@ -87,6 +90,7 @@ class TaskSpec:
             "cancel_grace_s": self.cancel_grace_s,
             "unique_for_s": self.unique_for_s,
             "debounce_s": self.debounce_s,
+            "isolation": self.isolation,
         }
 
     @classmethod
@@ -112,6 +116,7 @@ class TaskSpec:
             cancel_grace_s=data.get("cancel_grace_s", DEFAULT_CANCEL_GRACE_S),
             unique_for_s=data.get("unique_for_s"),
             debounce_s=data.get("debounce_s"),
+            isolation=data.get("isolation", "thread"),
         )
 
 
@@ -151,8 +156,13 @@ class Catalog:
         cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
         unique_for_s: float | None = None,
         debounce_s: float | None = None,
+        isolation: str = "thread",
     ) -> Callable[[F], F]:
-        """Declare the decorated function as task ``name``; the function is returned unchanged."""
+        """Declare the decorated function as task ``name``; the function is returned unchanged.
+
+        ``isolation="process"`` runs each job in a child process of its own (a crash or a kill
+        costs only that job); an ``async def`` task cannot have it (refused here).
+        """
         if not TASK_NAME.fullmatch(name):
             raise TaskError(f"task name {name!r} must be dotted lowercase, like 'reports.generate'")
         if not QUEUE_NAME.fullmatch(queue):
@@ -171,6 +181,8 @@ class Catalog:
                 raise TaskError(f"task {name}: {option} must be positive and at most {MAX_UNIQUE_S:g}")
         if unique_for_s is not None and debounce_s is not None:
             raise TaskError(f"task {name}: give unique_for_s or debounce_s, not both")
+        if isolation not in ISOLATIONS:
+            raise TaskError(f"task {name}: isolation {isolation!r} must be one of {', '.join(ISOLATIONS)}")
         exc_types = tuple(non_retryable)
 
         def decorate(fn: F) -> F:
@@ -185,6 +197,13 @@ class Catalog:
                 )
             except LimitError as exc:
                 raise TaskError(f"task {name}: {exc}") from None
+            if isolation == "process" and inspect.iscoroutinefunction(fn):
+                # NOTE: an async task waits on I/O, which a thread slot's event loop serves well; a
+                # child per job would serve one await at a time and lose nothing a crash could cost.
+                raise TaskError(
+                    f"task {name}: isolation='process' is for sync functions; an async def task runs "
+                    "on the worker's event loop (isolation='thread')"
+                )
             spec = TaskSpec(
                 name=name,
                 queue=queue,
@@ -206,6 +225,7 @@ class Catalog:
                 cancel_grace_s=cancel_grace_s,
                 unique_for_s=unique_for_s,
                 debounce_s=debounce_s,
+                isolation=isolation,
             )
             existing = self._tasks.get(name)
             if existing is not None and existing.fn.__qualname__ != fn.__qualname__:

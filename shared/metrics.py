@@ -84,6 +84,13 @@ worker_kills_total = Counter(
     "Worker processes their supervisor killed: a job past its hard time limit, or cancelled past its grace.",
     ("reason",),
 )
+#: ``reason``: ``jobs`` (MAX_JOBS_PER_CHILD) or ``memory`` (MAX_MEMORY_PER_CHILD_MB); ``kind``: ``process`` (a
+#: worker process the supervisor starts) or ``isolated`` (a child running ``isolation="process"`` jobs).
+worker_recycled_total = Counter(
+    PREFIX + "worker_recycled_total", "Worker processes and isolation children replaced at a limit.", ("reason", "kind")
+)
+RECYCLE_REASONS = ("jobs", "memory")
+RECYCLE_KINDS = ("process", "isolated")
 jobs_in_progress = Gauge(PREFIX + "jobs_in_progress", "Attempts running now.", _JOB, multiprocess_mode="livesum")
 job_duration_seconds = Histogram(PREFIX + "job_duration_seconds", "Attempt run time.", _JOB, buckets=DURATION_BUCKETS)
 job_queue_wait_seconds = Histogram(
@@ -139,6 +146,9 @@ def start_job_series(tasks: list[tuple[str, str]]) -> None:
             jobs_in_progress,
         ):
             metric.labels(task, queue)
+    for reason in RECYCLE_REASONS:
+        for kind in RECYCLE_KINDS:
+            worker_recycled_total.labels(reason, kind)
 
 
 def start_deferred_series(series: list[tuple[str, str, str]]) -> None:

@@ -70,6 +70,10 @@ class Settings:
     leader_lease_s: float = 10.0
     relay_grace_s: float = 2.0
     store_timeout_s: float = 5.0
+    #: Recycling: a worker process (or isolation child) that ran this many jobs, or holds more
+    #: than this many MiB resident after one, is replaced once its jobs end (0: never).
+    max_jobs_per_child: int = 0
+    max_memory_per_child_mb: int = 0
     #: The built-in tasks' own settings, read by them through ``services.worker.context.current_settings``.
     smtp_server: SmtpServer = dataclasses.field(default_factory=SmtpServer)
     #: None: ``jobrelay@<this host's FQDN>``, decided when a mail is sent.
@@ -142,6 +146,8 @@ class Settings:
             leader_lease_s=_get(env, "LEADER_LEASE_S", _float(1, 600), d.leader_lease_s),
             relay_grace_s=_get(env, "RELAY_GRACE_S", _float(0, 3600), d.relay_grace_s),
             store_timeout_s=_get(env, "STORE_TIMEOUT_S", _float(0.1, 600), d.store_timeout_s),
+            max_jobs_per_child=_get(env, "MAX_JOBS_PER_CHILD", _int(0, 1 << 31), d.max_jobs_per_child),
+            max_memory_per_child_mb=_get(env, "MAX_MEMORY_PER_CHILD_MB", _int(0, 1 << 20), d.max_memory_per_child_mb),
             smtp_server=_get(env, "SMTP_URL", SmtpServer.from_url, d.smtp_server),
             smtp_from=_get(env, "SMTP_FROM", _sender, None),
             webhook_signing_secret=_get(env, "WEBHOOK_SIGNING_SECRET", str, None),

@@ -18,7 +18,7 @@ from typing import Any
 from services.api.resources.jobs import MAX_BATCH
 from services.api.resources.queues import MAX_REQUEUE_IDS
 from shared.broker.queues import QueueStats
-from shared.catalog import QUEUE_NAME, TaskSpec
+from shared.catalog import ISOLATIONS, QUEUE_NAME, TaskSpec
 from shared.job import JobStatus
 from shared.schedules.definition import BUILTIN_PREFIX, MAX_GRACE_S, READ_ONLY_FIELDS, SCHEDULE_ID
 from shared.schedules.triggers import MAX_INTERVAL_S
@@ -349,6 +349,7 @@ def component_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
         "cancel_grace_s": {**NUMBER, "description": "Seconds a cancelled job may run on before its process is killed."},
         "unique_for_s": nullable({"type": "number", "description": "A job with the same args is returned, not added."}),
         "debounce_s": nullable({"type": "number", "description": "Of a burst of submissions only the last runs."}),
+        "isolation": {"type": "string", "enum": list(ISOLATIONS)},
     }
     jobs = {"type": "array", "items": ref("Job")}
     return {

@@ -49,15 +49,23 @@ def job_limits(job: Job) -> Limits:
     return Limits(hard_limit_s(job.time_limit_s) if job.time_limit_s is not None else None)
 
 
+#: An isolated job's hard limit is its waiting thread's to enforce, by killing its child alone; the
+#: supervisor kills the whole process only this much later, if that thread could not.
+ISOLATED_BACKSTOP_S = 5.0
+
+
 def catalog_limits(catalog: Catalog) -> Callable[[Job], Limits]:
     """The limits of each job by its row's time limit and its task's ``cancel_grace_s``."""
 
     def limits_of(job: Job) -> Limits:
         try:
-            grace_s = catalog.get(job.task).spec.cancel_grace_s
+            spec = catalog.get(job.task).spec
         except TaskError:
-            grace_s = DEFAULT_CANCEL_GRACE_S
-        return Limits(job_limits(job).hard_limit_s, grace_s)
+            return job_limits(job)
+        hard_s = job_limits(job).hard_limit_s
+        if hard_s is not None and spec.isolation == "process":
+            hard_s += ISOLATED_BACKSTOP_S
+        return Limits(hard_s, spec.cancel_grace_s)
 
     return limits_of
 

@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from services.worker.fault_report import enable as enable_fault_report
 from services.worker.fault_report import fault_report_path
 from services.worker.heartbeat import Heartbeat
 from services.worker.held_jobs import HeldJobs, held_jobs_path
+from services.worker.isolation.pool import IsolatedTasks
 from services.worker.lifespans import LIFESPAN_FAILED_EXIT_CODE, LifespanFailed, WorkerLifespans
 from services.worker.limits import catalog_limits
 from services.worker.middleware.claims import Claims
@@ -45,6 +47,7 @@ from services.worker.middleware.results import Results
 from services.worker.middleware.tracing import TraceMessages, TraceRun
 from services.worker.middleware.watchdog import Watchdog
 from services.worker.middleware.workflows import WorkflowAdvance
+from services.worker.recycling import RECYCLED_EXIT_CODE, ProcessRecycling, RecycleLimits
 from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
 from shared import tracing
@@ -71,10 +74,12 @@ log = logging.getLogger(__name__)
 PREFETCH_PER_THREAD = 8
 
 
-def _actor_fn(definition: TaskDefinition) -> Any:
+def _actor_fn(definition: TaskDefinition, isolated: IsolatedTasks | None) -> Any:
     fn = definition.fn
     if inspect.iscoroutinefunction(fn):
         return _async_actor_fn(fn)
+    if definition.spec.isolation == "process" and isolated is not None:
+        return _isolated_actor_fn(definition, isolated)
 
     def run(**kwargs: Any) -> None:
         # The result goes to the status middleware through the job context, not through
@@ -113,14 +118,32 @@ def _async_actor_fn(fn: Callable[..., Awaitable[Any]]) -> Any:
     return run
 
 
-def declare_actors(broker: RedisBroker, catalog: Catalog) -> None:
+def _isolated_actor_fn(definition: TaskDefinition, isolated: IsolatedTasks) -> Any:
+    """An ``isolation="process"`` task: its thread hands the job to its child and waits (``isolation/pool.py``)."""
+
+    def run(**kwargs: Any) -> None:
+        context = current_job()
+        if context is None:
+            raise RuntimeError(f"{definition.spec.name} runs in an isolation child only inside a claimed job")
+        try:
+            result, file_type = isolated.run(context, kwargs)
+        finally:
+            context.returned = True
+        context.result, context.result_file_type = result, file_type
+
+    run.__name__ = definition.fn.__name__
+    return run
+
+
+def declare_actors(broker: RedisBroker, catalog: Catalog, isolated: IsolatedTasks | None = None) -> None:
+    """One Dramatiq actor per task; ``isolated`` runs the ``isolation="process"`` ones (None: in their thread)."""
     for definition in catalog.definitions():
         spec = definition.spec
         options: dict[str, Any] = {}
         if spec.time_limit_s is not None:
             options["time_limit"] = int(spec.time_limit_s * 1000)
         dramatiq.actor(  # type: ignore[call-overload]
-            _actor_fn(definition),
+            _actor_fn(definition, isolated),
             actor_name=spec.name,
             queue_name=spec.queue,
             # NOTE: no Dramatiq actor priority: Dramatiq orders a worker's local queue by it, lowest
@@ -141,6 +164,9 @@ class WorkerWiring:
     store: JobStore
     flow: Flow
     lifespans: WorkerLifespans
+    #: Set to stop the process: by SIGTERM, or by ``recycling`` at its limit.
+    stop: threading.Event
+    recycling: ProcessRecycling
 
     def close(self) -> None:
         """Commit and ack what is still pending, then let go of Redis (after the worker stopped)."""
@@ -205,9 +231,14 @@ def build_worker_broker(
         namespace=NAMESPACE,
         slot_ttl_s=settings.job_lease_s,
     )
+    limits = RecycleLimits.from_settings(settings)
+    stop = threading.Event()
+    recycling = ProcessRecycling(claims, limits, stop=stop)
+    isolated = IsolatedTasks(settings, limits)
     middleware = [
         flow,
         claims,
+        recycling,
         workflows,
         outcomes,
         Results(claims, results, inline_max_bytes=settings.result_inline_max_bytes),
@@ -217,6 +248,7 @@ def build_worker_broker(
         Watchdog(store, claims, outcomes, held=held),
         TimeLimit(interval=250),
         AsyncTasks(),
+        isolated,
     ]
     # NOTE: after AsyncTasks: its boot hook starts the event loop the async lifespans enter on, and
     # (after hooks run in reverse) the lifespans exit before that loop stops.
@@ -239,11 +271,12 @@ def build_worker_broker(
             dead_message_ttl_s=settings.job_retention_s,
         ),
     )
-    declare_actors(broker, catalog)
-    return WorkerWiring(broker, claims, outcomes, store, flow, worker_lifespans)
+    declare_actors(broker, catalog, isolated)
+    return WorkerWiring(broker, claims, outcomes, store, flow, worker_lifespans, stop, recycling)
 
 
-def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> None:
+def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> int:
+    """Serve until SIGTERM (exit code 0) or until recycled (``RECYCLED_EXIT_CODE``)."""
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
     tracing.configure_tracing("worker")
     # Before the first metric is written: a full disk must not kill the process (SIGBUS).
@@ -258,7 +291,7 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     broker, store = wiring.broker, wiring.store
     for queue in queues:
         broker.declare_queue(queue)
-    stop = threading.Event()
+    stop = wiring.stop
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=100)
@@ -315,6 +348,7 @@ def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grac
     wiring.flow.close()
     heartbeat.stop()
     broker.close()
+    return 0 if wiring.recycling.reason is None else RECYCLED_EXIT_CODE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -324,13 +358,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--owner", required=True)
     parser.add_argument("--grace", type=float, default=30.0)
     args = parser.parse_args(argv)
-    run(
+    code = run(
         Settings.from_env(),
         queues=[q for q in args.queues.split(",") if q],
         threads=args.threads,
         owner=args.owner,
         grace_s=args.grace,
     )
+    logging.shutdown()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

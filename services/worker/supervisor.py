@@ -39,6 +39,7 @@ from services.worker.held_jobs import held_jobs_path, read_attempts
 from services.worker.lifespans import LIFESPAN_FAILED_EXIT_CODE
 from services.worker.limits import KILL_TIME_LIMIT, Kill, overdue
 from services.worker.pulse import ChildPulse, LiveChild
+from services.worker.recycling import RECYCLED_EXIT_CODE
 from services.worker.tasks import load_task_modules
 from shared import metrics
 from shared.broker.orphans import LostAttempts
@@ -203,7 +204,10 @@ class Supervisor:
                 if code is None:
                     continue
                 kill = self.kills.pop(slot, None)
-                if kill is None:
+                recycled = code == RECYCLED_EXIT_CODE and kill is None
+                if recycled:
+                    log.info("worker process %d recycled; starting its replacement", child.process.pid)
+                elif kill is None:
                     log.error("worker process %d exited with %s; recovering its messages", child.process.pid, code)
                 if code == LIFESPAN_FAILED_EXIT_CODE and kill is None:
                     # NOTE: a lifespan that fails at start fails in every new process too: stop, don't loop.
@@ -214,11 +218,16 @@ class Supervisor:
                     )
                     self.failed = True
                     self.stopping.set()
-                stopped = code in (0, LIFESPAN_FAILED_EXIT_CODE) or kill is not None
+                stopped = code in (0, LIFESPAN_FAILED_EXIT_CODE) or kill is not None or recycled
                 cause = None if stopped else died_of(code)
                 counted = self._recover(child, cause=cause, kill=kill)
-                # A kill on purpose is no crash loop: its slot starts again at once.
-                young = time.monotonic() - child.started < CRASH_LOOP_WINDOW_S and not counted and kill is None
+                # A kill on purpose is no crash loop, nor is a recycle (however young): its slot starts again at once.
+                young = (
+                    time.monotonic() - child.started < CRASH_LOOP_WINDOW_S
+                    and not counted
+                    and kill is None
+                    and not recycled
+                )
                 young_deaths[slot] = young_deaths.get(slot, 0) + 1 if young else 0
                 restart_at[slot] = time.monotonic() + restart_delay_s(young_deaths[slot])
             for slot, due in list(restart_at.items()):

@@ -104,6 +104,31 @@ def test_task_options_are_recorded(fresh: Catalog) -> None:
     assert definition.spec.args_schema["properties"]["amount"] == {"type": "integer", "minimum": 1}
 
 
+def test_isolation_process_is_recorded_and_round_trips(fresh: Catalog) -> None:
+    @fresh.task(name="media.transcode", isolation="process")
+    def transcode(path: str) -> None: ...
+
+    spec = fresh.get("media.transcode").spec
+    assert spec.isolation == "process"
+    assert TaskSpec.from_dict(json.loads(json.dumps(spec.as_dict()))).isolation == "process"
+
+
+@pytest.mark.parametrize("isolation", ["processes", "Process", "fork", ""])
+def test_an_unknown_isolation_is_refused_naming_the_choices(fresh: Catalog, isolation: str) -> None:
+    with pytest.raises(TaskError, match=r"task a\.b: isolation .* must be one of thread, process"):
+        fresh.task(name="a.b", isolation=isolation)
+
+
+def test_an_async_task_cannot_be_isolated_in_a_process(fresh: Catalog) -> None:
+    with pytest.raises(TaskError, match=r"task a\.b: isolation='process' is for sync functions"):
+
+        @fresh.task(name="a.b", isolation="process")
+        async def fn() -> None: ...
+
+    with pytest.raises(TaskError):
+        fresh.get("a.b")
+
+
 def test_a_single_line_docstring_is_the_description(fresh: Catalog) -> None:
     @fresh.task(name="a.b")
     def fn() -> None:
@@ -318,6 +343,7 @@ def test_as_dict_holds_every_field(fresh: Catalog) -> None:
         "cancel_grace_s": 2.0,
         "unique_for_s": 30.0,
         "debounce_s": None,
+        "isolation": "thread",
     }
 
 
@@ -352,6 +378,7 @@ def test_from_dict_fills_fields_added_later_with_defaults() -> None:
     assert spec.non_retryable == ()
     assert spec.description == ""
     assert spec.time_limit_s is None
+    assert spec.isolation == "thread"
 
 
 def test_from_dict_requires_the_core_fields() -> None:

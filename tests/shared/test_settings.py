@@ -366,6 +366,8 @@ INT_RANGES = [
     ("RESULT_INLINE_MAX_BYTES", "result_inline_max_bytes", 0, 16 << 20),
     ("WORKER_PROCESSES", "worker_processes", 1, 256),
     ("WORKER_THREADS", "worker_threads", 1, 1024),
+    ("MAX_JOBS_PER_CHILD", "max_jobs_per_child", 0, 1 << 31),
+    ("MAX_MEMORY_PER_CHILD_MB", "max_memory_per_child_mb", 0, 1 << 20),
 ]
 
 FLOAT_RANGES = [

@@ -22,6 +22,7 @@ _SHOWN = (
     "cancel_grace_s",
     "unique_for_s",
     "debounce_s",
+    "isolation",
 )
 
 

@@ -245,6 +245,7 @@ def test_tasks_lists_the_registered_catalog(client: testing.TestClient) -> None:
     assert {"diagnostics.echo", "diagnostics.sleep", "diagnostics.fail"} <= set(items)
     assert items["diagnostics.sleep"]["args_schema"]["required"] == ["seconds"]
     assert items["diagnostics.sleep"]["cancel_grace_s"] == 2.0
+    assert items["diagnostics.sleep"]["isolation"] == "thread"
 
 
 def test_submissions_and_rejections_are_counted(client: testing.TestClient) -> None:
