@@ -20,6 +20,7 @@ import signal
 import threading
 import traceback
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
@@ -48,6 +49,11 @@ class Run:
     task: str
     attempt: int
     kwargs: dict[str, Any]
+    #: What ``jobrelay.current_job()`` shows besides: the parent's job context's fields.
+    queue: str = ""
+    max_retries: int = 0
+    deadline: datetime | None = None
+    workflow_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,19 @@ def serve(conn: Connection, settings: Settings, task_modules: tuple[str, ...]) -
 def _run(catalog: Catalog, results: ResultStorage, sink: _PipeSink, request: Run) -> Done | Raised:
     global _in_task
     definition = catalog.get(request.task)
-    context = JobContext(request.job_id, request.task, request.attempt, sink, results)
+    context = JobContext(
+        request.job_id,
+        request.task,
+        request.attempt,
+        sink,
+        results,
+        queue=request.queue,
+        max_retries=request.max_retries,
+        deadline=request.deadline,
+        workflow_id=request.workflow_id,
+    )
     job_token = enter_job(context)
-    log_token = set_log_context(job_id=request.job_id, task=request.task, attempt=request.attempt)
+    log_token = set_log_context(job_id=request.job_id, task=request.task, queue=request.queue, attempt=request.attempt)
     try:
         try:
             _in_task = True

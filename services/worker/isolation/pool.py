@@ -134,14 +134,24 @@ class IsolatedTasks(Middleware):
     def run(self, context: JobContext, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
         """Run the job in this thread's child; its result and result file type, or what it raised."""
         context.isolated = True
+        request = Run(
+            context.job_id,
+            context.task,
+            context.attempt,
+            kwargs,
+            queue=context.queue,
+            max_retries=context.max_retries,
+            deadline=context.deadline,
+            workflow_id=context.workflow_id,
+        )
         child = self._child()
         try:
-            child.conn.send(Run(context.job_id, context.task, context.attempt, kwargs))
+            child.conn.send(request)
         except OSError:
             # It died idle (killed from outside): a new one takes the job.
             self._discard(child)
             child = self._child()
-            child.conn.send(Run(context.job_id, context.task, context.attempt, kwargs))
+            child.conn.send(request)
         try:
             reply = self._wait(child, context)
         except BaseException:

@@ -57,11 +57,13 @@ def leak(mb: int) -> int:
 
 @task(name="isolated.whoami", queue="isolated", isolation="process", max_retries=0)
 def whoami() -> dict[str, int]:
-    """Its child's pid, and its parent's: the forkserver of the worker process that ran it."""
-    from jobrelay import report_progress
+    """Its child's pid, and its parent's (the forkserver of the worker process that ran it); its job as seen."""
+    from jobrelay import current_job, report_progress
 
     report_progress(1, 2, "halfway")
-    return {"child": os.getpid(), "forkserver": os.getppid()}
+    job = current_job()
+    assert job is not None and job.deadline is not None
+    return {"child": os.getpid(), "forkserver": os.getppid(), "queue": job.queue, "attempt": job.attempt}
 
 
 class NotPicklable(Exception):

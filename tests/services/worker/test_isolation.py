@@ -167,6 +167,7 @@ def test_an_isolated_crash_costs_only_its_job_by_its_retry_policy(start_worker: 
     # And a new child takes the next isolated job, its progress written as a thread task's
     after = worker.wait(worker.submit("isolated.whoami").id)
     assert after.status is JobStatus.SUCCEEDED and after.progress == {"current": 1, "total": 2, "message": "halfway"}
+    assert (after.result["queue"], after.result["attempt"]) == ("isolated", 1)
 
 
 def test_a_gil_holding_isolated_task_is_killed_at_its_hard_limit_and_the_process_serves_on(
