@@ -234,7 +234,7 @@ def build_worker_broker(
     limits = RecycleLimits.from_settings(settings)
     stop = threading.Event()
     recycling = ProcessRecycling(claims, limits, stop=stop)
-    isolated = IsolatedTasks(settings, limits)
+    isolated = IsolatedTasks(settings, limits, prestart=any(spec.isolation == "process" for spec in catalog.specs()))
     middleware = [
         flow,
         claims,

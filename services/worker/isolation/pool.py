@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -119,10 +120,14 @@ class Child:
 class IsolatedTasks(Middleware):
     """The isolation children of a worker process, one per worker thread that ran an isolated job."""
 
-    def __init__(self, settings: Settings, limits: RecycleLimits, *, start_method: str = "forkserver") -> None:
+    def __init__(
+        self, settings: Settings, limits: RecycleLimits, *, start_method: str = "forkserver", prestart: bool = False
+    ) -> None:
         self.settings = settings
         self.limits = limits
         self.start_method = start_method
+        #: Start the forkserver at worker boot (the catalog has isolated tasks), not at the first job.
+        self.prestart = prestart
         self._context: BaseContext | None = None
         self._local = threading.local()
         self._children: set[Child] = set()
@@ -166,9 +171,11 @@ class IsolatedTasks(Middleware):
     def _wait(self, child: Child, context: JobContext) -> Done | Raised:
         started = time.monotonic()
         hard_at: float | None = None
+        reading = False
         while True:
-            reading = False
+            # NOTE: the whole loop in the try: an interrupt lands at any bytecode.
             try:
+                reading = False
                 if hard_at is not None and time.monotonic() >= hard_at:
                     limit_s = hard_at - started
                     raise HardTimeLimitExceeded(
@@ -276,6 +283,19 @@ class IsolatedTasks(Middleware):
             self._children.clear()
         for child in children:
             child.kill()
+
+    def after_worker_boot(self, broker: Broker, worker: object) -> None:
+        if self.prestart and self.start_method == "forkserver":
+            # NOTE: its start imports every task module (a second or more on a busy machine), which the
+            # first isolated job would otherwise spend of its time limit; from then on a child is a fork.
+            threading.Thread(target=self._start_forkserver, name="jobrelay-forkserver-start", daemon=True).start()
+
+    def _start_forkserver(self) -> None:
+        self._mp()
+        try:
+            forkserver.ensure_running()
+        except Exception:
+            log.exception("could not start the forkserver of isolated tasks; the first isolated job will")
 
     def after_worker_shutdown(self, broker: Broker, worker: object) -> None:
         self.close()
