@@ -41,9 +41,6 @@ class JobContext:
     #: Set once the task's function has returned or raised: from then on its thread is in the
     #: worker's hooks, where a cancel must no longer be raised into it.
     returned: bool = False
-    #: Set when the job runs in an isolation child (``isolation/pool.py``): its waiting thread
-    #: enforces the hard time limit by killing that child, so the watchdog leaves the job alone.
-    isolated: bool = False
     queue: str = ""
     max_retries: int = 0
     #: When the attempt's time limit runs out (None: no limit).

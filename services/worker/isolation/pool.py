@@ -138,7 +138,6 @@ class IsolatedTasks(Middleware):
 
     def run(self, context: JobContext, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
         """Run the job in this thread's child; its result and result file type, or what it raised."""
-        context.isolated = True
         request = Run(
             context.job_id,
             context.task,
