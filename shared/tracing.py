@@ -32,13 +32,15 @@ MESSAGING_SYSTEM = "redis"
 _tracer: Any = None
 _NULL: AbstractContextManager[None] = nullcontext()
 #: Libraries whose OpenTelemetry instrumentation is switched on when installed (module, class).
-INSTRUMENTATIONS = (
-    ("opentelemetry.instrumentation.redis", "RedisInstrumentor"),
-    ("opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
-    ("opentelemetry.instrumentation.urllib", "URLLibInstrumentor"),
-    ("opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
-    ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
-)
+#: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (comma-separated names, as the auto-instrumentation reads it)
+#: leaves out the ones named there.
+INSTRUMENTATIONS = {
+    "redis": ("opentelemetry.instrumentation.redis", "RedisInstrumentor"),
+    "sqlalchemy": ("opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
+    "urllib": ("opentelemetry.instrumentation.urllib", "URLLibInstrumentor"),
+    "requests": ("opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
+    "httpx": ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
+}
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
@@ -78,7 +80,8 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
     provider.sampler = _own_roots(provider.sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    _instrument_libraries()
+    disabled = {name.strip() for name in environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    _instrument_libraries(disabled)
     _tracer = provider.get_tracer("jobrelay")
     log.info("tracing on: spans exported over OTLP/HTTP")
     return True
@@ -108,11 +111,13 @@ def _own_roots(configured: Any) -> Any:
     return OwnRoots()
 
 
-def _instrument_libraries() -> None:
-    """Switch on the instrumentation of every library in ``INSTRUMENTATIONS`` that is installed."""
+def _instrument_libraries(disabled: set[str]) -> None:
+    """Switch on the instrumentation of every library in ``INSTRUMENTATIONS`` that is installed and not disabled."""
     import importlib
 
-    for module_name, class_name in INSTRUMENTATIONS:
+    for name, (module_name, class_name) in INSTRUMENTATIONS.items():
+        if name in disabled:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError:

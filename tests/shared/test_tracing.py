@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 import redis
@@ -186,3 +187,24 @@ def test_a_scheduled_fire_starts_a_trace_of_its_own(spans: InMemorySpanExporter)
     assert tracing.trace_id_of(fired) != tracing.trace_id_of(outer)
     fire = next(span for span in spans.get_finished_spans() if span.name == "fire nightly")
     assert fire.parent is None
+
+
+class FakeInstrumentor:
+    """Stands in for an OpenTelemetry instrumentor: records that it was switched on."""
+
+    switched_on: ClassVar[list[str]] = []
+    is_instrumented_by_opentelemetry = False
+
+    def instrument(self) -> None:
+        self.switched_on.append("fake")
+
+
+def test_instrumentations_are_switched_on_when_installed_unless_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    here = (__name__, "FakeInstrumentor")
+    monkeypatch.setattr(
+        tracing, "INSTRUMENTATIONS", {"fake": here, "other": here, "absent": ("no.such.module", "Instrumentor")}
+    )
+    FakeInstrumentor.switched_on.clear()
+    # A name in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS is left off; one whose package is missing is skipped
+    tracing._instrument_libraries({"other"})
+    assert FakeInstrumentor.switched_on == ["fake"]
