@@ -16,8 +16,8 @@ middleware with a ``run_coroutine`` that treats a job as a sync task's is treate
   exceptions (not ``Cancelled``) and gives up after one second with a ``RuntimeError``, leaving
   the coroutine running beside its retry;
 - a coroutine that never ends after its cancellation (it swallows it, or blocks the loop) keeps
-  its worker thread, as a sync task stuck in C code does: the watchdog's hard limit replaces the
-  process.
+  its worker thread, as a sync task stuck in C code does: at its hard limit, or its cancel grace,
+  the supervisor kills and replaces the process (``services/worker/limits.py``).
 
 An async job holds its worker thread while it awaits (one job per thread, as a sync job): the
 thread sleeps on the coroutine's future, so ``WORKER_THREADS`` is the number of jobs, sync and
