@@ -127,6 +127,18 @@ def _instrument_libraries(disabled: set[str]) -> None:
             instrumentor.instrument()
 
 
+def flush(timeout_ms: int = 5000) -> None:
+    """Export the spans still queued (a process about to end without its exit hooks)."""
+    if _tracer is None:
+        return
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is not None:
+        force_flush(timeout_ms)
+
+
 def enabled() -> bool:
     return _tracer is not None
 

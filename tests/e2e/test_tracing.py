@@ -37,6 +37,8 @@ def traced(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
         # NOTE: the batch processor's default delay is 5 s; the tests wait for the spans instead.
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "WEBHOOK_SIGNING_SECRET": "tracing-test-secret",
+        # isolation="process" tasks: their child process's spans join the job's trace too.
+        "TASK_MODULES": "tests.services.worker.isolated_tasks",
     }
     stack = start_stack(tmp_path_factory.mktemp("traced"), env)
     try:
@@ -227,6 +229,21 @@ def test_a_tasks_outbound_http_call_is_a_span_under_its_run(traced: Stack, recei
     sent = [headers for headers in receiver.hooks if headers.get("x-jobrelay-delivery") == job["id"]]
     assert sent and sent[-1]["traceparent"].split("-")[1:3] == [done["trace_id"], outbound.span_id]
     assert "do-not-trace" not in json.dumps([span.attributes for span in spans])
+
+
+def test_an_isolated_tasks_child_process_joins_the_trace(traced: Stack, receiver: Receiver) -> None:
+    # Given a job whose task runs in a child process (isolation="process")
+    job = submit(traced, {"task": "isolated.whoami", "args": {}})
+    done = traced.wait_job(job["id"], {"succeeded"}, timeout_s=30)
+
+    def child_span() -> tuple[Span, Span]:
+        spans = receiver.trace(done["trace_id"])
+        run = one(spans, "run isolated.whoami")
+        return run, one(spans, "isolated run")
+
+    run, child = receiver.wait_for(child_span)
+    # Then the child's span, exported by the child itself, is the run span's child
+    assert child.parent_id == run.span_id and child.attributes["jobrelay.task"] == "isolated.whoami"
 
 
 def test_the_duration_histograms_carry_exemplars_of_sampled_traces(traced: Stack, receiver: Receiver) -> None:

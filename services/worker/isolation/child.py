@@ -29,6 +29,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from services.worker.context import JobContext, enter_job, leave_job, use_settings
 from services.worker.tasks import load_task_modules
+from shared import tracing
 from shared.catalog import Catalog, TaskDefinition
 from shared.errors import PermanentTaskFailure
 from shared.logs import configure_logging, reset_log_context, set_log_context
@@ -54,6 +55,8 @@ class Run:
     max_retries: int = 0
     deadline: datetime | None = None
     workflow_id: str | None = None
+    #: The parent's ``run`` span (``shared/tracing.py``): the child's span, and its task's calls, join its trace.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ def serve(conn: Connection, settings: Settings, task_modules: tuple[str, ...]) -
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(SOFT_LIMIT_SIGNAL, _on_soft_limit)
     configure_logging("worker", settings.log_level, json_lines=settings.log_json)
+    tracing.configure_tracing("worker")
     use_settings(settings)
     catalog = load_task_modules(task_modules)
     results = build_result_storage(settings.effective_result_storage_url)
@@ -119,9 +123,13 @@ def serve(conn: Connection, settings: Settings, task_modules: tuple[str, ...]) -
         except (EOFError, OSError):
             return
         if request is None:
+            # NOTE: a child ends in os._exit (no atexit hooks): hand over its last spans first.
+            tracing.flush()
             return
         try:
-            _answer(conn, sink, _run(catalog, results, sink, request))
+            with tracing.span("isolated run", parent=request.traceparent, attributes={"jobrelay.task": request.task}):
+                reply = _run(catalog, results, sink, request)
+            _answer(conn, sink, reply)
         except OSError:
             return
 

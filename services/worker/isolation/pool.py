@@ -45,7 +45,7 @@ from services.worker.limits import hard_limit_s
 from services.worker.middleware.outcomes import HardTimeLimitExceeded
 from services.worker.recycling import RecycleLimits, rss_bytes
 from services.worker.tasks import BUILTIN_TASK_MODULES
-from shared import metrics
+from shared import metrics, tracing
 from shared.errors import PermanentTaskFailure
 from shared.settings import Settings
 
@@ -147,6 +147,7 @@ class IsolatedTasks(Middleware):
             max_retries=context.max_retries,
             deadline=context.deadline,
             workflow_id=context.workflow_id,
+            traceparent=tracing.traceparent(),
         )
         child = self._child()
         try:
