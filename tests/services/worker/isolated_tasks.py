@@ -1,4 +1,4 @@
-"""Misbehaving tasks with ``isolation="process"``, loaded by the isolation tests through ``TASK_MODULES``.
+"""Misbehaving tasks, most with ``isolation="process"``, loaded by the isolation tests through ``TASK_MODULES``.
 
 Each does to its process what careless or crash-prone code does: abort, segfault, leak,
 hold the GIL past its time limit, block in C. Isolated, each must cost only its own job.
@@ -83,3 +83,10 @@ def raises(kind: str) -> object:
     if kind == "permanent":
         raise Refused("never")
     return {"f": lambda: None}
+
+
+@task(name="isolated.thread_leak", queue="isolated", max_retries=0)
+def thread_leak(mb: int) -> int:
+    """``leak`` on a worker thread (not isolated): its worker process keeps the memory; the process's pid."""
+    _kept.append(b"\x01" * (mb << 20))
+    return os.getpid()

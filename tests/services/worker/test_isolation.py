@@ -268,3 +268,23 @@ def test_a_leaking_isolated_task_gets_its_child_recycled_above_max_memory(start_
     # And the worker process itself stays (its own memory is under the limit); the recycle is counted
     assert after["forkserver"] == first["forkserver"]
     assert worker.recycled("memory", "isolated") == 1 and worker.recycled("memory", "process") == 0
+
+
+def test_a_worker_process_over_max_memory_is_replaced_after_its_job_and_not_counted_a_crash(
+    start_worker: Callable[..., Worker],
+) -> None:
+    # Given worker processes allowed 300 MiB resident
+    worker = start_worker(threads=1, MAX_MEMORY_PER_CHILD_MB="300")
+    before = worker.children()
+    # When a thread task leaves 400 MiB behind in its worker process
+    leaked = worker.wait(worker.submit("isolated.thread_leak", mb=400).id)
+    assert leaked.status is JobStatus.SUCCEEDED and leaked.result in before
+    # Then that process is replaced (recycled, counted, no crash) and the new one serves the next job
+    deadline = time.monotonic() + FINISH_S
+    while not (worker.children() and not worker.children() & before):
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.05)
+    after = worker.wait(worker.submit("isolated.thread_leak", mb=1).id)
+    assert after.status is JobStatus.SUCCEEDED and after.result not in before
+    assert worker.recycled("memory", "process") == 1
+    assert "WorkerCrashed" not in worker.log() and "recycled" in worker.log()
