@@ -96,6 +96,9 @@ class Job:
     #: key, held while the job waits or runs, and until when at most (None: as long as that).
     unique_key: str | None = None
     unique_until: datetime | None = None
+    #: Tenants: the submitting API key's namespace (None: none) and name.
+    namespace: str | None = None
+    submitted_by: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -134,6 +137,8 @@ class Job:
             "trace_id": trace_id_of(self.traceparent),
             "unique_key": self.unique_key,
             "unique_until": rfc3339(self.unique_until),
+            "namespace": self.namespace,
+            "submitted_by": self.submitted_by,
         }
         if self.cancel_requested and not self.status.is_final:
             body["cancel_requested"] = True

@@ -24,6 +24,8 @@ T = TypeVar("T")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SCOPES = ("read", "write", "admin")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: A tenant's namespace, the fourth field of an ``API_KEYS`` entry.
+NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ApiKey:
     name: str
     token: str = dataclasses.field(repr=False)
     scopes: frozenset[str]
+    #: The tenant the key belongs to: it sees only its namespace's jobs. None: every job, as before tenants.
+    namespace: str | None = None
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -302,14 +306,17 @@ def _modules(raw: str) -> tuple[str, ...]:
 
 
 def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
-    """``name:token:scopes`` entries separated by whitespace, scopes joined by ``+``."""
+    """``name:token:scopes[:namespace]`` entries separated by whitespace, scopes joined by ``+``."""
     keys: list[ApiKey] = []
     seen_names: set[str] = set()
     for index, entry in enumerate(raw.split(), start=1):
         parts = entry.split(":")
-        if len(parts) != 3 or not all(parts):
-            raise ValueError(f"entry {index} must be name:token:scopes")
-        name, token, scopes_raw = parts
+        if len(parts) not in (3, 4) or not all(parts):
+            raise ValueError(f"entry {index} must be name:token:scopes or name:token:scopes:namespace")
+        name, token, scopes_raw = parts[:3]
+        namespace = parts[3] if len(parts) == 4 else None
+        if namespace is not None and not NAMESPACE.match(namespace):
+            raise ValueError(f"entry {index}: namespace must be lowercase letters, digits, '_' or '-' (at most 63)")
         if not _KEY_NAME.match(name):
             raise ValueError(f"entry {index}: name may hold only letters, digits, '_', '.', '-'")
         if len(token) < 8:
@@ -322,5 +329,5 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
         if name in seen_names:
             raise ValueError(f"entry {index}: its name appears in an earlier entry too")
         seen_names.add(name)
-        keys.append(ApiKey(name=name, token=token, scopes=scopes))
+        keys.append(ApiKey(name=name, token=token, scopes=scopes, namespace=namespace))
     return tuple(keys)

@@ -11,6 +11,7 @@ import falcon
 from shared import tracing
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.ids import new_id
+from shared.job import Job
 from shared.logs import reset_log_context, set_log_context
 from shared.settings import ApiKey
 
@@ -98,10 +99,33 @@ class Auth:
         key = self.identify(req.get_header("Authorization"))
         if key is None:
             raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
+        if key.namespace is not None and not getattr(resource, "namespaced", False):
+            # NOTE: only the resources that keep to the key's namespace (the jobs) take a namespaced key;
+            # the others (workflows, schedules, queues, dead letters) would show every namespace's rows.
+            raise Forbidden(f"the key {key.name!r} belongs to namespace {key.namespace!r}; this path is not open to it")
         needed = getattr(resource, "scopes", {}).get(req.method, "admin")
         if not key.allows(needed):
             raise Forbidden(f"the key {key.name!r} lacks the {needed!r} scope this request needs")
         req.context.api_key = key
+
+
+def namespace_of(req: falcon.Request) -> str | None:
+    """The namespace of the request's key; None for a key without one (or auth off): every job."""
+    key = getattr(req.context, "api_key", None)
+    return key.namespace if key is not None else None
+
+
+def submitted_by(req: falcon.Request) -> str | None:
+    key = getattr(req.context, "api_key", None)
+    return key.name if key is not None else None
+
+
+def visible(req: falcon.Request, job: Job) -> Job:
+    """``job`` if the request's key may see it, else ``NotFound`` as for an unknown id (so ids do not leak)."""
+    namespace = namespace_of(req)
+    if namespace is not None and job.namespace != namespace:
+        raise NotFound(f"no job with id {job.id!r}")
+    return job
 
 
 def sees_tracebacks(req: falcon.Request) -> bool:

@@ -292,6 +292,8 @@ def _job_schema() -> Schema:
     }
     props["unique_key"] = nullable({"type": "string", "description": "Hash of the task and its uniqueness key."})
     props["unique_until"] = nullable(DATE_TIME)
+    props["namespace"] = nullable({"type": "string", "description": "The submitting key's namespace (tenant)."})
+    props["submitted_by"] = nullable({"type": "string", "description": "The name of the key that submitted it."})
     required = list(props)
     props["cancel_requested"] = {"const": True, "description": "Present while a running attempt is interrupted."}
     return closed(props, required)

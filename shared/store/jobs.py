@@ -37,6 +37,8 @@ class JobFilter:
     schedule_id: str | None = None
     created_after: datetime | None = None
     dead: bool | None = None
+    #: Tenants: only this namespace's jobs (None: every job).
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class JobStore(Submissions, Leases, DeadLetters):
         """The SELECT of one page: every filter is served by an index (tests/shared/store/test_query_plans.py)."""
         query = select(jobs)
         conditions = []
-        for name in ("task", "queue", "workflow_id", "schedule_id"):
+        for name in ("task", "queue", "workflow_id", "schedule_id", "namespace"):
             value = getattr(filters, name)
             if value is not None:
                 conditions.append(jobs.c[name] == value)

@@ -106,7 +106,8 @@ jobs = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Column("workflow_id", String(36), nullable=True),
     Column("schedule_id", String(200), nullable=True),
-    Column("idempotency_key", String(200), nullable=True),
+    # NOTE: 300: a namespaced key is stored as "<namespace>\x1f<key>" (validation.stored_idempotency_key).
+    Column("idempotency_key", String(300), nullable=True),
     Column("request_hash", String(64), nullable=True),
     Column("request_id", String(64), nullable=True),
     Column("published_at", UtcDateTime, nullable=True),
@@ -128,6 +129,9 @@ jobs = Table(
     # while the job waits or runs (the partial unique index below), and until when at most.
     Column("unique_key", String(64), nullable=True),
     Column("unique_until", UtcDateTime, nullable=True),
+    # Tenants (migration 0012): the namespace of the API key that submitted the job, and that key's name.
+    Column("namespace", String(64), nullable=True),
+    Column("submitted_by", String(200), nullable=True),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),
@@ -164,6 +168,7 @@ Index("ix_jobs_workflow_id", jobs.c.workflow_id, jobs.c.id, **_with_value(jobs.c
 Index("ix_jobs_schedule_id", jobs.c.schedule_id, jobs.c.id, **_with_value(jobs.c.schedule_id))
 Index("ux_jobs_idempotency_key", jobs.c.idempotency_key, unique=True, **_with_value(jobs.c.idempotency_key))
 Index("ix_jobs_lease_owner", jobs.c.lease_owner, **_with_value(jobs.c.lease_owner))
+Index("ix_jobs_namespace_id", jobs.c.namespace, jobs.c.id, **_with_value(jobs.c.namespace))
 # NOTE: only a waiting or running job holds its uniqueness key: a finished one frees it by its status
 # change alone, so no worker code has to release it.
 Index("ux_jobs_unique_key", jobs.c.unique_key, unique=True, sqlite_where=text(UNIQUE_HOLDING),

@@ -36,10 +36,12 @@ HOLDING = [*(status.value for status in WAITING_STATUSES), JobStatus.RUNNING.val
 DEDUPLICATED = "deduplicated"
 
 
-def unique_hash(task: str, args: Any, unique_key: str | None) -> str:
-    """The key a job holds: its task with its given key, or with its arguments' canonical JSON."""
+def unique_hash(task: str, args: Any, unique_key: str | None, namespace: str | None = None) -> str:
+    """The key a job holds: its task with its given key, or with its arguments' canonical JSON, in its
+    tenant's namespace (none: the namespace-less jobs')."""
     subject = f"key:{unique_key}" if unique_key is not None else "args:" + canonical_json(args)
-    return hashlib.sha256(f"{task}\x00{subject}".encode()).hexdigest()
+    scope = f"ns:{namespace}\x00" if namespace is not None else ""
+    return hashlib.sha256(f"{scope}{task}\x00{subject}".encode()).hexdigest()
 
 
 def canonical_json(value: Any) -> str:

@@ -49,6 +49,9 @@ class Submission:
     idempotency_key: str | None = None
     workflow_id: str | None = None
     schedule_id: str | None = None
+    #: Tenants: the submitting API key's namespace (None: none) and name.
+    namespace: str | None = None
+    submitted_by: str | None = None
 
 
 @lru_cache(maxsize=512)
@@ -251,7 +254,9 @@ def build_job(
         scheduled_for=scheduled_for,
         workflow_id=submission.workflow_id,
         schedule_id=submission.schedule_id,
-        idempotency_key=key,
+        idempotency_key=stored_idempotency_key(submission.namespace, key),
+        namespace=submission.namespace,
+        submitted_by=submission.submitted_by,
         request_hash=request_hash(hashed) if key else None,
         request_id=submission.request_id,
         held=held,
@@ -260,10 +265,18 @@ def build_job(
         traceparent=tracing.traceparent(),
     )
     if unique_for_s or debounce_s:
-        job.unique_key = unique_hash(job.task, args, unique_key)
+        job.unique_key = unique_hash(job.task, args, unique_key, submission.namespace)
         job.unique_until = now + timedelta(seconds=unique_for_s) if unique_for_s else None
         job.extra["debounce_s"] = debounce_s
     return job
+
+
+def stored_idempotency_key(namespace: str | None, key: str | None) -> str | None:
+    """The idempotency key as stored: a namespaced key's behind its namespace, so tenants never share one.
+
+    NOTE: U+001F cannot appear in a namespace, so no two namespaces' keys collide.
+    """
+    return f"{namespace}\x1f{key}" if namespace is not None and key is not None else key
 
 
 def _uniqueness(

@@ -604,7 +604,8 @@ def test_url_errors_never_show_the_url(name: str) -> None:
     "raw",
     [
         f"ci:{TOKEN}",  # missing scopes
-        f"ci:{TOKEN}:read:extra",  # too many parts
+        f"ci:{TOKEN}:read:acme:extra",  # too many parts
+        f"ci:{TOKEN}:read:Not-A-Namespace",  # bad namespace
         f":{TOKEN}:read",  # empty name
         f"c/i:{TOKEN}:read",  # bad name
         f"ci:{TOKEN}:root",  # unknown scope
@@ -707,10 +708,25 @@ def test_names_with_other_characters_are_refused(name: str) -> None:
         parse_api_keys(f"{name}:{TOKEN}:read")
 
 
-@pytest.mark.parametrize("entry", ["ci", f"ci:{TOKEN}", f"ci:{TOKEN}:read:x", "ci::read", f":{TOKEN}:read", "::"])
-def test_entries_not_in_three_non_empty_parts_are_refused(entry: str) -> None:
-    with pytest.raises(ValueError, match=r"^entry 1 must be name:token:scopes$"):
+@pytest.mark.parametrize(
+    "entry", ["ci", f"ci:{TOKEN}", f"ci:{TOKEN}:read:x:y", "ci::read", f":{TOKEN}:read", "::", f"ci:{TOKEN}:read:"]
+)
+def test_entries_not_in_three_or_four_non_empty_parts_are_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match=r"^entry 1 must be name:token:scopes or name:token:scopes:namespace$"):
         parse_api_keys(entry)
+
+
+def test_a_fourth_field_puts_the_key_in_a_namespace() -> None:
+    acme, ops = parse_api_keys(f"acme:{TOKEN}:read+write:acme-1 ops:{OTHER_TOKEN}:admin")
+
+    assert acme.namespace == "acme-1" and acme.scopes == frozenset({"read", "write"})
+    assert ops.namespace is None
+
+
+@pytest.mark.parametrize("namespace", ["Acme", "-acme", "a/b", "x" * 64])
+def test_malformed_namespaces_are_refused(namespace: str) -> None:
+    with pytest.raises(ValueError, match=r"^entry 1: namespace must be lowercase"):
+        parse_api_keys(f"ci:{TOKEN}:read:{namespace}")
 
 
 def test_api_key_repr_hides_the_token() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import falcon
 
 from services.api.body import read_json
-from services.api.middleware import sees_tracebacks
+from services.api.middleware import namespace_of, sees_tracebacks, submitted_by, visible
 from shared.broker.queues import drop_dead_letters
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
@@ -38,13 +38,19 @@ def parse_limit(req: falcon.Request, errors: list[FieldError], default: int = 50
 
 class JobsResource:
     scopes = {"GET": "read", "POST": "write"}
+    namespaced = True
 
     def __init__(self, submitter: Submitter) -> None:
         self.submitter = submitter
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self.submitter.max_body_bytes)
-        submission = Submission(request_id=req.context.request_id, idempotency_key=req.get_header("Idempotency-Key"))
+        submission = Submission(
+            request_id=req.context.request_id,
+            idempotency_key=req.get_header("Idempotency-Key"),
+            namespace=namespace_of(req),
+            submitted_by=submitted_by(req),
+        )
         errors: list[FieldError] = []
         job = build_job(body, "", self.submitter.registry, submission, errors)
         if job is None:
@@ -90,7 +96,12 @@ class JobsResource:
             errors.append(FieldError("/query/cursor", "give it once"))
         if errors:
             raise InvalidInput("the list query is invalid", errors)
-        filters = JobFilter(status=status, created_after=created_after, **values)  # type: ignore[arg-type]
+        filters = JobFilter(
+            status=status,
+            created_after=created_after,
+            namespace=namespace_of(req),
+            **values,  # type: ignore[arg-type]
+        )
         try:
             page = self.submitter.store.page(filters, limit=limit, cursor=cursor)  # type: ignore[arg-type]
         except InvalidInput as exc:
@@ -103,12 +114,13 @@ class JobsResource:
 
 class JobRetryResource:
     scopes = {"POST": "write"}
+    namespaced = True
 
     def __init__(self, submitter: Submitter) -> None:
         self.submitter = submitter
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        job = self.submitter.store.get(job_id)
+        job = visible(req, self.submitter.store.get(job_id))
         requeued = self.submitter.store.requeue([job_id])
         if not requeued:
             raise Conflict(f"job {job_id} is {job.status.value}; only failed, cancelled or expired jobs can be retried")
@@ -121,6 +133,7 @@ class JobRetryResource:
 
 class BatchResource:
     scopes = {"POST": "write"}
+    namespaced = True
 
     def __init__(self, submitter: Submitter) -> None:
         self.submitter = submitter
@@ -134,7 +147,9 @@ class BatchResource:
             raise InvalidInput(
                 "batch size out of range", [FieldError("/jobs", f"must hold 1 to {MAX_BATCH} job requests")]
             )
-        submission = Submission(request_id=req.context.request_id)
+        submission = Submission(
+            request_id=req.context.request_id, namespace=namespace_of(req), submitted_by=submitted_by(req)
+        )
         errors: list[FieldError] = []
         built = [build_job(item, f"/jobs/{i}", self.submitter.registry, submission, errors)
                  for i, item in enumerate(requests)]  # fmt: skip
@@ -147,23 +162,25 @@ class BatchResource:
 
 class JobResource:
     scopes = {"GET": "read"}
+    namespaced = True
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = self.store.get(job_id).to_api(traceback=sees_tracebacks(req))
+        resp.media = visible(req, self.store.get(job_id)).to_api(traceback=sees_tracebacks(req))
 
 
 class JobResultResource:
     scopes = {"GET": "read"}
+    namespaced = True
 
     def __init__(self, store: JobStore, results: ResultStorage) -> None:
         self.store = store
         self.results = results
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        job = self.store.get(job_id)
+        job = visible(req, self.store.get(job_id))
         if job.status != JobStatus.SUCCEEDED:
             raise NotFound(f"job {job_id} has no result yet (it is {job.status.value})")
         if job.result_url is None:
@@ -178,12 +195,14 @@ class JobResultResource:
 
 class JobCancelResource:
     scopes = {"POST": "write"}
+    namespaced = True
 
     def __init__(self, store: JobStore, workflows: WorkflowEngine) -> None:
         self.store = store
         self.workflows = workflows
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        visible(req, self.store.get(job_id))
         job = self.store.cancel(job_id)
         if job.workflow_id and job.status.is_final:
             self.workflows.advance(job.workflow_id)

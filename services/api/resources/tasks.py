@@ -28,6 +28,8 @@ _SHOWN = (
 
 class TasksResource:
     scopes = {"GET": "read"}
+    #: The catalog is every tenant's.
+    namespaced = True
 
     def __init__(self, registry: TaskRegistry) -> None:
         self.registry = registry

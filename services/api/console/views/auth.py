@@ -39,6 +39,13 @@ class LoginPage(Page):
                             message="That key is not one of this server's API keys.")  # fmt: skip
                 resp.status = falcon.HTTP_401
                 return
+            if key.namespace is not None:
+                # NOTE: the console's pages read every namespace's jobs; a tenant's key stays out of them.
+                log.warning("console login refused: the key %r belongs to a namespace", key.name)
+                self.render(req, resp, "login.html", next_url=next_url, auth=True,
+                            message="A key of a namespace cannot open the console; use the API.")  # fmt: skip
+                resp.status = falcon.HTTP_403
+                return
         sessions.start(req, resp, key)
         log.info("console session started for the key %r", key.name if key else "anonymous")
         redirect(resp, next_url)
