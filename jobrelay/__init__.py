@@ -6,9 +6,11 @@ A task module (named in ``TASK_MODULES``)::
 
 (an ``async def`` task awaits ``report_progress_async`` rather than calling ``report_progress``).
 
-A script talking to the API::
+A script or service talking to the API (httpx, sync or async; ``JobrelayClient`` needs only the stdlib)::
 
-    from jobrelay import ApiInvalidRequest, JobrelayClient, job_request
+    from jobrelay import ApiInvalidRequest, AsyncClient, Client, JobrelayClient, job_request
+
+and a declared task sends itself: ``handle = thumbnails.submit(sizes=[64])``, ``handle.result()``.
 
 Import these names from ``jobrelay`` only. The ``shared`` and ``services``
 packages behind them are jobrelay's internals: they move as the code is laid
@@ -63,6 +65,10 @@ from shared.client import (  # noqa: E402
     WaitTimeout,
     job_request,
 )
+from shared.client.aio import AsyncClient  # noqa: E402
+from shared.client.calls import RetryPolicy  # noqa: E402
+from shared.client.handles import AsyncJobHandle, JobHandle  # noqa: E402
+from shared.client.sync import Client  # noqa: E402
 from shared.lifespans import resources, worker_lifespan  # noqa: E402
 from shared.schema import Schema  # noqa: E402
 
@@ -76,11 +82,16 @@ __all__ = [
     "ApiServerError",
     "ApiUnauthorized",
     "ApiUnavailable",
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Client",
     "ClientError",
     "ConnectionFailed",
     "CurrentJob",
+    "JobHandle",
     "JobrelayClient",
     "Retry",
+    "RetryPolicy",
     "Schema",
     "WaitTimeout",
     "current_job",

@@ -158,7 +158,10 @@ class Catalog:
         debounce_s: float | None = None,
         isolation: str = "thread",
     ) -> Callable[[F], F]:
-        """Declare the decorated function as task ``name``; the function is returned unchanged.
+        """Declare the decorated function as task ``name``.
+
+        The function is returned itself, given ``.submit(**args)``, ``.asubmit(**args)`` and
+        ``.using(client, **options)`` to send it to the API (``shared/client/handles.py``).
 
         ``isolation="process"`` runs each job in a child process of its own (a crash or a kill
         costs only that job); an ``async def`` task cannot have it (refused here).
@@ -231,6 +234,10 @@ class Catalog:
             if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
                 raise TaskError(f"task {name} is declared twice ({existing.fn.__qualname__})")
             self._tasks[name] = TaskDefinition(spec=spec, fn=fn, non_retryable_types=exc_types)
+            # NOTE: imported here, so a worker that never submits does not load the HTTP client at import.
+            from shared.client.handles import attach
+
+            attach(fn, name, spec.args_schema)
             return fn
 
         return decorate

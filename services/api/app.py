@@ -29,7 +29,7 @@ from services.api.resources.queues import (
     QueueResumeResource,
     QueuesResource,
 )
-from services.api.resources.schedules import ScheduleResource, SchedulesResource
+from services.api.resources.schedules import ScheduleResource, SchedulesResource, ScheduleTriggerResource
 from services.api.resources.tasks import TasksResource
 from services.api.resources.workflows import WorkflowCancelResource, WorkflowResource, WorkflowsResource
 from shared import exemplars, metrics, tracing
@@ -121,6 +121,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     schedules = ScheduleStore(store.engine)
     app.add_route("/v1/schedules", SchedulesResource(schedules, registry, settings.api_max_body_bytes))
     app.add_route("/v1/schedules/{schedule_id}", ScheduleResource(schedules, registry, settings.api_max_body_bytes))
+    app.add_route("/v1/schedules/{schedule_id}/trigger", ScheduleTriggerResource(schedules, submitter))
     console = build_console(
         settings,
         store=store,

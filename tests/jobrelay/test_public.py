@@ -20,6 +20,10 @@ from services.worker import retry_policy
 from services.worker.context import CurrentJob, job_view, report_progress, report_progress_async, result_file
 from shared import client
 from shared.catalog import task
+from shared.client.aio import AsyncClient
+from shared.client.calls import RetryPolicy
+from shared.client.handles import AsyncJobHandle, JobHandle
+from shared.client.sync import Client
 from shared.lifespans import resources, worker_lifespan
 from shared.schema import Schema
 
@@ -54,6 +58,11 @@ FOR_CLIENTS = {
     "ApiServerError": client.ApiServerError,
     "ConnectionFailed": client.ConnectionFailed,
     "WaitTimeout": client.WaitTimeout,
+    "Client": Client,
+    "AsyncClient": AsyncClient,
+    "JobHandle": JobHandle,
+    "AsyncJobHandle": AsyncJobHandle,
+    "RetryPolicy": RetryPolicy,
 }
 #: Modules ``import jobrelay`` must not load: each would cost time or hold a connection pool.
 HEAVY = ("redis", "sqlalchemy", "dramatiq", "falcon", "gunicorn", "gevent", "psycopg", "boto3", "apscheduler")

@@ -151,6 +151,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("deleteSchedule", "/v1/schedules/{schedule_id}", "delete", "Delete a schedule made over the API",
               "admin", {204: {"description": "Deleted."}, 404: "NotFound", 409: "Conflict"},
               params=(SCHEDULE_ID_PARAM,)),
+    Operation("triggerSchedule", "/v1/schedules/{schedule_id}/trigger", "post",
+              "Run the schedule's task once now, outside its timing", "admin",
+              {202: "Job", 404: "NotFound"}, params=(SCHEDULE_ID_PARAM,), location=True, links=_JOB_LINKS),
 )  # fmt: skip
 
 

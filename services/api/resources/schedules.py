@@ -11,11 +11,15 @@ from __future__ import annotations
 import falcon
 
 from services.api.body import read_json
+from services.api.middleware import sees_tracebacks
 from shared.errors import Conflict, FieldError, InvalidInput
+from shared.ids import new_id
 from shared.job import utcnow
 from shared.schedules.definition import next_run_after_change, parse_schedule
 from shared.store.schedules import DEFINITION_FIELDS, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
+from shared.submission.submitter import Submitter
+from shared.submission.validation import build_scheduled_job
 
 
 class SchedulesResource:
@@ -95,3 +99,27 @@ class ScheduleResource:
                 f"schedule {schedule_id!r} comes from the schedules file: remove it there, or disable it over the API"
             )
         resp.status = falcon.HTTP_204
+
+
+class ScheduleTriggerResource:
+    """``POST /v1/schedules/{id}/trigger``: one job of the schedule's task and arguments now, outside its timing.
+
+    The job carries the schedule's id (``schedule_id``), like the ones its trigger makes; the
+    schedule's own next run is left as it is. Works for disabled schedules too.
+    """
+
+    scopes = {"POST": "admin"}
+
+    def __init__(self, schedules: ScheduleStore, submitter: Submitter) -> None:
+        self.schedules = schedules
+        self.submitter = submitter
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, schedule_id: str) -> None:
+        schedule = self.schedules.get(schedule_id)
+        job = build_scheduled_job(
+            self.submitter.registry, job_id=new_id(), schedule_id=schedule.id, task=schedule.task, args=schedule.args
+        )
+        [(stored, _created)] = self.submitter.submit([job])
+        resp.status = falcon.HTTP_202
+        resp.set_header("Location", f"/v1/jobs/{stored.id}")
+        resp.media = stored.to_api(traceback=sees_tracebacks(req))
