@@ -1,4 +1,4 @@
-"""The ``jobrelay`` command: ``up``, ``api``, ``worker``, ``scheduler``, and the clients ``submit`` and ``status``."""
+"""The ``jobrelay`` command: ``up``, ``api``, ``worker``, ``scheduler``, and the client commands (``docs/cli.md``)."""
 
 from __future__ import annotations
 
@@ -22,30 +22,38 @@ def _queues(raw: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobrelay", description="Reliable background jobs over HTTP.")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="jobrelay", description="Reliable background jobs over HTTP (docs/cli.md).", formatter_class=defaults
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("up", help="the whole stack for a laptop: embedded Redis, SQLite, API, workers, scheduler")
+    commands.add_parser(
+        "up",
+        formatter_class=defaults,
+        help="the whole stack for a laptop: embedded Redis, SQLite, API, workers, scheduler",
+    )
 
-    api = commands.add_parser("api", help="the HTTP API under gunicorn")
+    api = commands.add_parser("api", formatter_class=defaults, help="the HTTP API under gunicorn")
     api.add_argument("--workers", type=int, default=None, help="gunicorn worker processes (API_WORKERS)")
 
-    worker = commands.add_parser("worker", help="worker processes for some queues")
+    worker = commands.add_parser("worker", formatter_class=defaults, help="worker processes for some queues")
     worker.add_argument("--queues", type=_queues, default=None, help="comma-separated; default: every catalog queue")
     worker.add_argument("--processes", type=int, default=None, help="worker processes (WORKER_PROCESSES)")
     worker.add_argument("--threads", type=int, default=None, help="threads per process (WORKER_THREADS)")
     worker.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
 
-    commands.add_parser("scheduler", help="the scheduler (run two for high availability)")
+    commands.add_parser("scheduler", formatter_class=defaults, help="the scheduler (run two for high availability)")
     client_cli.add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command in client_cli.COMMANDS:
         # Client commands talk HTTP only: they need none of the server settings.
-        sys.exit(client_cli.run(args))
+        sys.exit(client_cli.run(args, parser))
     try:
         settings = Settings.from_env()
         if args.command == "up":

@@ -1,4 +1,4 @@
-"""``jobrelay submit`` / ``jobrelay status`` run against the real API served over loopback HTTP."""
+"""``jobrelay submit`` / ``status`` / ``queues`` run against the real API served over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from shared.client import JobrelayClient
-from shared.client.cli import ProgressView, add_commands, parse_value, render_progress, run
+from shared.client.cli import add_commands, parse_value, run
+from shared.client.output import ProgressView, render_progress
 from shared.redis_server import free_port
 from tests.services.worker.conftest import Harness, harness, worker_settings  # noqa: F401
 from tests.shared.client.test_client import ADMIN, WRITER, api_url, database_url  # noqa: F401
@@ -44,16 +45,19 @@ def api(env: str) -> JobrelayClient:
 
 
 def test_submit_parses_arg_values_as_json_when_they_parse(env: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli("submit", "diagnostics.sleep", "--arg", "seconds=2") == 0
+    assert cli("submit", "diagnostics.sleep", "--arg", "seconds=2", "--json") == 0
     job = json.loads(capsys.readouterr().out)
     assert job["args"] == {"seconds": 2} and job["status"] == "queued"
 
-    assert cli("submit", "diagnostics.echo", "--json-args", '{"message": "json"}', "--arg", "message=hi") == 0
+    assert cli("submit", "diagnostics.echo", "--json-args", '{"message": "json"}', "--arg", "message=hi", "--json") == 0
     assert json.loads(capsys.readouterr().out)["args"] == {"message": "hi"}
 
 
 def test_submit_with_delay_and_queue(env: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli("submit", "diagnostics.echo", "--arg", "message=later", "--delay", "60", "--queue", "default") == 0
+    assert (
+        cli("submit", "diagnostics.echo", "--arg", "message=later", "--delay", "60", "--queue", "default", "--json")
+        == 0
+    )
     job = json.loads(capsys.readouterr().out)
     assert job["status"] == "scheduled" and job["queue"] == "default"
 
@@ -81,11 +85,11 @@ def test_submit_wait_exits_0_on_success_and_1_on_failure(
     harness: Harness,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert cli("submit", "diagnostics.echo", "--arg", "message=hi", "--wait", "--timeout", "10") == 0
+    assert cli("submit", "diagnostics.echo", "--arg", "message=hi", "--wait", "--timeout", "10", "--json") == 0
     done = json.loads(capsys.readouterr().out)
     assert done["status"] == "succeeded" and done["result"] == "hi"
 
-    assert cli("submit", "diagnostics.fail", "--max-retries", "0", "--wait", "--timeout", "10") == 1
+    assert cli("submit", "diagnostics.fail", "--max-retries", "0", "--wait", "--timeout", "10", "--json") == 1
     failed = json.loads(capsys.readouterr().out)
     assert failed["status"] == "failed" and failed["error"]["type"] == "DiagnosticFailure"
 
@@ -98,7 +102,7 @@ def test_submit_wait_timeout_exits_2(env: str, capsys: pytest.CaptureFixture[str
 
 def test_status_prints_the_job(api: JobrelayClient, capsys: pytest.CaptureFixture[str]) -> None:
     job = api.submit("diagnostics.echo", {"message": "hi"})
-    assert cli("status", job["id"]) == 0
+    assert cli("status", job["id"], "--json") == 0
     assert json.loads(capsys.readouterr().out) == job
 
 
@@ -183,7 +187,7 @@ def test_token_falls_back_to_the_dev_key_file(
     data_dir.mkdir()
     monkeypatch.setenv("DATA_DIR", str(data_dir))
     (data_dir / "dev-api-key").write_text(f"dev:{ADMIN}:admin\n")
-    assert cli("submit", "diagnostics.echo", "--arg", "message=hi") == 0
+    assert cli("submit", "diagnostics.echo", "--arg", "message=hi", "--json") == 0
     assert json.loads(capsys.readouterr().out)["status"] == "queued"
 
     (data_dir / "dev-api-key").write_text("garbage\n")
@@ -195,12 +199,12 @@ def test_queues_pause_list_and_resume(env: str, capsys: pytest.CaptureFixture[st
     # a write key may not pause
     assert cli("queues", "pause", "default") == 2
     assert "403" in capsys.readouterr().err
-    assert cli("queues", "pause", "default", "--token", ADMIN) == 0
+    assert cli("queues", "pause", "default", "--token", ADMIN, "--json") == 0
     assert json.loads(capsys.readouterr().out)["paused"] is True
-    assert cli("queues") == 0
+    assert cli("queues", "--json") == 0
     listed = {q["name"]: q["paused"] for q in json.loads(capsys.readouterr().out)["items"]}
     assert listed["default"] is True
-    assert cli("queues", "resume", "default", "--token", ADMIN) == 0
+    assert cli("queues", "resume", "default", "--token", ADMIN, "--json") == 0
     assert json.loads(capsys.readouterr().out) == {"name": "default", "paused": False, "paused_at": None}
     assert JobrelayClient(env, ADMIN).queues()[0]["paused"] is False
     # no name, or an unknown queue
