@@ -153,7 +153,8 @@ OPERATIONS: tuple[Operation, ...] = (
               params=(SCHEDULE_ID_PARAM,)),
     Operation("triggerSchedule", "/v1/schedules/{schedule_id}/trigger", "post",
               "Run the schedule's task once now, outside its timing", "admin",
-              {202: "Job", 404: "NotFound"}, params=(SCHEDULE_ID_PARAM,), location=True, links=_JOB_LINKS),
+              {202: "Job", 404: "NotFound", 409: "Conflict", 422: "Unprocessable"}, params=(SCHEDULE_ID_PARAM,),
+              location=True, links=_JOB_LINKS),
 )  # fmt: skip
 
 

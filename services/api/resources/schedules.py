@@ -116,6 +116,10 @@ class ScheduleTriggerResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, schedule_id: str) -> None:
         schedule = self.schedules.get(schedule_id)
+        if schedule.source == ScheduleSource.BUILTIN:
+            # NOTE: housekeeping runs inside the scheduler leader, not as a task any worker has.
+            raise Conflict(f"schedule {schedule_id!r} is built in: the scheduler runs it, it cannot be triggered")
+        # A task no worker registers (any more) is a 422 from build_scheduled_job, naming it.
         job = build_scheduled_job(
             self.submitter.registry, job_id=new_id(), schedule_id=schedule.id, task=schedule.task, args=schedule.args
         )
