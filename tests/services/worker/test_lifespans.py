@@ -155,3 +155,40 @@ def test_a_lifespan_that_raises_at_stop_is_logged_and_the_others_still_exit(tmp_
     assert "worker lifespan tests.services.worker.lifespan_tasks.http_client failed at exit" in text
     assert "RuntimeError: the client would not close" in text
     assert [f"{event} {name}" for event, name, _ in _events(events_path)][-2:] == ["stop http_client", "stop pool"]
+
+
+def test_jobrelay_up_stops_with_the_lifespan_error_shown(tmp_path: Path) -> None:
+    # Given: the whole stack for a laptop, with a task module whose lifespan fails at start
+    api_port, worker_port, scheduler_port = free_port(), free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "API_KEYS")},
+        "DATA_DIR": str(tmp_path / "data"),
+        "API_BIND": f"127.0.0.1:{api_port}",
+        "WORKER_METRICS_BIND": f"127.0.0.1:{worker_port}",
+        "SCHEDULER_METRICS_BIND": f"127.0.0.1:{scheduler_port}",
+        "TASK_MODULES": "tests.services.worker.lifespan_tasks",
+        "LIFESPAN_LOG": str(tmp_path / "lifespans.log"),
+        "LIFESPAN_MODE": "raise_start",
+        "LOG_JSON": "off",
+    }
+    log = tmp_path / "up.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    try:
+        # Then: it stops by itself, non-zero, with the lifespan's error in its output
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    text = log.read_text()
+    assert code == 1, text[-4000:]
+    assert "worker lifespan tests.services.worker.lifespan_tasks.pool failed at start" in text
+    assert "jobrelay up: worker exited with 1" in text
+    starts = [entry for entry in _events(tmp_path / "lifespans.log") if entry[:2] == ("start", "pool")]
+    assert len(starts) == 1, starts
