@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import queue
 import threading
@@ -27,6 +28,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware, MiddlewareError
 
+from services.worker.middleware.event_loop import JobEventLoop
 from shared.errors import LifespanError
 from shared.lifespans import lifespan_name, use_resources
 
@@ -167,6 +169,45 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, LifespanError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ProcessLifespans:
+    """The lifespans of a process that has no Dramatiq worker of its own (an isolation child).
+
+    Its async lifespans get an event loop of their own in that process (``JobEventLoop``).
+    """
+
+    def __init__(self, lifespans: list[Callable[..., Any]], *, startup_timeout_s: float, exit_timeout_s: float) -> None:
+        self.lifespans = lifespans
+        self.startup_timeout_s = startup_timeout_s
+        self.exit_timeout_s = exit_timeout_s
+        self._loop: JobEventLoop | None = None
+        self._stack: LifespanStack | None = None
+
+    def enter(self) -> None:
+        """Enter them and publish their resources; ``LifespanError`` naming the one that failed."""
+        if any(inspect.isasyncgenfunction(fn) for fn in self.lifespans):
+            self._loop = JobEventLoop(log)
+            self._loop.start(timeout=5.0)
+        loop = self._loop.loop if self._loop is not None else None
+        self._stack = LifespanStack(self.lifespans, loop=loop, startup_timeout_s=self.startup_timeout_s)
+        try:
+            use_resources(self._stack.enter())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def exit(self) -> None:
+        if self._stack is not None:
+            self._stack.exit(timeout_s=self.exit_timeout_s)
+            self._stack = None
+        use_resources(None)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
 
 
 class LifespanFailed(MiddlewareError):

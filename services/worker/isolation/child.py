@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import pickle
 import signal
 import threading
@@ -28,10 +29,12 @@ from typing import Any
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from services.worker.context import JobContext, enter_job, leave_job, use_settings
+from services.worker.lifespans import ProcessLifespans
 from services.worker.tasks import load_task_modules
 from shared import tracing
 from shared.catalog import Catalog, TaskDefinition
-from shared.errors import PermanentTaskFailure
+from shared.errors import LifespanError, PermanentTaskFailure
+from shared.lifespans import default_lifespans
 from shared.logs import configure_logging, reset_log_context, set_log_context
 from shared.results import ResultStorage, build_result_storage
 from shared.results.encoding import ResultNotJSON, encode
@@ -117,21 +120,48 @@ def serve(conn: Connection, settings: Settings, task_modules: tuple[str, ...]) -
     catalog = load_task_modules(task_modules)
     results = build_result_storage(settings.effective_result_storage_url)
     sink = _PipeSink(conn)
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
-        if request is None:
+    # NOTE: a child is a process of its own: it enters the worker lifespans too, and exits them when
+    # told to stop (its parent waits STOP_GRACE_S for that).
+    lifespans = ProcessLifespans(
+        default_lifespans.lifespans(), startup_timeout_s=settings.worker_startup_timeout_s, exit_timeout_s=1.5
+    )
+    try:
+        lifespans.enter()
+    except LifespanError as exc:
+        log.error("isolation child %d cannot start: %s", os.getpid(), exc.detail)
+        _refuse_first(conn, exc)
+        return
+    stopped = False
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            if request is None:
+                stopped = True
+                return
+            try:
+                with tracing.span(
+                    "isolated run", parent=request.traceparent, attributes={"jobrelay.task": request.task}
+                ):
+                    reply = _run(catalog, results, sink, request)
+                _answer(conn, sink, reply)
+            except OSError:
+                return
+    finally:
+        lifespans.exit()
+        if stopped:
             # NOTE: a child ends in os._exit (no atexit hooks): hand over its last spans first.
             tracing.flush()
-            return
-        try:
-            with tracing.span("isolated run", parent=request.traceparent, attributes={"jobrelay.task": request.task}):
-                reply = _run(catalog, results, sink, request)
-            _answer(conn, sink, reply)
-        except OSError:
-            return
+
+
+def _refuse_first(conn: Connection, exc: LifespanError) -> None:
+    """Answer the job this child was started for with its lifespan's error (retried by the task's policy)."""
+    with contextlib.suppress(EOFError, OSError):
+        request = conn.recv()
+        if request is not None:
+            conn.send(raised(exc, None))
 
 
 def _run(catalog: Catalog, results: ResultStorage, sink: _PipeSink, request: Run) -> Done | Raised:

@@ -58,3 +58,9 @@ async def async_uses() -> dict[str, object]:
     job = current_job()
     assert job is not None
     return {"same_loop": client["loop"] is asyncio.get_running_loop(), "pid": os.getpid(), "task": job.task}
+
+
+@task(name="lifespans.isolated_uses", queue="default", max_retries=0, time_limit_s=20, isolation="process")
+def isolated_uses() -> dict[str, object]:
+    """Return the pool of the isolation child this runs in."""
+    return {"pool": resources()["pool"], "pid": os.getpid()}

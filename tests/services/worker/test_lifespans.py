@@ -96,9 +96,10 @@ def test_every_worker_process_enters_its_lifespans_before_jobs_and_exits_them_at
     with worker(tmp_path, redis_url, processes=2, extra_env={}) as process:
         _wait_for(lambda: len(_events(events_path)) >= 4, 60, "both processes' lifespan starts", log)
 
-        # When: tasks use the resources
+        # When: tasks use the resources, one of them in an isolation child
         sync_job = _submit_and_wait(tmp_path, redis_url, "lifespans.sync_uses")
         async_job = _submit_and_wait(tmp_path, redis_url, "lifespans.async_uses")
+        isolated_job = _submit_and_wait(tmp_path, redis_url, "lifespans.isolated_uses", timeout_s=60)
 
         # And: the worker is stopped
         process.send_signal(signal.SIGTERM)
@@ -108,11 +109,16 @@ def test_every_worker_process_enters_its_lifespans_before_jobs_and_exits_them_at
     assert sync_job.status is JobStatus.SUCCEEDED and async_job.status is JobStatus.SUCCEEDED, log.read_text()
     assert sync_job.result["pool"] == f"pool-of-{sync_job.result['pid']}"
     assert async_job.result == {"same_loop": True, "pid": async_job.result["pid"], "task": "lifespans.async_uses"}
-    # And: each process entered in the order registered and exited in reverse
+    # And: the isolated task ran in a child of its own, with the resources that child's lifespans gave
+    assert isolated_job.status is JobStatus.SUCCEEDED, log.read_text()
+    child_pid = isolated_job.result["pid"]
+    assert isolated_job.result["pool"] == f"pool-of-{child_pid}"
+    assert child_pid not in (sync_job.result["pid"], async_job.result["pid"])
+    # And: each process (the two worker processes and the child) entered in order and exited in reverse
     by_pid: dict[int, list[str]] = {}
     for event, name, pid in _events(events_path):
         by_pid.setdefault(pid, []).append(f"{event} {name}")
-    assert len(by_pid) == 2, by_pid
+    assert len(by_pid) == 3 and child_pid in by_pid, by_pid
     for sequence in by_pid.values():
         assert sequence == ["start pool", "start http_client", "stop http_client", "stop pool"]
 
