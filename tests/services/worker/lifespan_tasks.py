@@ -1,12 +1,14 @@
 """Tasks and worker lifespans for the lifespan tests, loaded through ``TASK_MODULES`` as a user's module.
 
 ``LIFESPAN_LOG`` names a file each lifespan appends ``<event> <name> <pid>`` lines to;
-``LIFESPAN_MODE`` picks a bad case: ``raise_start``, ``hang_start``, ``raise_stop``.
+``LIFESPAN_MODE`` picks a bad case: ``raise_start``, ``hang_start``, ``raise_stop``, ``raise_in_child``
+(in an isolation child only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +30,8 @@ def pool() -> Iterator[dict[str, object]]:
         raise ConnectionRefusedError("the pool's database refused the connection")
     if mode == "hang_start":
         time.sleep(3600)
+    if mode == "raise_in_child" and multiprocessing.parent_process() is not None:
+        raise ConnectionRefusedError("the child's database refused the connection")
     yield {"pool": f"pool-of-{os.getpid()}"}
     _record("stop", "pool")
 

@@ -198,3 +198,21 @@ def test_jobrelay_up_stops_with_the_lifespan_error_shown(tmp_path: Path) -> None
     assert "jobrelay up: worker exited with 1" in text
     starts = [entry for entry in _events(tmp_path / "lifespans.log") if entry[:2] == ("start", "pool")]
     assert len(starts) == 1, starts
+
+
+def test_an_isolation_child_whose_lifespan_fails_fails_its_job_with_that_error(tmp_path: Path, redis_url: str) -> None:
+    events_path, log = tmp_path / "lifespans.log", tmp_path / "worker.log"
+    # Given: lifespans that start in the worker process but raise in an isolation child
+    with worker(tmp_path, redis_url, processes=1, extra_env={"LIFESPAN_MODE": "raise_in_child"}):
+        _wait_for(lambda: len(_events(events_path)) >= 2, 60, "the lifespan starts", log)
+        # When: an isolated job runs
+        job = _submit_and_wait(tmp_path, redis_url, "lifespans.isolated_uses", timeout_s=60)
+        # Then: the job fails with the lifespan's error, and the worker still serves thread tasks
+        assert _submit_and_wait(tmp_path, redis_url, "lifespans.sync_uses").status is JobStatus.SUCCEEDED
+    assert job.status is JobStatus.FAILED, log.read_text()
+    assert job.error is not None and job.error["type"] == "LifespanError"
+    assert job.error["message"] == (
+        "worker lifespan tests.services.worker.lifespan_tasks.pool failed at start: "
+        "ConnectionRefusedError: the child's database refused the connection"
+    )
+    assert "isolation child" in log.read_text() and "cannot start" in log.read_text()
