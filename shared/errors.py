@@ -72,6 +72,16 @@ class Unavailable(JobrelayError):
     title = "Service unavailable"
 
 
+class TooManyRequests(JobrelayError):
+    """Over a quota (a namespace's waiting jobs or submissions per second): try again after ``retry_after_s``."""
+
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class TaskError(JobrelayError):
     """Raised inside the worker for problems with a task definition."""
 

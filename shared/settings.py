@@ -43,6 +43,15 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class NamespaceQuota:
+    """One entry of ``NAMESPACE_QUOTAS``: a tenant's most jobs waiting and most jobs submitted a second."""
+
+    namespace: str
+    max_waiting: int | None = None
+    max_per_s: int | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of every service; see the README's settings table."""
 
@@ -51,6 +60,7 @@ class Settings:
     data_dir: Path = Path(".data")
     api_bind: str = "127.0.0.1:8000"
     api_keys: tuple[ApiKey, ...] = ()
+    namespace_quotas: tuple[NamespaceQuota, ...] = ()
     api_auth: bool = True
     api_workers: int = 2
     api_max_body_bytes: int = 1024 * 1024
@@ -126,6 +136,7 @@ class Settings:
             data_dir=_get(env, "DATA_DIR", _path, d.data_dir),
             api_bind=_get(env, "API_BIND", _bind, d.api_bind),
             api_keys=_get(env, "API_KEYS", parse_api_keys, ()),
+            namespace_quotas=_get(env, "NAMESPACE_QUOTAS", parse_namespace_quotas, ()),
             api_auth=_get(env, "API_AUTH", _on_off, True),
             api_workers=_get(env, "API_WORKERS", _int(1, 64), d.api_workers),
             api_max_body_bytes=_get(env, "API_MAX_BODY_BYTES", _int(1024, 1 << 30), d.api_max_body_bytes),
@@ -331,3 +342,24 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
         seen_names.add(name)
         keys.append(ApiKey(name=name, token=token, scopes=scopes, namespace=namespace))
     return tuple(keys)
+
+
+def parse_namespace_quotas(raw: str) -> tuple[NamespaceQuota, ...]:
+    """``namespace:max_waiting:max_per_s`` entries separated by whitespace; ``-`` leaves a limit out."""
+    quotas: list[NamespaceQuota] = []
+    for index, entry in enumerate(raw.split(), start=1):
+        parts = entry.split(":")
+        if len(parts) != 3 or not NAMESPACE.match(parts[0]):
+            raise ValueError(f"entry {index} must be namespace:max_waiting:max_per_s ('-' for no limit)")
+        limits: list[int | None] = []
+        for part in parts[1:]:
+            if part == "-":
+                limits.append(None)
+            elif part.isdecimal() and 1 <= int(part) <= 10**9:
+                limits.append(int(part))
+            else:
+                raise ValueError(f"entry {index}: a limit must be a whole number from 1 or '-'")
+        if parts[0] in {quota.namespace for quota in quotas}:
+            raise ValueError(f"entry {index}: namespace {parts[0]!r} appears in an earlier entry too")
+        quotas.append(NamespaceQuota(parts[0], limits[0], limits[1]))
+    return tuple(quotas)

@@ -11,6 +11,7 @@ from dramatiq.brokers.redis import RedisBroker
 from services.api import errors
 from services.api.console import Gate, add_console, build_console
 from services.api.middleware import Auth, RefuseNul, RequestId, Tracing
+from services.api.quotas import Quotas
 from services.api.resources.docs import add_docs
 from services.api.resources.health import HealthResource, ReadyResource
 from services.api.resources.jobs import (
@@ -101,8 +102,9 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/metrics", MetricsResource())
     app.add_route("/openapi.json", OpenApiResource(registry))
     add_docs(app)
-    app.add_route("/v1/jobs", JobsResource(submitter))
-    app.add_route("/v1/jobs/batch", BatchResource(submitter))
+    quotas = Quotas(settings.namespace_quotas, store, broker.client)
+    app.add_route("/v1/jobs", JobsResource(submitter, quotas))
+    app.add_route("/v1/jobs/batch", BatchResource(submitter, quotas))
     app.add_route("/v1/jobs/{job_id}", JobResource(store))
     results = build_result_storage(settings.effective_result_storage_url)
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store, results))

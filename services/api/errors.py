@@ -19,6 +19,7 @@ from shared.errors import (
     JobrelayError,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -40,6 +41,7 @@ _STATUS: dict[type[JobrelayError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,
+    TooManyRequests: 429,
     Unavailable: 503,
 }
 
@@ -70,6 +72,8 @@ def handle_domain_error(req: falcon.Request, resp: falcon.Response, exc: Jobrela
         resp.set_header("WWW-Authenticate", 'Bearer realm="jobrelay"')
     if status == 503:
         resp.set_header("Retry-After", "1")
+    if isinstance(exc, TooManyRequests):
+        resp.set_header("Retry-After", str(exc.retry_after_s))
     problem(resp, status, exc.title, exc.detail, exc.errors)
 
 

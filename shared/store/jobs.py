@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, select, update
+from sqlalchemy import Engine, Select, and_, func, select, update
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.ids import id_lower_bound
@@ -77,6 +77,13 @@ class JobStore(Submissions, Leases, DeadLetters):
         if row is None:
             raise NotFound(f"no job with id {job_id!r}")
         return Job.from_row(row)
+
+    def count_waiting(self, namespace: str | None) -> int:
+        """How many jobs of ``namespace`` wait for a worker (queued, scheduled, retrying): its quota's measure."""
+        waiting = [status.value for status in WAITING_STATUSES]
+        with self.engine.connect() as conn:
+            query = select(func.count()).where(jobs.c.namespace == namespace, jobs.c.status.in_(waiting))
+            return int(conn.execute(query).scalar_one())
 
     def page(self, filters: JobFilter, *, limit: int = 50, cursor: str | None = None) -> Page:
         """Newest first; the cursor is the last id seen, so inserts never shift a page."""

@@ -13,7 +13,7 @@ import pytest
 
 from shared.errors import JobrelayError, SettingsError
 from shared.mail import SmtpServer
-from shared.settings import LOG_LEVELS, ApiKey, Settings, parse_api_keys
+from shared.settings import LOG_LEVELS, ApiKey, Settings, parse_api_keys, parse_namespace_quotas
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -807,3 +807,13 @@ def test_traces_url_is_an_http_url_with_the_trace_id_in_it() -> None:
     error = refused({"TRACES_URL": "http://jaeger.example.org:16686/search"})
     assert "TRACES_URL" in str(error) and "{trace_id}" in str(error)
     assert "http://" in str(refused({"TRACES_URL": "javascript:{trace_id}"}))
+
+
+def test_namespace_quotas_are_parsed_and_checked() -> None:
+    acme, globex = parse_namespace_quotas("acme:1000:50 globex:-:10")
+    assert (acme.namespace, acme.max_waiting, acme.max_per_s) == ("acme", 1000, 50)
+    assert (globex.max_waiting, globex.max_per_s) == (None, 10)
+    for raw in ["acme:10", "Acme:1:1", "acme:0:1", "acme:x:1", "acme:1:1 acme:2:2"]:
+        with pytest.raises(ValueError, match=r"^entry \d"):
+            parse_namespace_quotas(raw)
+    assert Settings.from_env({"NAMESPACE_QUOTAS": "acme:5:-"}).namespace_quotas[0].max_waiting == 5

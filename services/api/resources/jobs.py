@@ -11,6 +11,7 @@ import falcon
 
 from services.api.body import read_json
 from services.api.middleware import namespace_of, sees_tracebacks, submitted_by, visible
+from services.api.quotas import Quotas
 from shared.broker.queues import drop_dead_letters
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
@@ -40,8 +41,9 @@ class JobsResource:
     scopes = {"GET": "read", "POST": "write"}
     namespaced = True
 
-    def __init__(self, submitter: Submitter) -> None:
+    def __init__(self, submitter: Submitter, quotas: Quotas | None = None) -> None:
         self.submitter = submitter
+        self.quotas = quotas
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self.submitter.max_body_bytes)
@@ -55,6 +57,8 @@ class JobsResource:
         job = build_job(body, "", self.submitter.registry, submission, errors)
         if job is None:
             raise InvalidInput("the job request is invalid", errors)
+        if self.quotas is not None:
+            self.quotas.admit(submission.namespace, 1)
         [(stored, created)] = self.submitter.submit_grouped([job])
         resp.status = falcon.HTTP_202 if created else falcon.HTTP_200
         resp.set_header("Location", f"/v1/jobs/{stored.id}")
@@ -135,8 +139,9 @@ class BatchResource:
     scopes = {"POST": "write"}
     namespaced = True
 
-    def __init__(self, submitter: Submitter) -> None:
+    def __init__(self, submitter: Submitter, quotas: Quotas | None = None) -> None:
         self.submitter = submitter
+        self.quotas = quotas
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self.submitter.max_body_bytes)
@@ -155,6 +160,8 @@ class BatchResource:
                  for i, item in enumerate(requests)]  # fmt: skip
         if errors:
             raise InvalidInput("the batch is invalid; nothing was accepted", errors)
+        if self.quotas is not None:
+            self.quotas.admit(submission.namespace, len(built))
         stored = self.submitter.submit([job for job in built if job is not None])
         resp.status = falcon.HTTP_202
         resp.media = {"jobs": [job.to_api(traceback=sees_tracebacks(req)) for job, _created in stored]}

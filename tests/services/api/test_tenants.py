@@ -3,12 +3,14 @@ its idempotency and uniqueness keys are its own, and jobs record which key submi
 
 from __future__ import annotations
 
+import time
+
 import falcon.testing
 import pytest
 
 from services.api.app import create_app
 from shared.broker.publishing import build_broker
-from shared.settings import Settings, parse_api_keys
+from shared.settings import Settings, parse_api_keys, parse_namespace_quotas
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
 
@@ -93,3 +95,48 @@ def test_a_namespaced_key_cannot_open_the_console(redis_url: str, store: JobStor
     result = browser.login(ACME)
     assert result.status_code == 403 and "namespace" in result.text and not browser.cookies
     assert Browser(falcon.testing.TestClient(app)).login(OPS).status_code == 303
+
+
+def quota_client(redis_url: str, store: JobStore, registry: TaskRegistry, quotas: str) -> falcon.testing.TestClient:
+    settings = Settings(
+        redis_url=redis_url, api_keys=parse_api_keys(KEYS), namespace_quotas=parse_namespace_quotas(quotas)
+    )
+    app = create_app(settings, store=store, registry=registry, broker=build_broker(redis_url))
+    return falcon.testing.TestClient(app)
+
+
+def test_a_namespace_over_its_waiting_quota_gets_429(redis_url: str, store: JobStore, registry: TaskRegistry) -> None:
+    api = quota_client(redis_url, store, registry, "acme:3:-")
+    # Given acme with 3 jobs waiting (its quota)
+    batch = api.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO] * 3}, headers=bearer(ACME))
+    assert batch.status_code == 202
+    # When it submits one more, or a batch that would go over: 429 with Retry-After, nothing stored
+    over = api.simulate_post("/v1/jobs", json=ECHO, headers=bearer(ACME))
+    assert over.status_code == 429 and over.headers["Retry-After"] == "5" and "acme" in over.json["detail"]
+    assert api.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO]}, headers=bearer(ACME)).status_code == 429
+    assert len(api.simulate_get("/v1/jobs", headers=bearer(ACME)).json["items"]) == 3
+    # Then another namespace, and a key without one, are not held back
+    assert api.simulate_post("/v1/jobs", json=ECHO, headers=bearer(GLOBEX)).status_code == 202
+    assert api.simulate_post("/v1/jobs", json=ECHO, headers=bearer(OPS)).status_code == 202
+    # And once a job no longer waits, acme may submit again
+    first = batch.json["jobs"][0]["id"]
+    assert api.simulate_post(f"/v1/jobs/{first}/cancel", headers=bearer(ACME)).status_code == 202
+    assert api.simulate_post("/v1/jobs", json=ECHO, headers=bearer(ACME)).status_code == 202
+
+
+def test_a_namespace_over_its_rate_gets_429_with_retry_after(
+    redis_url: str, store: JobStore, registry: TaskRegistry
+) -> None:
+    api = quota_client(redis_url, store, registry, "globex:-:5")
+    # A batch of 6 is over 5 a second whatever second it falls in
+    over = api.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO] * 6}, headers=bearer(GLOBEX))
+    assert over.status_code == 429 and over.headers["Retry-After"] == "1"
+    assert api.simulate_get("/v1/jobs", headers=bearer(GLOBEX)).json["items"] == []
+    # Within a later second, 5 pass (retried until a second starts fresh: the refused batch counted)
+    deadline = time.monotonic() + 10
+    while True:
+        ok = api.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO] * 5}, headers=bearer(GLOBEX))
+        if ok.status_code == 202 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert ok.status_code == 202
