@@ -142,7 +142,6 @@ def job_request_variant(
     return closed(
         {"task": {"type": "string", "const": spec.name}, "args": args, **options},
         ["task", "args"] if args_required else ["task"],
-        title=spec.name,
         description=spec.description or None,
         **{"not": _ETA_AND_DELAY},
     )
@@ -190,12 +189,21 @@ def _workflow_schemas() -> dict[str, Schema]:
     return {"WorkflowRequest": request, "Workflow": closed(workflow, workflow)}
 
 
+def _zone_constant(name: str) -> str:
+    """``Etc/GMT+1`` -> ``ETC_GMT_PLUS_1``, ``America/Port-au-Prince`` -> ``AMERICA_PORT_AU_PRINCE``."""
+    signed = re.sub(r"-(?=\d)", "_MINUS_", re.sub(r"\+(?=\d)", "_PLUS_", name))
+    return re.sub(r"[^A-Za-z0-9]+", "_", signed).strip("_").upper()
+
+
 def _schedule_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
     """A new schedule (POST) names its id; a change (PUT) sends only what changes, task and args together."""
     cron = {"type": "string", "maxLength": 200, "format": CRON_FORMAT, "description": "e.g. '0 2 * * *', '@daily'."}
     interval = {"type": "integer", "minimum": 1, "maximum": MAX_INTERVAL_S}
     # NOTE: the names the scheduler's zone() accepts.
-    zones = {"type": "string", "enum": sorted(zoneinfo.available_timezones() | {"UTC"}), "default": "UTC"}
+    names = sorted(zoneinfo.available_timezones() | {"UTC"})
+    # NOTE: generators derive constant names from values, and Etc/GMT+1 and Etc/GMT-1 would both be
+    # ETC_GMT_1 (openapi-python-client stops on it); x-enum-varnames gives each its own.
+    zones = {"type": "string", "enum": names, "default": "UTC", "x-enum-varnames": [_zone_constant(n) for n in names]}
     definition: dict[str, Schema] = {
         "timezone": ref("TimeZone"),
         "enabled": {"type": "boolean", "default": True},
@@ -218,9 +226,9 @@ def _schedule_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
         args, args_required = _args(spec)
         props = {"task": {"type": "string", "const": name}, "args": args, "cron": {}, "interval_s": {}, **definition}
         out[f"NewSchedule.{name}"] = closed(
-            {"id": schedule_id, **props}, ["id", "task", *(["args"] if args_required else [])], title=name
+            {"id": schedule_id, **props}, ["id", "task", *(["args"] if args_required else [])]
         )
-        out[f"ScheduleChange.{name}"] = closed(props, ["task", "args"], title=name)
+        out[f"ScheduleChange.{name}"] = closed(props, ["task", "args"])
     no_task = closed({"cron": {}, "interval_s": {}, **definition}, description="Timing or policy only.")
     out["NewSchedule"] = {"allOf": [_one_of([ref(f"NewSchedule.{n}") for n in sorted(specs)]), {"oneOf": timing}]}
     out["ScheduleChange"] = {
@@ -295,7 +303,7 @@ def _job_schema() -> Schema:
     props["namespace"] = nullable({"type": "string", "description": "The submitting key's namespace (tenant)."})
     props["submitted_by"] = nullable({"type": "string", "description": "The name of the key that submitted it."})
     required = list(props)
-    props["cancel_requested"] = {"const": True, "description": "Present while a running attempt is interrupted."}
+    props["cancel_requested"] = {"type": "boolean", "const": True, "description": "Present while a running attempt is interrupted."}
     return closed(props, required)
 
 
@@ -323,7 +331,7 @@ def _queue_schemas() -> dict[str, Schema]:
     return {
         "QueueStats": closed(stats, stats),
         "QueueList": closed({"items": {"type": "array", "items": ref("QueueStats")}}, ["items"]),
-        "RequeueRequest": {"oneOf": [closed({"ids": ids}, ["ids"]), closed({"all": {"const": True}}, ["all"])]},
+        "RequeueRequest": {"oneOf": [closed({"ids": ids}, ["ids"]), closed({"all": {"type": "boolean", "const": True}}, ["all"])]},
         "Requeued": closed({"requeued": COUNT}, ["requeued"]),
         "Purged": closed({"purged": COUNT}, ["purged"]),
         "QueuePause": closed(
