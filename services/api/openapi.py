@@ -303,7 +303,11 @@ def _job_schema() -> Schema:
     props["namespace"] = nullable({"type": "string", "description": "The submitting key's namespace (tenant)."})
     props["submitted_by"] = nullable({"type": "string", "description": "The name of the key that submitted it."})
     required = list(props)
-    props["cancel_requested"] = {"type": "boolean", "const": True, "description": "Present while a running attempt is interrupted."}
+    props["cancel_requested"] = {
+        "type": "boolean",
+        "const": True,
+        "description": "Present while a running attempt is interrupted.",
+    }
     return closed(props, required)
 
 
@@ -331,7 +335,9 @@ def _queue_schemas() -> dict[str, Schema]:
     return {
         "QueueStats": closed(stats, stats),
         "QueueList": closed({"items": {"type": "array", "items": ref("QueueStats")}}, ["items"]),
-        "RequeueRequest": {"oneOf": [closed({"ids": ids}, ["ids"]), closed({"all": {"type": "boolean", "const": True}}, ["all"])]},
+        "RequeueRequest": {
+            "oneOf": [closed({"ids": ids}, ["ids"]), closed({"all": {"type": "boolean", "const": True}}, ["all"])]
+        },
         "Requeued": closed({"requeued": COUNT}, ["requeued"]),
         "Purged": closed({"purged": COUNT}, ["purged"]),
         "QueuePause": closed(
