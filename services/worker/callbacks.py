@@ -14,29 +14,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any
 
-from shared.catalog import Catalog, TaskSpec
-from shared.errors import FieldError, TaskError
-from shared.ids import new_id
+from shared.catalog import Catalog
+from shared.errors import TaskError
 from shared.job import Job, JobStatus
 from shared.store.attempts import FinishRequest
-from shared.submission.validation import Submission, build_job
-
-if TYPE_CHECKING:
-    from shared.store.tasks import TaskRegistry
+from shared.submission.callbacks import SpecSource, callback_fields
 
 log = logging.getLogger(__name__)
-
-
-class SpecSource(Protocol):
-    """The tasks the workers registered (``TaskRegistry``), as the API's validation reads them."""
-
-    def get(self, name: str) -> TaskSpec | None: ...
-
-    def queues(self) -> list[str]: ...
-
-    def knows_queue(self, name: str) -> bool: ...
 
 
 class Callbacks:
@@ -81,28 +67,7 @@ class Callbacks:
             spec = self.catalog.get(job.task).spec
         except TaskError:
             return {}
-        if status is JobStatus.SUCCEEDED:
-            name, args = spec.on_success, {"job_id": job.id, "result": result}
-        elif status is JobStatus.FAILED:
-            shown = {key: value for key, value in (error or {}).items() if key != "traceback"}
-            name, args = spec.on_failure, {"job_id": job.id, "error": shown}
-        else:
-            return {}
-        if name is None:
-            return {}
-        errors: list[FieldError] = []
-        try:
-            registry = cast("TaskRegistry", self.registry)
-            callback = build_job(
-                {"task": name, "args": args}, "", registry, Submission(request_id=job.request_id), errors
-            )
-        except Exception as exc:  # NOTE: the outcome must be recorded whatever the callback's trouble.
-            callback, errors = None, [FieldError("/", f"{type(exc).__name__}: {exc}")]
-        if callback is None:
-            why = "; ".join(f"{e.path} {e.message}".strip() for e in errors)
-            log.warning("job %s: its callback %s was not submitted: %s", job.id, name, why)
-            return {"callback_error": f"callback {name!r} not submitted: {why}"}
-        return {"callback": callback, "callback_outbox_id": new_id()}
+        return callback_fields(spec, job, status, self.registry, result=result, error=error)
 
     def committed(self, request: FinishRequest, written: bool | Future[bool]) -> None:
         """After the finish's commit: publish its callback job, then delete its outbox entry."""

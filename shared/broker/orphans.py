@@ -36,6 +36,7 @@ from shared.job import Job, JobStatus, utcnow
 from shared.store.attempts import FinishRequest
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
+from shared.submission.callbacks import callback_fields
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +218,12 @@ def record_lost(
     if not jobs:
         return lost
     now = utcnow()
-    ends = [
-        lost_attempt_end(job, registry.get(job.task), error_type=error_type, message=message, now=now) for job in jobs
-    ]
+    ends = []
+    for job in jobs:
+        spec = registry.get(job.task)
+        end = lost_attempt_end(job, spec, error_type=error_type, message=message, now=now)
+        # A failure for good submits the task's on_failure callback in the same commit (the relay publishes it).
+        ends.append(replace(end, **callback_fields(spec, job, end.status, registry, error=end.error)))
     _, held = store.commit_batch([], ends)
     by_status = {JobStatus.RETRYING: lost.retrying, JobStatus.FAILED: lost.failed, JobStatus.CANCELLED: lost.cancelled}
     for job, end, recorded in zip(jobs, ends, held, strict=True):

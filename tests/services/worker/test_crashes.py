@@ -221,3 +221,44 @@ def test_a_process_killed_for_a_cancel_past_its_grace_records_it_cancelled(
     assert stuck.id not in messages(redis_client, "default")
     assert (store.get(beside.id).status, store.get(beside.id).attempts) == (JobStatus.QUEUED, 0)
     assert queued(redis_client) == {beside.id}
+
+
+def test_a_job_failed_for_good_by_its_lost_process_submits_its_on_failure_callback(
+    redis_client: redis.Redis, redis_url: str, store: JobStore, registry: TaskRegistry, tmp_path: Path
+) -> None:
+    # Given a task with an on_failure callback, and a job of it with no retries left in a process
+    from shared.catalog import TaskSpec
+
+    mourner_schema = {
+        "type": "object",
+        "properties": {"job_id": {"type": "string"}, "error": {"type": "object"}},
+        "required": ["job_id", "error"],
+        "additionalProperties": False,
+    }
+    registry.register(
+        [
+            TaskSpec(name="crash.victim", args_schema={"type": "object"}, on_failure="crash.mourner"),
+            TaskSpec(name="crash.mourner", args_schema=mourner_schema),
+        ],
+        registered_by="tests",
+    )
+    late = fetched(redis_client, store, task="crash.victim", args={}, max_retries=0)
+    held = HeldJobs(held_jobs_path(tmp_path, OWNER))
+    threads = mark_running(held, [late.id])
+    crashes = recovery(redis_client, redis_url, store, tmp_path)
+    # When its supervisor killed it past its hard limit and recovers it
+    kill = Kill(KILL_TIME_LIMIT, frozenset({late.id}), 8.0)
+    crashes.requeue(OWNER, crashes.settle(OWNER, cause=None, kill=kill))
+    threads.set()
+    # Then the job failed for good, and its callback job was written in that commit (its outbox entry
+    # left for the relay to publish)
+    row = store.get(late.id)
+    assert row.status is JobStatus.FAILED and row.callback_job_id is not None and row.callback_error is None
+    callback = store.get(row.callback_job_id)
+    message = "the task ran past its hard time limit of 8s; its worker process was replaced"
+    assert callback.task == "crash.mourner" and callback.status is JobStatus.QUEUED
+    assert callback.args == {
+        "job_id": late.id,
+        "error": {"type": "HardTimeLimitExceeded", "message": message, "retryable": True},
+    }
+    assert [job.id for _, jobs in store.outbox_left(older_than=utcnow()) for job in jobs] == [callback.id]
