@@ -63,6 +63,9 @@ http_request_duration_seconds = Histogram(
 )
 jobs_submitted_total = Counter(PREFIX + "jobs_submitted_total", "Jobs accepted by the API.", _JOB)
 jobs_rejected_total = Counter(PREFIX + "jobs_rejected_total", "Job requests refused.", ("reason",))
+jobs_deduplicated_total = Counter(
+    PREFIX + "jobs_deduplicated_total", "Submissions answered with a waiting or running unique job.", _JOB
+)
 
 # -- worker ----------------------------------------------------------------
 jobs_started_total = Counter(PREFIX + "jobs_started_total", "Attempts started.", _JOB)

@@ -54,6 +54,7 @@ REJECT_REASONS = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid",
+    429: "over_quota",
     503: "unavailable",
 }
 

@@ -12,6 +12,7 @@ import falcon
 from services.api.body import read_json
 from services.api.middleware import namespace_of, sees_tracebacks, submitted_by, visible
 from services.api.quotas import Quotas
+from shared import metrics
 from shared.broker.queues import drop_dead_letters
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
@@ -65,6 +66,7 @@ class JobsResource:
         if stored.extra.get(DEDUPLICATED):
             # NOTE: tells a unique job's answer from an idempotent replay's, both 200 with the stored job.
             resp.set_header("Jobrelay-Deduplicated", str(stored.extra[DEDUPLICATED]))
+            metrics.jobs_deduplicated_total.labels(stored.task, stored.queue).inc()
         resp.media = stored.to_api(traceback=sees_tracebacks(req))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

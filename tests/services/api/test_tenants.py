@@ -7,6 +7,7 @@ import time
 
 import falcon.testing
 import pytest
+from prometheus_client import REGISTRY
 
 from services.api.app import create_app
 from shared.broker.publishing import build_broker
@@ -107,6 +108,7 @@ def quota_client(redis_url: str, store: JobStore, registry: TaskRegistry, quotas
 
 def test_a_namespace_over_its_waiting_quota_gets_429(redis_url: str, store: JobStore, registry: TaskRegistry) -> None:
     api = quota_client(redis_url, store, registry, "acme:3:-")
+    refused = REGISTRY.get_sample_value("jobrelay_jobs_rejected_total", {"reason": "over_quota"}) or 0.0
     # Given acme with 3 jobs waiting (its quota)
     batch = api.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO] * 3}, headers=bearer(ACME))
     assert batch.status_code == 202
@@ -115,6 +117,7 @@ def test_a_namespace_over_its_waiting_quota_gets_429(redis_url: str, store: JobS
     assert over.status_code == 429 and over.headers["Retry-After"] == "5" and "acme" in over.json["detail"]
     assert api.simulate_post("/v1/jobs/batch", json={"jobs": [ECHO]}, headers=bearer(ACME)).status_code == 429
     assert len(api.simulate_get("/v1/jobs", headers=bearer(ACME)).json["items"]) == 3
+    assert REGISTRY.get_sample_value("jobrelay_jobs_rejected_total", {"reason": "over_quota"}) == refused + 2
     # Then another namespace, and a key without one, are not held back
     assert api.simulate_post("/v1/jobs", json=ECHO, headers=bearer(GLOBEX)).status_code == 202
     assert api.simulate_post("/v1/jobs", json=ECHO, headers=bearer(OPS)).status_code == 202

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from falcon import testing
+from prometheus_client import REGISTRY
 
 from shared.catalog import Catalog
 from shared.job import JobStatus
@@ -14,7 +15,13 @@ from shared.store.tasks import TaskRegistry
 ECHO = {"task": "diagnostics.echo", "args": {"message": "hi"}}
 
 
+def deduplicated(task: str = "diagnostics.echo") -> float:
+    value = REGISTRY.get_sample_value("jobrelay_jobs_deduplicated_total", {"task": task, "queue": "default"})
+    return value or 0.0
+
+
 def test_a_unique_submission_returns_the_waiting_job(client: testing.TestClient, store: JobStore) -> None:
+    counted = deduplicated()
     first = client.simulate_post("/v1/jobs", json={**ECHO, "unique_for_s": 60})
     assert first.status_code == 202 and "Jobrelay-Deduplicated" not in first.headers
     assert first.json["unique_key"] and first.json["unique_until"]
@@ -23,6 +30,7 @@ def test_a_unique_submission_returns_the_waiting_job(client: testing.TestClient,
                                                    "unique_for_s": 60})  # fmt: skip
     assert again.status_code == 200 and again.json["id"] == first.json["id"]
     assert again.headers["Jobrelay-Deduplicated"] == "unique"
+    assert deduplicated() == counted + 1
     # Other args, or no uniqueness asked: new jobs
     other = client.simulate_post("/v1/jobs", json={**ECHO, "args": {"message": "ho"}, "unique_for_s": 60})
     plain = client.simulate_post("/v1/jobs", json=ECHO)
