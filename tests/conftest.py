@@ -24,6 +24,23 @@ from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
 from shared.store.models import metadata
 from shared.store.tasks import TaskRegistry
+from tests.leftovers import leftovers, mark_session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mark_session()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process a test started is still alive (see tests/leftovers.py)."""
+    alive = leftovers(mark_session())
+    if alive:
+        lines = "\n".join(f"  {pid}: {cmdline[:200]}" for pid, cmdline in sorted(alive.items()))
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"processes started by the tests are still alive:\n{lines}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 PG_ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

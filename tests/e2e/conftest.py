@@ -94,7 +94,9 @@ def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
         if process.poll() is not None:
             raise AssertionError(f"jobrelay up exited early:\n{log_path.read_text()[-4000:]}")
         if time.monotonic() > deadline:
-            process.kill()
+            # NOTE: SIGTERM first: `jobrelay up` stops the API, workers, scheduler and Redis it started;
+            # a SIGKILL would leave them to their death signal.
+            _stop(process)
             raise AssertionError(f"stack not ready in 60s:\n{log_path.read_text()[-4000:]}")
         if key_file.exists():
             stack = Stack(
@@ -109,9 +111,19 @@ def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
                 status, tasks = stack.request("GET", "/v1/tasks")
                 if status == 200 and tasks["items"] and len(stack.pids_of("services.worker.process")) == 2:
                     return stack
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                # A busy machine: the API may accept and not answer within the request's timeout yet.
                 pass
         time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def stop_stack(stack: Stack) -> int:
