@@ -8,7 +8,8 @@ swapped. The broker is Dramatiq's ``StubBroker`` holding messages until they are
 clock, the store is SQLite in a temporary directory (no server, no file elsewhere), and the
 messages run one at a time in the caller's thread when ``drain()`` is called, so a test is
 deterministic. Retries, delays and backoffs wait on the virtual clock: ``advance(seconds)`` moves
-it, and a retry due in 30 s runs at once after ``advance(30)``.
+it, and a retry due in 30 s runs at once after ``advance(30)``; the schedules made through the API
+tick on it too (the scheduler's own ``Runner`` fires them at each ``advance``).
 
 NOTE: Flow limits (concurrency, rate limits) need Redis and are not enforced here; the
 supervisor's hard limits and process isolation are process matters, not modelled either.
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from dramatiq.middleware import SkipMessage, TimeLimit
 from falcon import testing as falcon_testing
 
 from services.api.app import create_app
+from services.scheduler.runner import Runner
 from services.worker.callbacks import Callbacks
 from services.worker.context import use_settings
 from services.worker.lifespans import WorkerLifespans
@@ -55,8 +57,10 @@ from shared.results import build_result_storage
 from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
+from shared.store.schedules import ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
+from shared.submission.submitter import Submitter
 from shared.workflows import WorkflowEngine
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,7 @@ MAX_DRAIN = 10_000
 
 
 class VirtualClock:
-    """Real time plus what ``advance`` added: what makes a delayed message due."""
+    """Real time plus what ``advance`` added: what makes a delayed message (and a schedule's tick) due."""
 
     def __init__(self) -> None:
         self.offset_s = 0.0
@@ -76,10 +80,25 @@ class VirtualClock:
     def now_ms(self) -> int:
         return int((time.time() + self.offset_s) * 1000)
 
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(time.time() + self.offset_s, UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset_s
+
+    def sleep(self, seconds: float) -> None:
+        self.offset_s += max(0.0, seconds)
+
     def advance(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("the clock only moves forward")
         self.offset_s += seconds
+
+
+class _AlwaysLeader:
+    """The scheduler's leader lease, held for good: the test's process is the only scheduler."""
+
+    is_leader = True
 
 
 class _NoRedis:
@@ -229,6 +248,15 @@ class JobrelayStack:
         if resources is not None:
             use_resources(resources)
         self.app = create_app(self.settings, store=self.store, registry=self.registry, broker=self.broker)  # type: ignore[arg-type]
+        self._schedules = ScheduleStore(engine)
+        self._runner = Runner(
+            scheduler=None,  # NOTE: unused: advance() fires the schedules itself.
+            schedules=self._schedules,
+            submitter=Submitter(self.store, self.registry, self.broker, self.settings.api_max_body_bytes),  # type: ignore[arg-type]
+            lease=_AlwaysLeader(),  # type: ignore[arg-type]
+            housekeeping={},
+            clock=self.clock,
+        )
         self.client = InProcessClient(self.app)
 
     # -- what a test calls -----------------------------------------------------
@@ -270,8 +298,12 @@ class JobrelayStack:
             time.sleep(0.002)
 
     def advance(self, seconds: float) -> None:
-        """Move the virtual clock: delayed jobs and retries due by then fall due (run them with ``drain``)."""
+        """Move the virtual clock: delayed jobs, retries and schedule ticks due by then fall due (``drain``)."""
         self.clock.advance(seconds)
+        # NOTE: the scheduler's own firing (misfire policy, one job per tick) on the virtual clock.
+        for schedule in self._schedules.all():
+            if schedule.enabled and schedule.source != ScheduleSource.BUILTIN:
+                self._runner.fire(schedule.id)
 
     def run_until_final(self, job_id: str, *, max_steps: int = 1000) -> dict[str, Any]:
         """Drain, moving the clock to the next due message, until the job is final; its view."""

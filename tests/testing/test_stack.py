@@ -61,3 +61,19 @@ def test_the_client_cancels_a_queued_job(jobrelay_stack: JobrelayStack) -> None:
     assert jobrelay_stack.client.cancel(job_id)["status"] == "cancelled"
     assert jobrelay_stack.drain() == 1  # the message is consumed and skipped
     assert jobrelay_stack.job(job_id)["status"] == "cancelled"
+
+
+def test_a_schedule_ticks_on_the_virtual_clock(jobrelay_stack: JobrelayStack) -> None:
+    # Given: a schedule every minute, made through the API
+    body = {"id": "every-minute", "task": "testing_mode.add", "args": {"a": 2, "b": 2}, "interval_s": 60}
+    jobrelay_stack.client._call("POST", "/v1/schedules", body=body)
+    jobrelay_stack.advance(1)
+    assert jobrelay_stack.drain() == 0
+
+    # When: the clock passes its next tick
+    jobrelay_stack.advance(60)
+
+    # Then: one job of the schedule runs (and its callback)
+    assert jobrelay_stack.drain() == 2
+    fired = jobrelay_stack.client.list(schedule_id="every-minute")["items"]
+    assert [(job["status"], job["result"]) for job in fired] == [("succeeded", 4)]
