@@ -97,7 +97,8 @@ class JobsResource:
             except (ValueError, OverflowError):
                 errors.append(FieldError("/query/created_after", "must be an RFC 3339 date-time"))
         limit = parse_limit(req, errors)
-        cursor = params.get("cursor")
+        # An empty cursor (``cursor=``, which the document allows) is the first page, as no cursor is.
+        cursor = params.get("cursor") or None
         if cursor is not None and not isinstance(cursor, str):
             errors.append(FieldError("/query/cursor", "give it once"))
         if errors:

@@ -68,7 +68,9 @@ QUEUE_NAME, SCHEDULE_ID_PARAM = (
     _path("schedule_id", {"type": "string", "pattern": SCHEDULE_ID.pattern}),
 )
 LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50})
-CURSOR = _query("cursor", STRING, "The next_cursor of the page before; opaque, any other value is a 422.")
+CURSOR = _query(
+    "cursor", STRING, "The next_cursor of the page before (empty: the first page); opaque, any other value is a 422."
+)
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",

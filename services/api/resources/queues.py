@@ -85,7 +85,8 @@ class DeadLettersResource:
         for unknown in sorted(set(req.params) - {"limit", "cursor"}):
             errors.append(FieldError(f"/query/{unknown}", "is not a parameter of this list"))
         limit = parse_limit(req, errors)
-        cursor = req.params.get("cursor")
+        # An empty cursor (``cursor=``, which the document allows) is the first page, as no cursor is.
+        cursor = req.params.get("cursor") or None
         if cursor is not None and not isinstance(cursor, str):
             errors.append(FieldError("/query/cursor", "give it once"))
         if errors:

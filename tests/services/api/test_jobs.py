@@ -231,6 +231,10 @@ def test_list_with_cursor_and_validation(client: testing.TestClient) -> None:
     bad = client.simulate_get("/v1/jobs", params={"limit": "0", "status": "nope"})
     assert bad.status_code == 422 and {e["path"] for e in bad.json["errors"]} == {"/query/limit", "/query/status"}
     assert client.simulate_get("/v1/jobs", params={"cursor": "garbage"}).status_code == 422
+    # An empty cursor, which the document allows, is the first page (for dead letters too)
+    first = client.simulate_get("/v1/jobs", query_string="limit=2&cursor=")
+    assert first.status_code == 200 and [j["id"] for j in first.json["items"]] == ids[::-1][:2]
+    assert client.simulate_get("/v1/queues/default/dead", query_string="cursor=").status_code == 200
 
 
 def test_cancel_queued_job(client: testing.TestClient) -> None:
