@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs when they are missing (CI runs as root):
 # promtool and prometheus for the alert-rule and real-Prometheus tests, kubectl for the manifests,
-# chromium and its driver for the console's browser tests (tests/e2e/test_console_browser.py).
+# chromium and its driver for the console's browser tests (tests/e2e/test_console_browser.py), npm.
 set -euo pipefail
 missing=()
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+# npm installs the pinned openapi-typescript for tests/e2e/test_generated_client.py.
+command -v npm >/dev/null || missing+=(npm)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
