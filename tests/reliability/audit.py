@@ -232,7 +232,9 @@ def _check_redis_clean(cluster: Cluster, report: Report, *, timeout_s: float = 1
             left = {}
             for key in client.scan_iter(match="dramatiq:*", count=1000):
                 name = key.decode()
-                if name.endswith(".XQ") or name.endswith(".XQ.msgs") or name.endswith("__heartbeats__"):
+                # Dead letters stay by design; the heartbeats and the worker descriptions (the console's
+                # overview, ``shared/broker/workers.py``) are the live workers', not messages.
+                if name.endswith((".XQ", ".XQ.msgs", "__heartbeats__", "__workers__")):
                     continue
                 kind = client.type(key).decode()
                 size = {"list": client.llen, "set": client.scard, "hash": client.hlen, "zset": client.zcard}.get(
