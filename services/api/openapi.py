@@ -111,6 +111,11 @@ _ETA_AND_DELAY = {
     "required": ["eta", "delay_s"],
     "properties": {"eta": STRING, "delay_s": {"type": "number", "exclusiveMinimum": 0}},
 }
+#: So are unique_for_s and debounce_s together.
+_UNIQUE_AND_DEBOUNCE = {
+    "required": ["unique_for_s", "debounce_s"],
+    "properties": {"unique_for_s": {"type": "number"}, "debounce_s": {"type": "number"}},
+}
 
 
 def _args(spec: TaskSpec, *, held: bool = False) -> tuple[Schema, bool]:
@@ -143,7 +148,7 @@ def job_request_variant(
         {"task": {"type": "string", "const": spec.name}, "args": args, **options},
         ["task", "args"] if args_required else ["task"],
         description=spec.description or None,
-        **{"not": _ETA_AND_DELAY},
+        **{"not": {"anyOf": [_ETA_AND_DELAY, _UNIQUE_AND_DEBOUNCE]}},
     )
 
 

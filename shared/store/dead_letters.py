@@ -60,6 +60,10 @@ class DeadLetters:
                         finished_at=None,
                         next_attempt_at=None,
                         scheduled_for=None,
+                        # NOTE: an operator's re-run takes no part in uniqueness: a job of the same key
+                        # may be waiting now, and the unique index would refuse the requeue.
+                        unique_key=None,
+                        unique_until=None,
                         updated_at=now,
                     )
                 )

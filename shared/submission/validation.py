@@ -264,7 +264,9 @@ def build_job(
         # later, as a retry) joins this trace.
         traceparent=tracing.traceparent(),
     )
-    if unique_for_s or debounce_s:
+    # NOTE: a unique_key with no window (here or on the task) makes the job unique while it waits or
+    # runs, with no time bound (unique_until null), as the document allows it alone.
+    if unique_for_s or debounce_s or unique_key is not None:
         job.unique_key = unique_hash(job.task, args, unique_key, submission.namespace)
         job.unique_until = now + timedelta(seconds=unique_for_s) if unique_for_s else None
         job.extra["debounce_s"] = debounce_s
@@ -297,8 +299,6 @@ def _uniqueness(
         return None, None, None
     if unique_for_s is None and debounce_s is None and spec is not None:
         unique_for_s, debounce_s = spec.unique_for_s, spec.debounce_s
-    if unique_key is not None and unique_for_s is None and debounce_s is None:
-        errors.append(FieldError(f"{base}/unique_key", "needs unique_for_s or debounce_s (here or on the task)"))
     return unique_for_s, debounce_s, unique_key if isinstance(unique_key, str) else None
 
 

@@ -5,8 +5,9 @@ document: its examples, boundary values (the coverage phase), random ones
 (fuzzing) and request chains along the document's links (stateful). Every
 check runs: no 5xx, only documented statuses and content types, bodies and
 headers that match their schemas, valid data accepted, invalid data refused,
-missing or wrong tokens answered with 401. The budget is fixed and the run
-deterministic, so a failure reproduces.
+missing or wrong tokens answered with 401. The number of examples is fixed and
+the run deterministic, so a failure reproduces; how long it takes is not asserted
+(a busy machine doubles it), only that every phase completed.
 
 NOTE: this drives schemathesis' engine (what its CLI runs), not its pytest
 plugin: the plugin's lazy loader, needed because the document only exists
@@ -30,7 +31,9 @@ from tests.e2e.conftest import Stack
 #: Fuzzed examples per operation and generation mode; the other phases add small fixed sets.
 MAX_EXAMPLES = 40
 SEED = 20240611
-BUDGET_S = 60
+
+# NOTE: a minute on a quiet machine; the default 120 s would fail it on a busy one.
+pytestmark = pytest.mark.timeout(600)
 
 
 def _cron_field(lo: int, hi: int) -> st.SearchStrategy[str]:
@@ -148,7 +151,7 @@ def test_api_conforms_to_its_openapi_document(api_schema: schemathesis.BaseSchem
             raise event.exception
         elif isinstance(event, events.EngineFinished):
             finished = event
-    # Then every check passed on every operation, within the budget
+    # Then every check passed on every operation
     assert finished is not None
     problems.extend(f"run: {failure.title}: {failure.message}" for failure in finished.failures)
     assert not problems, f"{len(problems)} failures:\n\n" + "\n\n".join(dict.fromkeys(problems))
@@ -158,4 +161,4 @@ def test_api_conforms_to_its_openapi_document(api_schema: schemathesis.BaseSchem
     }
     # NOTE: schemathesis leaves out the URL it loaded the document from.
     assert documented - {"GET /openapi.json"} <= operations, sorted(documented - operations)
-    assert time.monotonic() - started < BUDGET_S
+    print(f"schemathesis: {len(operations)} operations in {time.monotonic() - started:.0f}s")

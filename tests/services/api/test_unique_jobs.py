@@ -67,13 +67,25 @@ def test_debounce_keeps_the_last_submission_of_a_burst(client: testing.TestClien
         assert job.error["type"] == "Debounced"
 
 
+def test_a_unique_key_alone_holds_while_the_job_waits_with_no_time_bound(client: testing.TestClient) -> None:
+    # Given a job submitted with a unique_key and no window (the task declares none)
+    first = client.simulate_post("/v1/jobs", json={**ECHO, "unique_key": "customer-9"})
+    assert first.status_code == 202 and first.json["unique_key"] and first.json["unique_until"] is None
+    # When the same key is submitted again while it waits, Then the waiting job is returned
+    again = client.simulate_post("/v1/jobs", json={**ECHO, "args": {"message": "x"}, "unique_key": "customer-9"})
+    assert again.status_code == 200 and again.json["id"] == first.json["id"]
+    # And once it is no longer waiting, the key is free
+    client.simulate_post(f"/v1/jobs/{first.json['id']}/cancel")
+    after = client.simulate_post("/v1/jobs", json={**ECHO, "unique_key": "customer-9"})
+    assert after.status_code == 202 and after.json["id"] != first.json["id"]
+
+
 def test_bad_uniqueness_options_are_422_naming_the_field(client: testing.TestClient) -> None:
     cases = [
         ({"unique_for_s": 0}, "/unique_for_s"),
         ({"unique_for_s": "1"}, "/unique_for_s"),
         ({"debounce_s": -1}, "/debounce_s"),
         ({"unique_for_s": 5, "debounce_s": 5}, "/debounce_s"),
-        ({"unique_key": "k"}, "/unique_key"),
         ({"unique_for_s": 5, "unique_key": ""}, "/unique_key"),
         ({"unique_for_s": 5, "unique_key": 3}, "/unique_key"),
     ]

@@ -146,3 +146,20 @@ def test_concurrent_submissions_of_one_unique_job_make_one_job(engine: Engine) -
     assert not failures and len(results) == threads_n
     assert sum(created for _, created in results) == 1
     assert len({job.id for job, _ in results}) == 1
+
+
+def test_a_requeued_dead_letter_gives_way_to_a_waiting_job_of_its_key(tmp_path: Path) -> None:
+    # Given a unique job that failed for good, and a new one of the same key waiting
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    migrate(engine)
+    store = JobStore(engine)
+    dead = unique_job()
+    store.insert([dead])
+    with engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == dead.id).values(status=JobStatus.FAILED.value, dead=True))
+    [(waiting, created)] = store.insert([unique_job()])
+    assert created and waiting.id != dead.id
+    # When an operator requeues the dead letter, Then it runs again outside uniqueness, beside the waiting one
+    [requeued] = store.requeue([dead.id], dead_only=True)
+    assert requeued.status is JobStatus.QUEUED and requeued.unique_key is None
+    engine.dispose()
