@@ -13,7 +13,7 @@ def noop() -> None:
     """Do nothing: the benchmark measures the platform, not the task."""
 
 
-@task(name="bench.sleep", queue="bench", max_retries=0, time_limit_s=600)
+@task(name="bench.sleep", queue="bench", max_retries=1, time_limit_s=600, min_backoff_s=0.05, max_backoff_s=0.1)
 def sleep(seconds: float) -> None:
     """Hold a worker thread for ``seconds``: the redelivery benchmark kills workers in the middle."""
     time.sleep(seconds)
