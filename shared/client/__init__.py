@@ -113,6 +113,36 @@ class WaitTimeout(ClientError, TimeoutError):
         super().__init__(detail)
 
 
+class JobPoll:
+    """The polling of every client's ``wait``: given each state seen, how long to pause before the next.
+
+    One place for the deadline and the ``on_update`` rule, so the stdlib, sync and async clients
+    wait alike; each only sleeps its own way (``time.sleep`` or ``asyncio.sleep``).
+    """
+
+    def __init__(
+        self, job_id: str, *, timeout_s: float | None, poll_s: float, on_update: Callable[[Job], None] | None
+    ) -> None:
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.on_update = on_update
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def pause_s(self, job: Job) -> float | None:
+        """None once ``job`` is final; else the seconds to sleep. ``WaitTimeout`` past the deadline."""
+        if self.on_update is not None:
+            self.on_update(job)
+        if job.get("status") in FINAL_STATUSES:
+            return None
+        if self._deadline is None:
+            return self.poll_s
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(f"job {self.job_id} is still {job.get('status')} after {self.timeout_s:g}s", job=job)
+        return min(self.poll_s, left)
+
+
 _BY_STATUS: dict[int, type[ClientError]] = {
     400: ApiBadRequest,
     401: ApiUnauthorized,
@@ -288,17 +318,10 @@ class JobrelayClient:
 
         ``on_update`` sees every polled state, the final one included (a progress display, say).
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            job = self.get(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.get("status") in FINAL_STATUSES:
-                return job
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise WaitTimeout(f"job {job_id} is still {job.get('status')} after {timeout_s:g}s", job=job)
-            time.sleep(poll_s if left is None else min(poll_s, left))
+        poll = JobPoll(job_id, timeout_s=timeout_s, poll_s=poll_s, on_update=on_update)
+        while (pause_s := poll.pause_s(job := self.get(job_id))) is not None:
+            time.sleep(pause_s)
+        return job
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job; ``ApiConflict`` if it is already final."""

@@ -7,18 +7,17 @@ awaited. Keep the two in step: ``tests/shared/client/test_clients.py`` checks th
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Unpack
 
 import httpx
 
-from shared.client import FINAL_STATUSES, ConnectionFailed, Job, JobOptions, WaitTimeout, calls
+from shared.client import Job, JobOptions, JobPoll, calls
+from shared.client.base import BaseClient
 from shared.client.calls import Call, RetryPolicy, ScheduleChanges
 
 
-class AsyncClient:
+class AsyncClient(BaseClient):
     """The jobrelay API at ``base_url`` with a bearer ``token`` (empty: send none)."""
 
     def __init__(
@@ -30,22 +29,10 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Accept": "application/json, application/problem+json", "User-Agent": "jobrelay-client/2"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.base_url = base_url.rstrip("/")
-        self.retry = retry or RetryPolicy()
-        # NOTE: httpx drops Authorization on a redirect to another host, so the token stays with the API.
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
-        """From ``JOBRELAY_URL`` (else ``API_BIND``, else 127.0.0.1:8000) and ``JOBRELAY_TOKEN``."""
-        env = os.environ if environ is None else environ
-        return cls(calls.default_url(env), env.get("JOBRELAY_TOKEN", ""), **options)
-
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.base_url!r})"
+        super().__init__(base_url, token, retry=retry)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self.headers, timeout=timeout_s, transport=transport
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -58,38 +45,18 @@ class AsyncClient:
 
     async def send(self, call: Call) -> Any:
         """One call, retried on connection failures and (when idempotent) on 502/503/504."""
-        for attempt in range(1, self.retry.attempts + 1):
-            last = attempt == self.retry.attempts
+        attempt = 1
+        while True:
             try:
                 response = await self._http.request(call.method, call.path, json=call.body, params=call.params)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # Never reached the server: safe to send again whatever the call is.
-                if last:
-                    raise ConnectionFailed(
-                        f"cannot reach {self.base_url}: {exc}", method=call.method, path=call.path
-                    ) from exc
-                await asyncio.sleep(self.retry.delay_s(attempt, None))
-                continue
             except httpx.TransportError as exc:
-                if last or not call.idempotent:
-                    raise ConnectionFailed(
-                        f"connection to {self.base_url} failed: {exc or type(exc).__name__}",
-                        method=call.method,
-                        path=call.path,
-                    ) from exc
-                await asyncio.sleep(self.retry.delay_s(attempt, None))
-                continue
-            if response.status_code in calls.RETRY_STATUSES and call.idempotent and not last:
-                await asyncio.sleep(self.retry.delay_s(attempt, response.headers.get("Retry-After")))
-                continue
-            return calls.read_answer(
-                call, response.status_code, response.headers.get("content-type", ""), response.content
-            )
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    def _failed(call: Call, detail: str) -> ConnectionFailed:
-        return ConnectionFailed(detail, method=call.method, path=call.path)
+                await asyncio.sleep(self._pause_after_failure(call, attempt, exc))
+            else:
+                pause_s = self._pause_after_answer(call, attempt, response)
+                if pause_s is None:
+                    return self._read(call, response)
+                await asyncio.sleep(pause_s)
+            attempt += 1
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -134,17 +101,10 @@ class AsyncClient:
         on_update: Callable[[Job], None] | None = None,
     ) -> Job:
         """The job once final; ``WaitTimeout`` after ``timeout_s`` (None: never); ``on_update`` sees each state."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            job = await self.get(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.get("status") in FINAL_STATUSES:
-                return job
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise WaitTimeout(f"job {job_id} is still {job.get('status')} after {timeout_s:g}s", job=job)
-            await asyncio.sleep(poll_s if left is None else min(poll_s, left))
+        poll = JobPoll(job_id, timeout_s=timeout_s, poll_s=poll_s, on_update=on_update)
+        while (pause_s := poll.pause_s(job := await self.get(job_id))) is not None:
+            await asyncio.sleep(pause_s)
+        return job
 
     # -- tasks, queues, dead letters ---------------------------------------------------------
 

@@ -9,7 +9,15 @@ import httpx
 import pytest
 
 from shared.catalog import Catalog
-from shared.client import ApiConflict, ApiInvalidRequest, ApiNotFound, ApiUnavailable, ConnectionFailed
+from shared.client import (
+    ApiConflict,
+    ApiInvalidRequest,
+    ApiNotFound,
+    ApiUnavailable,
+    ConnectionFailed,
+    JobPoll,
+    WaitTimeout,
+)
 from shared.client.aio import AsyncClient
 from shared.client.calls import RetryPolicy
 from shared.client.sync import Client
@@ -105,6 +113,43 @@ def test_a_503_is_retried_for_an_idempotent_call_only() -> None:
     api = Client("http://api.test", "t", retry=FAST, transport=_flaky([503], seen))
     assert api.submit("diagnostics.echo", {"message": "x"}, idempotency_key="once")["id"] == "j1"
     assert seen == ["POST", "POST"]
+
+
+def test_the_async_client_retries_as_the_sync_one_does() -> None:
+    seen: list[str] = []
+
+    def dropped(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        raise httpx.ReadError("connection reset", request=request)
+
+    async def scenario() -> None:
+        async with AsyncClient("http://api.test", "t", retry=FAST, transport=_flaky([503, 503], seen)) as api:
+            assert (await api.get("j1"))["id"] == "j1"
+        assert seen == ["GET"] * 3
+        seen.clear()
+        # Given an answer lost after the server may have acted: a POST without a key is never repeated.
+        async with AsyncClient("http://api.test", "t", retry=FAST, transport=httpx.MockTransport(dropped)) as api:
+            with pytest.raises(ConnectionFailed, match=r"connection to .* failed"):
+                await api.submit("diagnostics.echo", {"message": "x"})
+            assert seen == ["POST"]
+            with pytest.raises(ConnectionFailed):
+                await api.get("j1")
+            assert seen == ["POST"] + ["GET"] * FAST.attempts
+
+    asyncio.run(scenario())
+
+
+def test_a_poll_pauses_until_the_job_is_final_and_times_out_with_the_last_state() -> None:
+    seen: list[str] = []
+    poll = JobPoll("j1", timeout_s=None, poll_s=0.5, on_update=lambda job: seen.append(job["status"]))
+    assert poll.pause_s({"status": "running"}) == 0.5
+    assert poll.pause_s({"status": "succeeded"}) is None
+    assert seen == ["running", "succeeded"]
+
+    expired = JobPoll("j1", timeout_s=0, poll_s=0.5, on_update=None)
+    with pytest.raises(WaitTimeout, match="job j1 is still queued after 0s") as caught:
+        expired.pause_s({"status": "queued"})
+    assert caught.value.job == {"status": "queued"}
 
 
 def test_a_refused_connection_is_retried_then_reported() -> None:
