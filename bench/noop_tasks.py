@@ -1,4 +1,4 @@
-"""The tasks the benchmarks run: a no-op for jobrelay (``TASK_MODULES``) and for bare Dramatiq, and a sleep."""
+"""The tasks the benchmarks run: a no-op (jobrelay and bare Dramatiq), a failure and a sleep (jobrelay)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ from shared.catalog import task
 @task(name="bench.noop", queue="bench", max_retries=0, time_limit_s=60)
 def noop() -> None:
     """Do nothing: the benchmark measures the platform, not the task."""
+
+
+class BenchFailure(Exception):
+    """What ``bench.fail`` raises: an ordinary task error."""
+
+
+@task(name="bench.fail", queue="bench", max_retries=0, time_limit_s=60)
+def fail() -> None:
+    """Raise at once: with no retries left its job fails for good and is dead-lettered."""
+    raise BenchFailure("bench.fail always fails")
 
 
 @task(name="bench.sleep", queue="bench", max_retries=1, time_limit_s=600, min_backoff_s=0.05, max_backoff_s=0.1)

@@ -41,7 +41,7 @@ def _figure(record: Record, title: str, *, ncols: int = 1, width: float = 8.0) -
 
 
 def worker_throughput(record: Record) -> Figure:
-    fig, (ax,) = _figure(record, "Worker drain throughput, no-op task (median, bar = range of runs)")
+    fig, (ax,) = _figure(record, "Worker drain throughput (median, bar = range of runs)", width=11.0)
     rates: dict[str, list[float]] = record["jobs_per_s"]
     names = list(rates)
     medians = [statistics.median(rates[n]) for n in names]
@@ -50,10 +50,14 @@ def worker_throughput(record: Record) -> Figure:
     bars = ax.bar(names, medians, yerr=[low, high], capsize=6, color=COLORS[: len(names)])
     ax.bar_label(bars, labels=[f"{m:,.0f}" for m in medians], label_type="center", color="white", fontweight="bold")
     ax.set_ylabel("jobs/s")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=7)
     ax.set_ylim(0, max(max(v) for v in rates.values()) * 1.35)
     ratios = record.get("ratios", {})
     if ratios:
-        text = "\n".join(f"{name}: {value:.2f} (target {target})" for name, (value, target) in ratios.items())
+        text = "\n".join(
+            f"{name}: {value:.2f} ({'no target' if target is None else f'target {target}'})"
+            for name, (value, target) in ratios.items()
+        )
         ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=8, bbox={"fc": "white", "ec": "#cccccc"})
     return fig
 
