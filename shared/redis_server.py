@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -49,9 +50,11 @@ def free_ports(count: int) -> list[int]:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 with AOF under ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more ``redis-server`` options (tests: ``--replicaof``, ``--cluster-enabled``)."""
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +74,7 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = spawn(args)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

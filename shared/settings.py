@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from shared.broker.sentinel_url import check_redis_url
 from shared.errors import SettingsError
 from shared.mail import InvalidAddress, SmtpServer, parse_address
 from shared.results import S3Location
@@ -131,7 +132,7 @@ class Settings:
         env = os.environ if environ is None else environ
         d = cls()
         return cls(
-            redis_url=_get(env, "REDIS_URL", _url(("redis", "rediss", "unix")), None),
+            redis_url=_get(env, "REDIS_URL", check_redis_url, None),
             database_url=_get(env, "DATABASE_URL", _url(("sqlite", "postgresql")), None),
             data_dir=_get(env, "DATA_DIR", _path, d.data_dir),
             api_bind=_get(env, "API_BIND", _bind, d.api_bind),

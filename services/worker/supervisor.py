@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
 from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry
 
@@ -42,6 +41,7 @@ from services.worker.pulse import ChildPulse, LiveChild
 from services.worker.recycling import RECYCLED_EXIT_CODE
 from services.worker.tasks import load_task_modules
 from shared import metrics
+from shared.broker.connections import connect
 from shared.broker.orphans import LostAttempts
 from shared.broker.publishing import build_broker
 from shared.ids import new_id
@@ -102,7 +102,7 @@ class Supervisor:
         #: Set when a child could not start (a worker lifespan failed): the supervisor stops, exiting 1.
         self.failed = False
         redis_url = settings.require_redis_url("the worker")
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=10)
+        self.client = connect(redis_url, socket_timeout=10)
         self.store = JobStore(create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s))
         self.crashes = CrashRecovery(
             self.client,

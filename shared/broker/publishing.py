@@ -17,6 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 
 from shared import tracing
+from shared.broker.connections import connect
 from shared.broker.waking import REDIS_DOWN, WakingRedisBroker
 from shared.errors import Unavailable
 from shared.job import Job, due_for_broker, utcnow
@@ -25,9 +26,12 @@ NAMESPACE = "dramatiq"
 
 
 def redis_client(redis_url: str) -> redis.Redis:
-    """A client that gives up quickly when Redis is away: callers have a fallback (the outbox)."""
+    """A client that gives up quickly when Redis is away: callers have a fallback (the outbox).
+
+    ``redis_url``: one server, or a Sentinel-managed primary (``shared/broker/connections.py``).
+    """
     # NOTE: redis-py's default retries back off for seconds; an API request must not hang that long.
-    return redis.Redis.from_url(
+    return connect(
         redis_url,
         socket_connect_timeout=2,
         socket_timeout=10,

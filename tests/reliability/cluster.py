@@ -28,12 +28,14 @@ import redis
 from sqlalchemy import Engine
 
 from services.scheduler.leader import LEADER_KEY
+from shared.broker.connections import connect
 from shared.redis_server import RedisServer, free_port
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
 from tests.disk import small_tmpfs
 from tests.e2e.conftest import Stack
 from tests.reliability.effects_db import EFFECTS_DB_ENV
+from tests.sentinel import SentinelGroup
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_MODULE = "tests.reliability.effect"
@@ -130,16 +132,20 @@ class Cluster:
         worker_threads: int = 4,
         worker_grace_s: float = 15.0,
         data_disk: str | None = None,
+        sentinels: bool = False,
     ) -> None:
         """``data_disk``: a size (``2m``) to put ``DATA_DIR`` on a tmpfs of its own, which a scenario
-        can fill (the store, the metric files, results; Redis and the logs stay outside)."""
+        can fill (the store, the metric files, results; Redis and the logs stay outside).
+        ``sentinels``: Redis is a Sentinel group (``tests/sentinel.py``) instead of one server."""
         self.root = root.resolve()
         self.data_dir = self.root / "data"
         self.logs = self.root / "logs"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.keys = ApiKeys()
-        self.redis = RedisServer(self.root / "redis")
+        self.redis: RedisServer | SentinelGroup = (
+            SentinelGroup(self.root / "redis") if sentinels else RedisServer(self.root / "redis")
+        )
         self.database_url = database_url or f"sqlite:///{self.data_dir / 'jobrelay.db'}"
         self.effects_db = self.root / "effects.db"
         self.worker_processes = worker_processes
@@ -260,7 +266,7 @@ class Cluster:
         return JobStore(self.engine)
 
     def redis_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis.url, socket_timeout=5, socket_connect_timeout=2)
+        return connect(self.redis.url, socket_timeout=5, socket_connect_timeout=2)
 
     def leftover_pids(self) -> list[int]:
         """Processes still running with this cluster's DATA_DIR (its own and their children)."""
@@ -331,11 +337,9 @@ class Cluster:
             time.sleep(0.05)
 
     def logs_text(self) -> str:
-        """Every log this cluster wrote: its processes' and redis-server's."""
+        """Every log this cluster wrote: its processes' and every redis-server's (Sentinels included)."""
         parts = [path.read_text(errors="replace") for path in sorted(self.logs.glob("*.log"))]
-        redis_log = self.root / "redis" / "redis.log"
-        if redis_log.exists():
-            parts.append(redis_log.read_text(errors="replace"))
+        parts.extend(path.read_text(errors="replace") for path in sorted((self.root / "redis").rglob("*.log")))
         return "\n".join(parts)
 
     # -- HTTP ----------------------------------------------------------------

@@ -184,10 +184,30 @@ def test_importing_the_module_does_not_read_os_environ() -> None:
         "redis://localhost:6379/0",
         "rediss://user:pw@cache.internal:6380/1",
         "unix:///run/redis/redis.sock",
+        "redis+sentinel://s1:26379,s2:26379,s3/mymaster/0",
+        "rediss+sentinel://:pw@s1.internal/mymaster?sentinel_password=other",
     ],
 )
 def test_redis_url_accepts_redis_schemes(url: str) -> None:
     assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis+sentinel://s1:26379", "names no service"),
+        ("redis+sentinel:///mymaster", "names no Sentinel"),
+        ("redis+sentinel://s1:port/mymaster", "no valid port"),
+        ("redis+sentinel://s1/mymaster/zero", "database must be a number"),
+        ("redis+sentinel://s1/mymaster?master_name=x", "unknown option(s) master_name"),
+        ("redis+cluster://n1:6379", "must be a URL with scheme"),
+    ],
+)
+def test_malformed_sentinel_urls_are_refused_saying_why(url: str, reason: str) -> None:
+    error = refused({"REDIS_URL": url})
+
+    assert str(error).startswith("REDIS_URL:")
+    assert reason in str(error)
 
 
 def test_redis_url_is_stripped_of_surrounding_whitespace() -> None:
