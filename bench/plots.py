@@ -152,6 +152,26 @@ def redelivery(record: Record) -> Figure:
     return fig
 
 
+def retention(record: Record) -> Figure:
+    fig, (rate_ax, p99_ax) = _figure(record, "Pruning: rows deleted per second, and submit p99 while it runs", ncols=2)
+    stores = {name: figures for name, figures in record["stores"].items() if figures}
+    names = list(stores)
+    bars = rate_ax.bar(names, [stores[n]["rows_per_s"] for n in names], color=COLORS[: len(names)])
+    rate_ax.bar_label(bars, labels=[f"{stores[n]['rows_per_s']:,.0f}" for n in names])
+    rate_ax.axhline(40000, color="#d62728", linestyle="--", linewidth=0.8, label="target")
+    rate_ax.set_ylabel("rows/s")
+    rate_ax.legend(fontsize=8)
+    width = 0.38
+    windows = (("baseline", "alone", -width / 2), ("during", "while pruning", width / 2))
+    for key, label, offset in windows:
+        values = [stores[n][key]["p99"] for n in names]
+        p99_ax.bar([i + offset for i in range(len(names))], values, width, label=label)
+    p99_ax.set_xticks(range(len(names)), names)
+    p99_ax.set_ylabel("submit p99 ms")
+    p99_ax.legend(fontsize=8)
+    return fig
+
+
 PLOTS: dict[str, Callable[[Record], Figure]] = {
     "worker_throughput": worker_throughput,
     "latency": latency,
@@ -159,6 +179,7 @@ PLOTS: dict[str, Callable[[Record], Figure]] = {
     "scheduler_lag": scheduler_lag,
     "worker_memory": worker_memory,
     "redelivery": redelivery,
+    "retention": retention,
 }
 
 

@@ -82,6 +82,11 @@ class Settings:
     worker_dead_after_s: float = 10.0
     job_lease_s: float = 30.0
     job_retention_s: float = 7 * 86400.0
+    #: Pruning (``maintenance.prune``): a run every ``prune_every_s`` deletes batches of ``prune_batch_rows``
+    #: finished jobs past the retention, ``prune_pause_s`` apart (services/scheduler/pruning.py).
+    prune_every_s: int = 10
+    prune_batch_rows: int = 2000
+    prune_pause_s: float = 0.02
     leader_lease_s: float = 10.0
     relay_grace_s: float = 2.0
     store_timeout_s: float = 5.0
@@ -159,6 +164,9 @@ class Settings:
             worker_dead_after_s=_get(env, "WORKER_DEAD_AFTER_S", _float(1, 3600), d.worker_dead_after_s),
             job_lease_s=_get(env, "JOB_LEASE_S", _float(1, 3600), d.job_lease_s),
             job_retention_s=_get(env, "JOB_RETENTION", _duration, d.job_retention_s),
+            prune_every_s=_get(env, "PRUNE_EVERY", _whole_seconds(1, 86400), d.prune_every_s),
+            prune_batch_rows=_get(env, "PRUNE_BATCH", _int(1, 10_000), d.prune_batch_rows),
+            prune_pause_s=_get(env, "PRUNE_PAUSE_S", _float(0, 60), d.prune_pause_s),
             leader_lease_s=_get(env, "LEADER_LEASE_S", _float(1, 600), d.leader_lease_s),
             relay_grace_s=_get(env, "RELAY_GRACE_S", _float(0, 3600), d.relay_grace_s),
             store_timeout_s=_get(env, "STORE_TIMEOUT_S", _float(0.1, 600), d.store_timeout_s),
@@ -226,6 +234,18 @@ def _duration(raw: str) -> float:
     if not match:
         raise ValueError("must be a duration such as 3600, 90s, 15m, 12h or 7d")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _whole_seconds(lo: int, hi: int) -> Callable[[str], int]:
+    """A duration (``_duration``) of whole seconds between ``lo`` and ``hi``."""
+
+    def parse(raw: str) -> int:
+        seconds = _duration(raw)
+        if seconds != int(seconds) or not lo <= seconds <= hi:
+            raise ValueError(f"must be whole seconds between {lo} and {hi} (such as 10, 30s or 5m)")
+        return int(seconds)
+
+    return parse
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:

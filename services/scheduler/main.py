@@ -22,9 +22,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import REGISTRY, start_http_server
 
 from services.scheduler import housekeeping
-from services.scheduler.housekeeping import QueueNames, builtin_schedules, prune_finished
+from services.scheduler.housekeeping import QueueNames, builtin_schedules
 from services.scheduler.leader import LeaderLease
-from services.scheduler.metrics import LeaderOnly, jobs_relayed_total, jobs_republished_total, scheduler_is_leader
+from services.scheduler.metrics import (
+    LeaderOnly,
+    jobs_pruned_total,
+    jobs_relayed_total,
+    jobs_republished_total,
+    scheduler_is_leader,
+)
+from services.scheduler.pruning import PruneLimits, Pruner
 from services.scheduler.reconcile import LostMessages
 from services.scheduler.relay import OutboxRelay
 from services.scheduler.runner import Runner
@@ -58,9 +65,9 @@ TASK_WAIT_S = 30.0
 SYNC_EVERY_S = 1.0
 
 
-def sync_builtins(schedules: ScheduleStore) -> None:
+def sync_builtins(schedules: ScheduleStore, settings: Settings) -> None:
     now = utcnow()
-    wanted = builtin_schedules()
+    wanted = builtin_schedules(prune_every_s=settings.prune_every_s)
     for schedule in wanted:
         schedule.next_run_at = first_tick_at_or_after(build_trigger(None, schedule.interval_s, "UTC"), now)
     schedules.sync(ScheduleSource.BUILTIN, wanted)
@@ -75,7 +82,7 @@ def run(settings: Settings) -> int:
     schedules = ScheduleStore(engine)
     registry = TaskRegistry(engine)
     broker = build_broker(settings.require_redis_url("the scheduler"), dead_message_ttl_s=settings.job_retention_s)
-    sync_builtins(schedules)
+    sync_builtins(schedules, settings)
     sync_file(schedules, registry, settings.schedules_file, task_wait_s=TASK_WAIT_S)
 
     identity = f"{socket.gethostname()}-{new_id()[-12:]}"
@@ -92,6 +99,16 @@ def run(settings: Settings) -> int:
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
     pauses = QueuePauses(engine)
     outbox_relay = OutboxRelay(store, broker, grace_s=settings.relay_grace_s)
+    stop = threading.Event()
+    pruner = Pruner(
+        engine,
+        results,
+        broker.client,
+        retention_s=settings.job_retention_s,
+        limits=PruneLimits(settings.prune_every_s, settings.prune_batch_rows, settings.prune_pause_s),
+        # NOTE: a long backlog's run ends within one batch of a lost lease or a shutdown.
+        keep_going=lambda: lease.is_leader and not stop.is_set(),
+    )
     work: dict[str, Callable[[], object]] = {
         housekeeping.RELAY: lambda: jobs_relayed_total.inc(outbox_relay.run()),
         # What crashes leave behind: messages of dead workers, and workflows whose worker died
@@ -102,9 +119,7 @@ def run(settings: Settings) -> int:
             workflow_engine.advance_stale(),
             sync_pauses(broker.client, pauses.paused()),
         ),
-        housekeeping.PRUNE: lambda: prune_finished(
-            engine, results, broker.client, retention_s=settings.job_retention_s
-        ),
+        housekeeping.PRUNE: lambda: jobs_pruned_total.inc(pruner.run()),
         housekeeping.QUEUE_GAUGES: queue_names.refresh,
         housekeeping.RECONCILE: lambda: jobs_republished_total.inc(lost_messages.run()),
         housekeeping.SWEEP: stranded_runs.run,
@@ -120,7 +135,6 @@ def run(settings: Settings) -> int:
     )
     scheduler.start()
 
-    stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("scheduler %s started; lease TTL %.1fs", identity, settings.leader_lease_s)

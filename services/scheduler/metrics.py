@@ -40,6 +40,10 @@ jobs_relayed_total = Counter(
 jobs_republished_total = Counter(
     PREFIX + "jobs_republished_total", "Jobs published again because Redis lost their message (maintenance.reconcile)."
 )
+jobs_pruned_total = Counter(
+    PREFIX + "jobs_pruned_total",
+    "Finished jobs deleted past JOB_RETENTION, with their result files and dead letters (maintenance.prune).",
+)
 jobs_swept_total = Counter(
     PREFIX + "jobs_swept_total",
     "Running jobs nobody held any more (lease long expired, worker dead, message in no queue), ended by their "

@@ -41,6 +41,9 @@ ALL_VARIABLES = (
     "WORKER_DEAD_AFTER_S",
     "JOB_LEASE_S",
     "JOB_RETENTION",
+    "PRUNE_EVERY",
+    "PRUNE_BATCH",
+    "PRUNE_PAUSE_S",
     "LEADER_LEASE_S",
     "RELAY_GRACE_S",
     "SMTP_URL",
@@ -92,6 +95,7 @@ def test_empty_environment_gives_the_defaults() -> None:
     assert settings.worker_dead_after_s == 10.0
     assert settings.job_lease_s == 30.0
     assert settings.job_retention_s == 7 * 86400.0
+    assert (settings.prune_every_s, settings.prune_batch_rows, settings.prune_pause_s) == (10, 2000, 0.02)
     assert settings.leader_lease_s == 10.0
     assert settings.relay_grace_s == 2.0
     assert settings.smtp_server == SmtpServer(host="localhost", port=25)
@@ -378,6 +382,18 @@ def test_job_retention_refuses_other_durations(raw: str) -> None:
     assert "must be a duration" in str(error)
 
 
+@pytest.mark.parametrize(("raw", "seconds"), [("1", 1), ("10s", 10), ("5m", 300), ("1d", 86400), ("1.5m", 90)])
+def test_prune_every_takes_whole_seconds(raw: str, seconds: int) -> None:
+    assert Settings.from_env({"PRUNE_EVERY": raw}).prune_every_s == seconds
+
+
+@pytest.mark.parametrize("raw", ["0", "0.5", "1.5s", "2d", "soon"])
+def test_prune_every_refuses_fractions_and_durations_out_of_range(raw: str) -> None:
+    error = refused({"PRUNE_EVERY": raw})
+
+    assert str(error).startswith("PRUNE_EVERY: must be")
+
+
 # --- numeric ranges -------------------------------------------------------------------------
 
 INT_RANGES = [
@@ -388,6 +404,7 @@ INT_RANGES = [
     ("WORKER_THREADS", "worker_threads", 1, 1024),
     ("MAX_JOBS_PER_CHILD", "max_jobs_per_child", 0, 1 << 31),
     ("MAX_MEMORY_PER_CHILD_MB", "max_memory_per_child_mb", 0, 1 << 20),
+    ("PRUNE_BATCH", "prune_batch_rows", 1, 10_000),
 ]
 
 FLOAT_RANGES = [
@@ -397,6 +414,7 @@ FLOAT_RANGES = [
     ("LEADER_LEASE_S", "leader_lease_s", 1.0, 600.0),
     ("RELAY_GRACE_S", "relay_grace_s", 0.0, 3600.0),
     ("STORE_TIMEOUT_S", "store_timeout_s", 0.1, 600.0),
+    ("PRUNE_PAUSE_S", "prune_pause_s", 0.0, 60.0),
 ]
 
 

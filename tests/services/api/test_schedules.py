@@ -63,7 +63,7 @@ def test_list_shows_builtin_file_and_api_schedules(client: testing.TestClient, s
     items = {item["id"]: item for item in resp.json["items"]}
     assert items["maintenance.relay"]["interval_s"] == 1 and items["maintenance.relay"]["source"] == "builtin"
     assert items["maintenance.requeue_orphans"]["interval_s"] == 2
-    assert items["maintenance.prune"]["interval_s"] == 3600
+    assert items["maintenance.prune"]["interval_s"] == 10
     assert items["maintenance.queue_gauges"]["interval_s"] == 15
     assert items["maintenance.reconcile"]["interval_s"] == 30
     assert items["z-api"]["source"] == "api"
