@@ -112,7 +112,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store, engine))
     app.add_route("/v1/jobs/{job_id}/retry", JobRetryResource(submitter))
     app.add_route("/v1/tasks", TasksResource(registry))
-    app.add_route("/v1/workflows", WorkflowsResource(submitter, workflows))
+    app.add_route("/v1/workflows", WorkflowsResource(submitter, workflows, quotas))
     app.add_route("/v1/workflows/{workflow_id}", WorkflowResource(workflows))
     app.add_route("/v1/workflows/{workflow_id}/cancel", WorkflowCancelResource(engine))
     app.add_route("/v1/queues", QueuesResource(submitter))

@@ -100,8 +100,8 @@ class Auth:
         if key is None:
             raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
         if key.namespace is not None and not getattr(resource, "namespaced", False):
-            # NOTE: only the resources that keep to the key's namespace (the jobs) take a namespaced key;
-            # the others (workflows, schedules, queues, dead letters) would show every namespace's rows.
+            # NOTE: only the resources that keep to the key's namespace (jobs, workflows, schedules, dead
+            # letters) take a namespaced key; the queues (stats, pausing) are shared by every namespace.
             raise Forbidden(f"the key {key.name!r} belongs to namespace {key.namespace!r}; this path is not open to it")
         needed = getattr(resource, "scopes", {}).get(req.method, "admin")
         if not key.allows(needed):

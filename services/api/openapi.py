@@ -190,6 +190,7 @@ def _workflow_schemas() -> dict[str, Schema]:
         "callback_job": nullable(ID),
         "created_at": DATE_TIME,
         "finished_at": nullable(DATE_TIME),
+        "namespace": nullable({"type": "string", "description": "The submitting key's namespace (tenant)."}),
     }
     return {"WorkflowRequest": request, "Workflow": closed(workflow, workflow)}
 
@@ -255,6 +256,7 @@ def _schedule_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
         "next_run_at": nullable(DATE_TIME),
         "last_run_at": nullable(DATE_TIME),
         "source": {"type": "string", "enum": [s.value for s in ScheduleSource]},
+        "namespace": nullable({"type": "string", "description": "The creating key's namespace (tenant)."}),
     }
     out["Schedule"] = closed(schedule, schedule)
     out["ScheduleList"] = closed({"items": {"type": "array", "items": ref("Schedule")}}, ["items"])

@@ -193,6 +193,7 @@ class Runner:
                 schedule_id=schedule.id,
                 task=schedule.task,
                 args=schedule.args,
+                namespace=schedule.namespace,
             )
         except InvalidInput as exc:
             log.error("schedule %s: tick %s not fired: %s", schedule.id, run.fire_time.isoformat(), exc.detail)

@@ -31,7 +31,7 @@ SCHEDULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Ids of the built-in housekeeping schedules start with this; nobody else may use it.
 BUILTIN_PREFIX = "maintenance."
 #: Fields a GET returns that a PUT may send back unchanged; they are ignored.
-READ_ONLY_FIELDS = frozenset({"next_run_at", "last_run_at", "source"})
+READ_ONLY_FIELDS = frozenset({"next_run_at", "last_run_at", "source", "namespace"})
 MAX_GRACE_S = float(MAX_INTERVAL_S)
 NEVER_FIRES = "never fires: no date matches its day of month, month and day of week together (such as 30 February)"
 DEFAULTS: dict[str, Any] = {
@@ -202,6 +202,7 @@ def parse_schedule(
         file_hash=current.file_hash if current is not None else None,
         created_at=current.created_at if current is not None else None,
         updated_at=current.updated_at if current is not None else None,
+        namespace=current.namespace if current is not None else None,
     )
 
 

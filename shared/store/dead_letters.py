@@ -29,10 +29,18 @@ class DeadLetters:
 
     engine: Engine
 
-    def requeue(self, job_ids: Iterable[str], *, queue: str | None = None, dead_only: bool = False) -> list[Job]:
+    def requeue(
+        self,
+        job_ids: Iterable[str],
+        *,
+        queue: str | None = None,
+        dead_only: bool = False,
+        namespace: str | None = None,
+    ) -> list[Job]:
         """Put failed, cancelled or expired jobs back to ``queued`` (attempts keep counting).
 
-        Returns the jobs requeued; the caller publishes them. Jobs in other states are left alone.
+        Returns the jobs requeued; the caller publishes them. Jobs in other states, or of another
+        namespace than ``namespace`` (when given), are left alone.
         """
         ids = list(job_ids)
         if not ids:
@@ -46,6 +54,8 @@ class DeadLetters:
             conditions.append(jobs.c.queue == queue)
         if dead_only:
             conditions.append(jobs.c.dead)
+        if namespace is not None:
+            conditions.append(jobs.c.namespace == namespace)
         with write_transaction(self.engine) as conn:
             chosen = [row.id for row in conn.execute(select(jobs.c.id).where(*conditions).with_for_update())]
             if chosen:
@@ -71,8 +81,13 @@ class DeadLetters:
                 return []
             return [Job.from_row(row) for row in conn.execute(select(jobs).where(jobs.c.id.in_(chosen)))]
 
-    def dead_ids(self, queue: str, *, limit: int = 1000, before: str | None = None) -> list[str]:
+    def dead_ids(
+        self, queue: str, *, limit: int = 1000, before: str | None = None, namespace: str | None = None
+    ) -> list[str]:
+        """Ids of the queue's dead letters, newest first (of one namespace's jobs when ``namespace`` is given)."""
         query = select(jobs.c.id).where(jobs.c.queue == queue, jobs.c.dead)
+        if namespace is not None:
+            query = query.where(jobs.c.namespace == namespace)
         if before is not None:
             query = query.where(jobs.c.id < before)
         with self.engine.connect() as conn:
@@ -85,6 +100,18 @@ class DeadLetters:
                 update(jobs).where(jobs.c.queue == queue, jobs.c.dead).values(dead=False, updated_at=utcnow())
             )
         return done.rowcount
+
+    def purge_dead_ids(self, queue: str, job_ids: Iterable[str]) -> list[str]:
+        """Take these dead letters of the queue out of the dead-letter queue; returns the ids that were."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        conditions = [jobs.c.id.in_(ids), jobs.c.queue == queue, jobs.c.dead]
+        with write_transaction(self.engine) as conn:
+            chosen = [row.id for row in conn.execute(select(jobs.c.id).where(*conditions).with_for_update())]
+            if chosen:
+                conn.execute(update(jobs).where(jobs.c.id.in_(chosen)).values(dead=False, updated_at=utcnow()))
+        return chosen
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         """Running and dead jobs per queue, from the indexes on status and on dead letters."""

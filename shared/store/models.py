@@ -196,12 +196,15 @@ workflows = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
+    # Tenants (migration 0013): the namespace of the API key that submitted it (None: none).
+    Column("namespace", String(64), nullable=True),
 )
 
 schedules = Table(
     "schedules",
     metadata,
-    Column("id", String(128), primary_key=True),
+    # NOTE: 200: a namespaced key's schedule is stored as "<namespace>:<id>" (services/api/namespaces.py).
+    Column("id", String(200), primary_key=True),
     Column("task", String(200), nullable=False),
     Column("args", JSON, nullable=False),
     # Exactly one of cron (5 fields, read in `timezone`) and interval_s (whole seconds).
@@ -221,6 +224,8 @@ schedules = Table(
     Column("file_hash", String(64), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Tenants (migration 0013): the namespace of the API key that created it (None: the operator's).
+    Column("namespace", String(64), nullable=True),
     CheckConstraint("(cron IS NULL) <> (interval_s IS NULL)", name="ck_schedules_one_timing"),
 )
 

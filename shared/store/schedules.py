@@ -60,6 +60,9 @@ class Schedule:
     file_hash: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: Tenants: the namespace of the key that created it (None: the operator's); its jobs carry it.
+    #: A namespaced schedule's ``id`` is ``<namespace>:<id as its key gives it>``.
+    namespace: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Schedule:
@@ -96,6 +99,7 @@ class Schedule:
             "next_run_at": rfc3339(self.next_run_at),
             "last_run_at": rfc3339(self.last_run_at),
             "source": self.source.value,
+            "namespace": self.namespace,
         }
 
 

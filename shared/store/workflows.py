@@ -35,6 +35,8 @@ class Workflow:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+    #: Tenants: the namespace of the key that submitted it (None: none); its steps carry it too.
+    namespace: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,7 @@ class Workflow:
             "callback_job": self.callback_job_id,
             "created_at": rfc3339(self.created_at),
             "finished_at": rfc3339(self.finished_at),
+            "namespace": self.namespace,
         }
 
 
@@ -64,6 +67,7 @@ class WorkflowStore:
                     callback_job_id=workflow.callback_job_id,
                     created_at=workflow.created_at,
                     updated_at=workflow.updated_at,
+                    namespace=workflow.namespace,
                 )
             )
             insert_job_rows(conn, steps)

@@ -302,8 +302,11 @@ def _uniqueness(
     return unique_for_s, debounce_s, unique_key if isinstance(unique_key, str) else None
 
 
-def build_scheduled_job(registry: TaskRegistry, *, job_id: str, schedule_id: str, task: str, args: Any) -> Job:
-    """The job of one tick of a schedule: its task's defaults, under the id the scheduler derived from the tick.
+def build_scheduled_job(
+    registry: TaskRegistry, *, job_id: str, schedule_id: str, task: str, args: Any, namespace: str | None = None
+) -> Job:
+    """The job of one tick of a schedule: its task's defaults, under the id the scheduler derived from the tick,
+    in the schedule's namespace.
 
     Raises ``InvalidInput`` saying why when the task is not registered or ``args`` no longer fit its
     schema (a worker changed the task since the schedule was written).
@@ -328,5 +331,6 @@ def build_scheduled_job(registry: TaskRegistry, *, job_id: str, schedule_id: str
         created_at=now,
         updated_at=now,
         schedule_id=schedule_id,
+        namespace=namespace,
         traceparent=tracing.traceparent(),
     )

@@ -113,7 +113,12 @@ def change_schedule(
 def trigger_now(submitter: Submitter, schedule: Schedule) -> str:
     """One job of the schedule's task and arguments now, outside its trigger; its id."""
     job = build_scheduled_job(
-        submitter.registry, job_id=new_id(), schedule_id=schedule.id, task=schedule.task, args=schedule.args
+        submitter.registry,
+        job_id=new_id(),
+        schedule_id=schedule.id,
+        task=schedule.task,
+        args=schedule.args,
+        namespace=schedule.namespace,
     )
     [(stored, _created)] = submitter.submit([job])
     return stored.id

@@ -10,8 +10,9 @@ from typing import Any
 import falcon
 
 from services.api.body import read_json
-from services.api.middleware import namespace_of, sees_tracebacks, submitted_by, visible
+from services.api.middleware import namespace_of, submitted_by, visible
 from services.api.quotas import Quotas
+from services.api.tenancy import job_view, stored_schedule_id
 from shared import metrics
 from shared.broker.queues import drop_dead_letters
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound
@@ -67,7 +68,7 @@ class JobsResource:
             # NOTE: tells a unique job's answer from an idempotent replay's, both 200 with the stored job.
             resp.set_header("Jobrelay-Deduplicated", str(stored.extra[DEDUPLICATED]))
             metrics.jobs_deduplicated_total.labels(stored.task, stored.queue).inc()
-        resp.media = stored.to_api(traceback=sees_tracebacks(req))
+        resp.media = job_view(req, stored)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         errors: list[FieldError] = []
@@ -103,6 +104,8 @@ class JobsResource:
             errors.append(FieldError("/query/cursor", "give it once"))
         if errors:
             raise InvalidInput("the list query is invalid", errors)
+        if isinstance(values["schedule_id"], str):
+            values["schedule_id"] = stored_schedule_id(req, values["schedule_id"])
         filters = JobFilter(
             status=status,
             created_after=created_after,
@@ -114,7 +117,7 @@ class JobsResource:
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
         resp.media = {
-            "items": [job.to_api(traceback=sees_tracebacks(req)) for job in page.items],
+            "items": [job_view(req, job) for job in page.items],
             "next_cursor": page.next_cursor,
         }
 
@@ -135,7 +138,7 @@ class JobRetryResource:
             drop_dead_letters(self.submitter.broker.client, job.queue, [job_id])
         self.submitter.publish(requeued, new=False)
         resp.status = falcon.HTTP_202
-        resp.media = requeued[0].to_api(traceback=sees_tracebacks(req))
+        resp.media = job_view(req, requeued[0])
 
 
 class BatchResource:
@@ -167,7 +170,7 @@ class BatchResource:
             self.quotas.admit(submission.namespace, len(built))
         stored = self.submitter.submit([job for job in built if job is not None])
         resp.status = falcon.HTTP_202
-        resp.media = {"jobs": [job.to_api(traceback=sees_tracebacks(req)) for job, _created in stored]}
+        resp.media = {"jobs": [job_view(req, job) for job, _created in stored]}
 
 
 class JobResource:
@@ -178,7 +181,7 @@ class JobResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = visible(req, self.store.get(job_id)).to_api(traceback=sees_tracebacks(req))
+        resp.media = job_view(req, visible(req, self.store.get(job_id)))
 
 
 class JobResultResource:
@@ -217,4 +220,4 @@ class JobCancelResource:
         if job.workflow_id and job.status.is_final:
             self.workflows.advance(job.workflow_id)
         resp.status = falcon.HTTP_202
-        resp.media = job.to_api(traceback=sees_tracebacks(req))
+        resp.media = job_view(req, job)

@@ -1,12 +1,17 @@
-"""``/v1/queues``: queue stats, pausing and resuming a queue, and the dead-letter queue of each queue."""
+"""``/v1/queues``: queue stats, pausing and resuming a queue, and the dead-letter queue of each queue.
+
+A namespaced key reads, requeues and purges only its namespace's dead letters. Queues themselves
+are shared by every namespace: their stats and pausing are the operator's (403 to a namespaced key).
+"""
 
 from __future__ import annotations
 
 import falcon
 
 from services.api.body import read_json
-from services.api.middleware import sees_tracebacks
+from services.api.middleware import namespace_of
 from services.api.resources.jobs import parse_limit
+from services.api.tenancy import job_view
 from shared.broker.pausing import mirror_pause, mirror_resume
 from shared.broker.queues import drop_dead_letters, queue_stats
 from shared.catalog import QUEUE_NAME
@@ -75,6 +80,7 @@ class QueueResumeResource(_QueueSwitch):
 
 class DeadLettersResource:
     scopes = {"GET": "read", "DELETE": "admin"}
+    namespaced = True
 
     def __init__(self, submitter: Submitter) -> None:
         self.submitter = submitter
@@ -93,26 +99,36 @@ class DeadLettersResource:
             raise InvalidInput("the query is invalid", errors)
         try:
             page = self.submitter.store.page(
-                JobFilter(queue=name, dead=True),
+                JobFilter(queue=name, dead=True, namespace=namespace_of(req)),
                 limit=limit,
                 cursor=cursor,  # type: ignore[arg-type]
             )
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [FieldError("/query/cursor", exc.detail)]) from None
         resp.media = {
-            "items": [job.to_api(traceback=sees_tracebacks(req)) for job in page.items],
+            "items": [job_view(req, job) for job in page.items],
             "next_cursor": page.next_cursor,
         }
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         _check_queue(name)
-        purged = self.submitter.store.purge_dead(name)
-        drop_dead_letters(self.submitter.broker.client, name)
+        store, client = self.submitter.store, self.submitter.broker.client
+        namespace = namespace_of(req)
+        if namespace is None:
+            purged = store.purge_dead(name)
+            drop_dead_letters(client, name)
+        else:
+            purged = 0
+            while batch := store.dead_ids(name, limit=500, namespace=namespace):
+                gone = store.purge_dead_ids(name, batch)
+                drop_dead_letters(client, name, gone)
+                purged += len(gone)
         resp.media = {"purged": purged}
 
 
 class DeadRequeueResource:
     scopes = {"POST": "admin"}
+    namespaced = True
 
     def __init__(self, submitter: Submitter) -> None:
         self.submitter = submitter
@@ -122,17 +138,19 @@ class DeadRequeueResource:
         body = read_json(req, self.submitter.max_body_bytes)
         ids = self._ids(body)
         store = self.submitter.store
+        namespace = namespace_of(req)
         requeued = 0
         if ids is None:
-            while batch := store.dead_ids(name, limit=500):
-                requeued += self._requeue(name, batch)
+            while batch := store.dead_ids(name, limit=500, namespace=namespace):
+                requeued += self._requeue(name, batch, namespace)
         else:
-            requeued = self._requeue(name, ids)
+            requeued = self._requeue(name, ids, namespace)
         resp.status = falcon.HTTP_202
         resp.media = {"requeued": requeued}
 
-    def _requeue(self, queue: str, ids: list[str]) -> int:
-        jobs = self.submitter.store.requeue(ids, queue=queue, dead_only=True)
+    def _requeue(self, queue: str, ids: list[str], namespace: str | None) -> int:
+        """Requeue those of ``ids`` that are dead letters of the queue (and of the key's namespace, if it has one)."""
+        jobs = self.submitter.store.requeue(ids, queue=queue, dead_only=True, namespace=namespace)
         drop_dead_letters(self.submitter.broker.client, queue, [job.id for job in jobs])
         self.submitter.publish(jobs, new=False)
         return len(jobs)

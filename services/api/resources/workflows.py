@@ -1,4 +1,8 @@
-"""``/v1/workflows``: chain, group and chord, created whole, read and cancelled."""
+"""``/v1/workflows``: chain, group and chord, created whole, read and cancelled.
+
+A namespaced key's workflow and its steps live in its namespace (its quota counts the steps);
+another namespace's workflow is a 404 to it (``services/api/tenancy.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from typing import Any
 import falcon
 
 from services.api.body import read_json
+from services.api.middleware import namespace_of, submitted_by
+from services.api.quotas import Quotas
 from services.api.resources.jobs import MAX_BATCH
+from services.api.tenancy import own_workflow
 from shared.errors import Conflict, FieldError, InvalidInput
 from shared.ids import new_id
 from shared.job import Job, utcnow
@@ -21,21 +28,31 @@ _FIELDS = {"type", "steps", "callback"}
 
 class WorkflowsResource:
     scopes = {"POST": "write"}
+    namespaced = True
 
-    def __init__(self, submitter: Submitter, workflows: WorkflowStore) -> None:
+    def __init__(self, submitter: Submitter, workflows: WorkflowStore, quotas: Quotas | None = None) -> None:
         self.submitter = submitter
         self.workflows = workflows
+        self.quotas = quotas
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self.submitter.max_body_bytes)
-        workflow, steps = self._build(body, req.context.request_id)
+        submission = Submission(
+            request_id=req.context.request_id,
+            workflow_id=new_id(),
+            namespace=namespace_of(req),
+            submitted_by=submitted_by(req),
+        )
+        workflow, steps = self._build(body, submission)
+        if self.quotas is not None:
+            self.quotas.admit(submission.namespace, len(steps))
         self.workflows.create(workflow, steps)
         self.submitter.publish([job for job in steps if not job.held])
         resp.status = falcon.HTTP_202
         resp.set_header("Location", f"/v1/workflows/{workflow.id}")
         resp.media = workflow.to_api()
 
-    def _build(self, body: Any, request_id: str) -> tuple[Workflow, list[Job]]:
+    def _build(self, body: Any, submission: Submission) -> tuple[Workflow, list[Job]]:
         errors: list[FieldError] = []
         if not isinstance(body, dict):
             raise InvalidInput("a workflow is a JSON object", [FieldError("/", "must be a JSON object")])
@@ -52,8 +69,8 @@ class WorkflowsResource:
             errors.append(FieldError("/callback", "a chord needs a callback job request"))
         if kind in ("chain", "group") and callback_request is not None:
             errors.append(FieldError("/callback", "only a chord has a callback"))
-        workflow_id = new_id()
-        submission = Submission(request_id=request_id, workflow_id=workflow_id)
+        workflow_id = submission.workflow_id
+        assert workflow_id is not None  # for mypy: on_post gives it
         steps = [
             build_job(item, f"/steps/{i}", self.submitter.registry, submission, errors, held=kind == "chain" and i > 0)
             for i, item in enumerate(requests)
@@ -76,28 +93,31 @@ class WorkflowsResource:
             callback_job_id=callback.id if callback else None,
             created_at=now,
             updated_at=now,
+            namespace=submission.namespace,
         )
         return workflow, [*jobs, *([callback] if callback else [])]
 
 
 class WorkflowResource:
     scopes = {"GET": "read"}
+    namespaced = True
 
     def __init__(self, workflows: WorkflowStore) -> None:
         self.workflows = workflows
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, workflow_id: str) -> None:
-        resp.media = self.workflows.get(workflow_id).to_api()
+        resp.media = own_workflow(req, self.workflows.get(workflow_id)).to_api()
 
 
 class WorkflowCancelResource:
     scopes = {"POST": "write"}
+    namespaced = True
 
     def __init__(self, engine: WorkflowEngine) -> None:
         self.engine = engine
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, workflow_id: str) -> None:
-        workflow = self.engine.workflows.get(workflow_id)
+        workflow = own_workflow(req, self.engine.workflows.get(workflow_id))
         if workflow.status in WorkflowStatus.FINAL:
             raise Conflict(f"workflow {workflow_id} is already {workflow.status}")
         resp.status = falcon.HTTP_202

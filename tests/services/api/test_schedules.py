@@ -46,7 +46,7 @@ def test_create_answers_201_with_the_schedule_and_location(client: testing.TestC
     assert resp.headers["location"] == "/v1/schedules/nightly-echo"
     body = resp.json
     assert set(body) == {"id", "task", "args", "cron", "interval_s", "timezone", "enabled", "misfire",
-                         "misfire_grace_s", "next_run_at", "last_run_at", "source"}  # fmt: skip
+                         "misfire_grace_s", "next_run_at", "last_run_at", "source", "namespace"}  # fmt: skip
     assert body["source"] == "api" and body["enabled"] is True and body["misfire"] == "coalesce"
     assert body["misfire_grace_s"] == 60 and body["interval_s"] is None and body["last_run_at"] is None
     # 02:00 in Berlin is 00:00 or 01:00 UTC, on a whole minute.

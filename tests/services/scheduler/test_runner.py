@@ -120,6 +120,13 @@ def test_a_fire_inserts_and_publishes_the_tick_job_and_records_the_run(
     assert sample("jobrelay_schedule_last_fire_timestamp_seconds", schedule="tick") == NOON.timestamp()
 
 
+def test_a_namespaced_schedule_fires_jobs_of_its_namespace(engine: Engine, replicas: list[Replica]) -> None:
+    ScheduleStore(engine).create(every_second(id="acme:tick", namespace="acme"))
+    replicas[0].runner.fire("acme:tick")
+    job = JobStore(engine).get(tick_job_id("acme:tick", NOON))
+    assert (job.namespace, job.schedule_id) == ("acme", "acme:tick")
+
+
 def test_two_overlapping_leaders_fire_each_tick_once(engine: Engine, replicas: list[Replica]) -> None:
     schedules = ScheduleStore(engine)
     schedules.create(every_second())

@@ -53,6 +53,7 @@ def test_create_get_and_list(schedules: ScheduleStore) -> None:
         "next_run_at": "2024-06-01T12:00:00.000Z",
         "last_run_at": None,
         "source": "api",
+        "namespace": None,
     }
 
 
