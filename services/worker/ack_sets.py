@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+from dramatiq.common import current_millis
 
 from shared.broker.waking import acks_key
 
@@ -29,6 +30,27 @@ return acked
 """
 
 
+#: Dramatiq's "nack" (dispatch.lua) for many messages of one queue: out of the worker's ack set and the
+#: queue's message hash, into its dead letters (scored by the time of death). KEYS: the ack set, the
+#: message hash, the dead-letter set, the dead-letter message hash; ARGV: the time in ms, then the ids.
+_DEAD_LETTER_MANY = """
+local dead = 0
+for i = 2, #ARGV do
+    local message_id = ARGV[i]
+    if redis.call("srem", KEYS[1], message_id) > 0 then
+        local message = redis.call("hget", KEYS[2], message_id)
+        if message then
+            redis.call("zadd", KEYS[3], ARGV[1], message_id)
+            redis.call("hset", KEYS[4], message_id, message)
+            redis.call("hdel", KEYS[2], message_id)
+            dead = dead + 1
+        end
+    end
+end
+return dead
+"""
+
+
 class AckSets:
     """This process's ack sets in Redis, and which of their messages its worker threads hold now."""
 
@@ -37,6 +59,7 @@ class AckSets:
         self.namespace = namespace
         self.owner = owner
         self._ack_script: Any = None
+        self._dead_letter_script: Any = None
         #: Per queue, the Redis message ids this process's consumers handed to its worker
         #: threads and has not acked, nacked or requeued yet: the only legitimate members
         #: of its ack set once a consumer is replaced (see ``_WakingConsumer``).
@@ -68,4 +91,18 @@ class AckSets:
         for queue_name, ids in by_queue.items():
             keys = [self.key(queue_name), f"{self.namespace}:{queue_name}.msgs"]
             self._ack_script(keys=keys, args=ids)
+            self.handed_back(queue_name, ids)
+
+    def dead_letter_many(self, nacks: list[tuple[str, str]]) -> None:
+        """Dramatiq's nack (to the dead letters) of many ``(queue name, redis message id)`` pairs, one script
+        call per queue."""
+        by_queue: dict[str, list[str]] = {}
+        for queue_name, redis_message_id in nacks:
+            by_queue.setdefault(queue_name, []).append(redis_message_id)
+        if self._dead_letter_script is None:
+            self._dead_letter_script = self.client.register_script(_DEAD_LETTER_MANY)
+        for queue_name, ids in by_queue.items():
+            dead = f"{self.namespace}:{queue_name}.XQ"
+            keys = [self.key(queue_name), f"{self.namespace}:{queue_name}.msgs", dead, f"{dead}.msgs"]
+            self._dead_letter_script(keys=keys, args=[current_millis(), *ids])
             self.handed_back(queue_name, ids)

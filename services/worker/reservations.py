@@ -6,9 +6,12 @@ consumer claims the next messages of its prefetch in one commit while the
 threads run the jobs claimed before, and a thread takes its claim ready-made.
 
 A claimed job is ``running`` in the store, so a consumer hands out no more
-than its threads will start at once: one per idle thread, plus one more round
-once the jobs are seen to be short (for long jobs a claimed message would
-show ``running`` while it waited); the rest wait unclaimed in the consumer. A claim
+than its threads will start soon: one per idle thread, plus, once the jobs are
+seen to be short, as many rounds as the threads run while one claim commit is
+under way (for long jobs a claimed message would show ``running`` while it
+waited). A slow commit (PostgreSQL's flush to disk, a busy machine) thus gets
+more claims per commit instead of starving the threads, and a job claimed
+ahead waits about one commit before it starts. The rest wait unclaimed in the consumer. A claim
 is given back (the row queued again, the attempt not counted) when Dramatiq
 puts its message back (shutdown, reconnect). After a crash the supervisor gives them back
 too, and counts the attempts the process's threads were inside: both are marked in the
@@ -18,7 +21,9 @@ process's ``HeldJobs`` file (``held_jobs.py``) as they are made and taken.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from dramatiq.message import Message
@@ -34,6 +39,8 @@ SHORT_JOB_S = 0.05
 _WEIGHT = 0.05
 #: The average assumed before any job ran: long, so a process claims ahead only once it has seen short jobs.
 _START_MEAN_S = 1.0
+#: Most rounds of claims ahead of the threads (with the running round, the worker's prefetch of 8 per thread).
+MAX_ROUNDS_AHEAD = 7
 
 
 class Reservations:
@@ -46,6 +53,7 @@ class Reservations:
         owner: str,
         lease_s: float,
         held: HeldJobs | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.claim_many = claim_many
         self.unclaim = unclaim
@@ -58,6 +66,9 @@ class Reservations:
         #: Worker threads of this process (0: claim nothing ahead; set when the worker starts).
         self.threads = 0
         self._mean_s = _START_MEAN_S
+        #: Running average of how long a claim commit takes (seconds), as the consumer waits for it.
+        self._claim_s = 0.0
+        self._clock = clock
         self._by_message: dict[str, Claim] = {}
         self._lock = threading.Lock()
         self._freed = threading.Event()
@@ -72,7 +83,7 @@ class Reservations:
         claims its own job, waiting out a store outage there.
         """
         self._freed.clear()
-        lead = self.threads if self._mean_s < SHORT_JOB_S else 0
+        lead = self.threads * self.rounds_ahead()
         busy = self.busy()
         with self._lock:
             room = self.threads + lead - busy - len(self._by_message)
@@ -88,8 +99,10 @@ class Reservations:
             return count
         # NOTE: marked before the claim commits, so a process that dies right after has them marked.
         self.held.ahead(m.message_id for m in chosen)
+        started_s = self._clock()
         try:
             claims = self.claim_many([ClaimRequest(m.message_id, self.owner, self.lease_s) for m in chosen])
+            self._claim_s += _WEIGHT * (self._clock() - started_s - self._claim_s)
         except Exception as exc:
             self.held.not_ahead(m.message_id for m in chosen)
             log.warning("could not claim %d job(s) ahead (%s); each is claimed at its start", len(chosen), exc)
@@ -101,6 +114,13 @@ class Reservations:
             for message, claim in zip(chosen, claims, strict=True):
                 self._by_message[message.options["redis_message_id"]] = claim
         return count
+
+    def rounds_ahead(self) -> int:
+        """Rounds of claims made ahead of the threads: none for long jobs; for short ones, what the threads
+        run while a claim commits (at least one round, at most ``MAX_ROUNDS_AHEAD``)."""
+        if self._mean_s >= SHORT_JOB_S:
+            return 0
+        return max(1, min(MAX_ROUNDS_AHEAD, math.ceil(self._claim_s / max(self._mean_s, 1e-6))))
 
     def wait(self, timeout_s: float) -> None:
         """Until a thread frees room (or ``timeout_s``)."""

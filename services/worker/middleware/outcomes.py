@@ -1,15 +1,16 @@
 """Outcomes: every attempt's end is recorded in the store (succeeded, retrying, failed, cancelled).
 
-A success is handed to the status writer and its message acked by the acker once
-the commit is done, off the worker thread; any other outcome is committed here,
-waiting out a store outage, before Dramatiq acks or nacks the message. A retry
-gets a new message (its row says ``retrying`` first); a failure for good is
-dead-lettered.
+A success, and a failure for good, is handed to the status writer and its message
+acked (or dead-lettered) by the acker once the commit is done, off the worker
+thread, many per commit and per Redis call; any other outcome is committed here,
+waiting out a store outage, before Dramatiq acks the message. A retry gets a new
+message (its row says ``retrying`` first).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -98,6 +99,10 @@ class Outcomes(Middleware):
         self.owner = owner
         #: The on_success / on_failure callbacks (None: none are submitted).
         self.callbacks = callbacks
+        #: Jobs whose failure for good was recorded here and whose nack has not been seen yet
+        #: (``after_nack`` must not record them again).
+        self._failed_here: set[str] = set()
+        self._failed_lock = threading.Lock()
 
     def close(self) -> None:
         """Commit and ack what is still pending (after the worker stopped)."""
@@ -124,8 +129,8 @@ class Outcomes(Middleware):
         job = attempt.job
         failure = exception if exception is not None else attempt.result_error
         if failure is not None:
-            self._fail(broker, message, job, failure)
-            attempt.final = True
+            attempt.ack_deferred = self._fail(broker, message, job, failure)
+            attempt.final = not attempt.ack_deferred
             return
         attempt.ack_deferred = self._succeed(message, attempt)
         attempt.final = not attempt.ack_deferred
@@ -134,6 +139,11 @@ class Outcomes(Middleware):
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         """A message Dramatiq dead-letters on its own (an actor no worker has) fails its job for good."""
+        with self._failed_lock:
+            if message.message_id in self._failed_here:
+                # NOTE: recorded failed by ``_fail`` (committed, or left to the acker): nothing more to write.
+                self._failed_here.discard(message.message_id)
+                return
         exc = message._exception
         if exc is None:
             return
@@ -165,24 +175,25 @@ class Outcomes(Middleware):
         """Record the success; True when its commit, ack and workflow advance are left to the acker."""
         job = attempt.job
         callback = self._callback(job, JobStatus.SUCCEEDED, result=attempt.result)
-        if self.acker is not None:
-            request = FinishRequest(
-                job.id,
-                self.owner,
-                JobStatus.SUCCEEDED,
-                result=attempt.result,
-                result_url=attempt.result_url,
-                **callback,
-            )
-            committed = self.writes.finish_later(request)
-            if self.callbacks is not None and "callback" in callback:
-                callbacks = self.callbacks
-                committed.add_done_callback(lambda done: callbacks.committed(request, done))
-            self.acker.defer(message.options["redis_message_id"], committed, job)
+        fields = {"result": attempt.result, "result_url": attempt.result_url, **callback}
+        if self._finish_later(message, job, JobStatus.SUCCEEDED, fields):
             return True
-        if not self._finish(job, JobStatus.SUCCEEDED, result=attempt.result, result_url=attempt.result_url, **callback):
+        if not self._finish(job, JobStatus.SUCCEEDED, **fields):
             log.warning("job %s finished after its lease passed to another worker", job.id)
         return False
+
+    def _finish_later(self, message: MessageProxy, job: Job, status: JobStatus, fields: dict[str, Any]) -> bool:
+        """Hand a final outcome to the status writer and its ack (or, failed, its dead letter) to the acker;
+        False when there is no acker (the caller commits it now)."""
+        if self.acker is None:
+            return False
+        request = FinishRequest(job.id, self.owner, status, **fields)
+        committed = self.writes.finish_later(request)
+        if self.callbacks is not None and request.callback is not None:
+            callbacks = self.callbacks
+            committed.add_done_callback(lambda done: callbacks.committed(request, done))
+        self.acker.defer(message.options["redis_message_id"], committed, job, dead=status is JobStatus.FAILED)
+        return True
 
     def _finish(self, job: Job, status: JobStatus, **fields: Any) -> bool:
         """Record the end of this attempt, waiting out a store outage; False if the lease was lost."""
@@ -208,14 +219,15 @@ class Outcomes(Middleware):
         decision = decide(definition, exc, attempts=job.attempts, max_retries=job.max_retries)
         return decision, error_body(exc, retryable=decision.retryable)
 
-    def _fail(self, broker: Broker, message: MessageProxy, job: Job, exc: BaseException) -> None:
+    def _fail(self, broker: Broker, message: MessageProxy, job: Job, exc: BaseException) -> bool:
+        """Record a failed attempt; True when its commit, dead letter and workflow advance are left to the acker."""
         labels = (job.task, job.queue)
         if isinstance(exc, Cancelled):
             error = {"type": "Cancelled", "message": "cancelled while running", "retryable": False}
             self._finish(job, JobStatus.CANCELLED, error=error)
             metrics.jobs_cancelled_total.labels(*labels).inc()
             log.info("job %s cancelled while running", job.id)
-            return
+            return False
         decision, error = self._decide(job, exc)
         if decision.retry:
             next_at = utcnow() + timedelta(seconds=decision.delay_s)
@@ -235,11 +247,18 @@ class Outcomes(Middleware):
             metrics.jobs_retried_total.labels(*labels).inc()
             if not isinstance(exc, Retry):
                 log.warning("job %s attempt %d failed, retrying in %.2fs", job.id, job.attempts, decision.delay_s)
-            return
-        self._finish(job, JobStatus.FAILED, error=error, **self._callback(job, JobStatus.FAILED, error=error))
+            return False
+        fields = {"error": error, **self._callback(job, JobStatus.FAILED, error=error)}
+        with self._failed_lock:
+            self._failed_here.add(job.id)
+        deferred = self._finish_later(message, job, JobStatus.FAILED, fields)
+        if not deferred:
+            self._finish(job, JobStatus.FAILED, **fields)
         metrics.jobs_failed_total.labels(*labels).inc()
         log.error(
             "job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"], exc_info=exc
         )
-        # Dramatiq nacks failed messages, which moves them to the dead-letter queue.
+        # Dramatiq nacks failed messages: the consumer hands the nack to the acker (deferred), which
+        # moves the message to the dead letters once the failure is committed.
         message.fail()
+        return deferred

@@ -1,4 +1,5 @@
-"""A succeeded job's message is acked only after its final status is committed, off the worker thread."""
+"""A finished job's message is acked (succeeded) or dead-lettered (failed for good) only after its final status is
+committed, off the worker thread."""
 
 from __future__ import annotations
 
@@ -81,4 +82,53 @@ def test_a_message_without_a_deferred_ack_is_acked_at_once(redis_url: str, redis
     consumer.ack(message)
     assert redis_client.scard(f"dramatiq:__acks__.{OWNER}.default") == 0
     assert redis_client.hlen("dramatiq:default.msgs") == 0
+    consumer.close()
+
+
+def test_failed_jobs_are_dead_lettered_together_once_their_failure_is_committed(
+    sqlite_url: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Given three jobs claimed by this worker, their messages fetched (in the worker's ack set)
+    engine = create_store_engine(sqlite_url, timeout_s=0.2)
+    migrate(engine)
+    store = JobStore(engine)
+    jobs = [make_job() for _ in range(3)]
+    store.insert(jobs)
+    finals: list[Job] = []
+    acker = Acker(AckSets(redis_client, namespace=NAMESPACE, owner=OWNER), on_final=finals.append)
+    broker = worker_broker(redis_url, OWNER, deferred_acks=acker)
+    for job in jobs:
+        broker.enqueue(message_for(job))
+    consumer = broker.consume("default", prefetch=3, timeout=100)
+    messages = [next(message for message in consumer if message is not None) for _ in jobs]
+    # (fetched in the order enqueued: the claims below line up with them)
+    assert [m.message_id for m in messages] == [job.id for job in jobs]
+    claims = [store.claim(job.id, owner=OWNER, lease_s=30) for job in jobs]
+    writer = StatusWriter(store)
+    with write_lock_held_elsewhere(sqlite_url):
+        # When each one's failure for good is handed over and the consumer is told to nack
+        for message, claimed in zip(messages, claims, strict=True):
+            assert claimed.job is not None
+            error = {"type": "Boom", "message": "boom", "retryable": False}
+            request = FinishRequest(claimed.job.id, OWNER, JobStatus.FAILED, error=error)
+            acker.defer(message.options["redis_message_id"], writer.finish_later(request), claimed.job, dead=True)
+            message.fail()
+            consumer.nack(message)
+        # Then while the failures are not committed, no message is dead yet and none acked
+        time.sleep(0.6)
+        assert redis_client.scard(f"dramatiq:__acks__.{OWNER}.default") == 3
+        assert redis_client.zcard("dramatiq:default.XQ") == 0
+    # And once committed, every row is failed and dead, and every message is a dead letter (none left unacked)
+    assert wait_for(lambda: redis_client.zcard("dramatiq:default.XQ") == 3)
+    assert redis_client.scard(f"dramatiq:__acks__.{OWNER}.default") == 0
+    assert redis_client.hlen("dramatiq:default.msgs") == 0
+    assert sorted(redis_client.hkeys("dramatiq:default.XQ.msgs")) == sorted(
+        m.options["redis_message_id"].encode() for m in messages
+    )
+    for job in jobs:
+        row = store.get(job.id)
+        assert row.status is JobStatus.FAILED and row.dead
+    assert wait_for(lambda: sorted(final.id for final in finals) == sorted(job.id for job in jobs))
+    writer.stop()
+    acker.stop()
     consumer.close()

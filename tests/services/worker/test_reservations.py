@@ -7,7 +7,7 @@ import threading
 import dramatiq
 import pytest
 
-from services.worker.reservations import SHORT_JOB_S, Reservations
+from services.worker.reservations import MAX_ROUNDS_AHEAD, SHORT_JOB_S, Reservations
 from shared.clock import FakeClock
 from shared.job import Job, JobStatus, utcnow
 from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest
@@ -81,6 +81,53 @@ def test_short_jobs_get_a_round_of_claims_ahead_in_one_commit(book: Book) -> Non
     # Then the idle 3 plus a round of 4 are claimed in one commit and may go out
     assert ready == 7 and book.batches == [[f"j{n}" for n in range(7)]]
     assert sorted(ahead.job_ids()) == sorted(f"j{n}" for n in range(7))
+
+
+def test_slow_claim_commits_get_more_rounds_of_claims_ahead(book: Book) -> None:
+    # Given 4 idle threads running 1 ms jobs, and claim commits that take 3 ms (a clock moved by the commit)
+    now = [0.0]
+
+    def slow_claim_many(requests: list[ClaimRequest]) -> list[Claim]:
+        now[0] += 0.003
+        return book.claim_many(requests)
+
+    ahead = Reservations(
+        claim_many=slow_claim_many, unclaim=book.given_back.append, busy=lambda: 0, owner="w1", lease_s=30,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    ahead.threads = 4
+    for _ in range(200):
+        ahead.observe(0.001)
+    for n in range(200):
+        ahead.ready([message(n)])
+        ahead.take(f"r{n}")
+    # When 40 fetched messages ask to go out
+    ready = ahead.ready([message(n) for n in range(1000, 1040)])
+    # Then the threads' round plus the 3 rounds they run while a claim commits are claimed
+    assert ahead.rounds_ahead() == 3 and ready == 16
+
+
+def test_claims_ahead_stop_at_the_prefetch_however_slow_the_commit(book: Book) -> None:
+    # Given 1 ms jobs and a claim commit seen to take a second
+    now = [0.0]
+
+    def stalled_claim_many(requests: list[ClaimRequest]) -> list[Claim]:
+        now[0] += 1.0
+        return book.claim_many(requests)
+
+    ahead = Reservations(
+        claim_many=stalled_claim_many, unclaim=book.given_back.append, busy=lambda: 0, owner="w1", lease_s=30,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    ahead.threads = 2
+    for _ in range(200):
+        ahead.observe(0.001)
+    for n in range(50):
+        ahead.ready([message(n)])
+        ahead.take(f"r{n}")
+    # Then at most MAX_ROUNDS_AHEAD rounds are claimed ahead of the running one
+    assert ahead.rounds_ahead() == MAX_ROUNDS_AHEAD
+    assert ahead.ready([message(n) for n in range(1000, 1100)]) == 2 * (1 + MAX_ROUNDS_AHEAD)
 
 
 @pytest.mark.parametrize("seen", ["nothing yet", "long jobs"])
