@@ -61,9 +61,24 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 line[name] = value
-        if record.exc_info:
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        elif record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
+
+
+def log_with_trace(logger: logging.Logger, level: int, trace: str, msg: str, *args: Any) -> None:
+    """Log ``msg`` with a traceback already formatted (``trace``), printed where ``exc_info``'s would be.
+
+    NOTE: formatting a traceback reads every frame's source line (a ``stat`` per file); the worker
+    formats a failed attempt's once, for the stored error and for this line.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args, None)
+    record.exc_text = trace.rstrip("\n")
+    logger.handle(record)
 
 
 class TextFormatter(logging.Formatter):

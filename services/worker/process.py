@@ -24,6 +24,7 @@ import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
+from sqlalchemy import Engine
 
 from services.worker.ack_sets import AckSets
 from services.worker.acker import Acker
@@ -175,6 +176,21 @@ class WorkerWiring:
         self.broker.close()
 
 
+def _status_writer_store(settings: Settings, engine: Engine) -> JobStore:
+    """The status writer's store: on PostgreSQL an engine of its own, without the ping at each checkout.
+
+    NOTE: the writer commits a batch every few milliseconds, and the pool's ping was one round trip
+    of its five. A connection that died fails the batch's commit instead, which the writer retries
+    (finishes) or its callers do (claims), on a fresh connection: SQLAlchemy drops a disconnected one.
+    """
+    if engine.dialect.name != "postgresql":
+        return JobStore(engine)
+    own = create_store_engine(
+        settings.effective_database_url, pool_size=1, timeout_s=settings.store_timeout_s, pre_ping=False
+    )
+    return JobStore(own)
+
+
 def build_worker_broker(
     settings: Settings,
     catalog: Catalog,
@@ -198,7 +214,7 @@ def build_worker_broker(
     client = client or redis_client(redis_url)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
     results = build_result_storage(settings.effective_result_storage_url)
-    writes = StatusWriter(store)
+    writes = StatusWriter(_status_writer_store(settings, engine))
     # What the supervisor reads: the attempts' limits while this process lives (``limits.py``),
     # which attempts count if it dies (``held_jobs.py``).
     held = HeldJobs(held_jobs_path(Path(settings.data_dir), owner), limits_of=catalog_limits(catalog))

@@ -43,7 +43,12 @@ STORE_DOWN = (OperationalError, InterfaceError, StoreTimeout)
 
 
 def create_store_engine(
-    url: str | URL, *, pool_size: int = 5, timeout_s: float = DEFAULT_TIMEOUT_S, long_statements: bool = False
+    url: str | URL,
+    *,
+    pool_size: int = 5,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    long_statements: bool = False,
+    pre_ping: bool = True,
 ) -> Engine:
     """An engine for ``url`` whose operations give up after about ``timeout_s`` of waiting.
 
@@ -52,7 +57,9 @@ def create_store_engine(
     ``long_statements`` (migrations, reports), a statement and lock timeout of ``timeout_s``
     on the server and a client that gives a silent server up ``ANSWER_GRACE_S`` later: a
     lock held elsewhere, a stalled server or a dead network path ends in an error (the API
-    answers 503, a worker pauses and retries) instead of a hang.
+    answers 503, a worker pauses and retries) instead of a hang. ``pre_ping=False``: no ping at
+    each checkout (PostgreSQL), for a caller that retries a write a dead connection failed (the
+    worker's status writer), which saves a round trip per transaction.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -79,7 +86,7 @@ def create_store_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size * 2,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_timeout=timeout_s,
         connect_args=connect_args,
     )

@@ -34,23 +34,52 @@ from shared.catalog import Catalog, TaskDefinition
 from shared.errors import TaskError
 from shared.flow.buckets import RATE_TICKET
 from shared.job import Job, JobStatus, utcnow
+from shared.logs import log_with_trace
 from shared.store.attempts import FinishRequest
 from shared.store.protocol import JobStoreProtocol
 
 log = logging.getLogger(__name__)
 
 
-def error_body(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
+def format_trace(exc: BaseException) -> str:
+    """The exception's traceback as Python prints it, without the ``^^^^`` lines under the failing
+    expressions (its message replaced if printing it raises).
+
+    NOTE: Python 3.11 finds where those marks go by parsing each frame's source line (``ast``), which
+    cost as much as recording the rest of a failure; the frames, lines and messages are all kept.
+    """
+    trace = _safe(lambda: "".join(_without_columns(traceback.TracebackException.from_exception(exc)).format()))
+    if trace is None:
+        trace = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: <message unprintable>\n"
+    return trace
+
+
+def _without_columns(trace: traceback.TracebackException) -> traceback.TracebackException:
+    """The same traceback with no column positions in its frames (nor in its causes' and groups')."""
+    pending, seen = [trace], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for frame in current.stack:
+            frame.colno = frame.end_colno = None
+        pending.extend(t for t in (current.__cause__, current.__context__) if t is not None)
+        pending.extend(getattr(current, "exceptions", None) or ())
+    return trace
+
+
+def error_body(exc: BaseException, *, retryable: bool, trace: str | None = None) -> dict[str, Any]:
     """``type``, ``message`` and ``retryable`` for every reader; ``traceback`` for admins (the API strips it).
 
+    ``trace``: the exception's ``format_trace``, when the caller has it already.
     NOTE: an exception's ``__str__`` is user code and may raise; the error is recorded anyway.
     """
     message = _safe(lambda: str(exc)) or type(exc).__name__
     if isinstance(exc, TimeLimitExceeded):
         message = "the task exceeded its time limit"
-    trace = _safe(lambda: "".join(traceback.format_exception(exc)))
     if trace is None:
-        trace = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: <message unprintable>\n"
+        trace = format_trace(exc)
     return {
         "type": type(exc).__name__,
         "message": message[:2000],
@@ -211,13 +240,13 @@ class Outcomes(Middleware):
             return {}
         return self.callbacks.fields(job, status, result=result, error=error)
 
-    def _decide(self, job: Job, exc: BaseException) -> tuple[Decision, dict[str, Any]]:
+    def _decide(self, job: Job, exc: BaseException, trace: str) -> tuple[Decision, dict[str, Any]]:
         try:
             definition: TaskDefinition | None = self.catalog.get(job.task)
         except TaskError:
             definition = None
         decision = decide(definition, exc, attempts=job.attempts, max_retries=job.max_retries)
-        return decision, error_body(exc, retryable=decision.retryable)
+        return decision, error_body(exc, retryable=decision.retryable, trace=trace)
 
     def _fail(self, broker: Broker, message: MessageProxy, job: Job, exc: BaseException) -> bool:
         """Record a failed attempt; True when its commit, dead letter and workflow advance are left to the acker."""
@@ -228,7 +257,8 @@ class Outcomes(Middleware):
             metrics.jobs_cancelled_total.labels(*labels).inc()
             log.info("job %s cancelled while running", job.id)
             return False
-        decision, error = self._decide(job, exc)
+        trace = format_trace(exc)
+        decision, error = self._decide(job, exc, trace)
         if decision.retry:
             next_at = utcnow() + timedelta(seconds=decision.delay_s)
             self._finish(job, JobStatus.RETRYING, error=error, next_attempt_at=next_at)
@@ -255,9 +285,10 @@ class Outcomes(Middleware):
         if not deferred:
             self._finish(job, JobStatus.FAILED, **fields)
         metrics.jobs_failed_total.labels(*labels).inc()
-        log.error(
-            "job %s failed for good after %d attempt(s): %s", job.id, job.attempts, error["message"], exc_info=exc
-        )
+        log_with_trace(
+            log, logging.ERROR, trace, "job %s failed for good after %d attempt(s): %s", job.id, job.attempts,
+            error["message"],
+        )  # fmt: skip
         # Dramatiq nacks failed messages: the consumer hands the nack to the acker (deferred), which
         # moves the message to the dead letters once the failure is committed.
         message.fail()

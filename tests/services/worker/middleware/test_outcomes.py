@@ -19,7 +19,7 @@ from dramatiq.middleware import TimeLimit
 from prometheus_client import REGISTRY
 
 from services.worker.middleware.claims import Claims
-from services.worker.middleware.outcomes import Outcomes
+from services.worker.middleware.outcomes import Outcomes, error_body, format_trace
 from services.worker.middleware.results import Results
 from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.process import declare_actors
@@ -127,3 +127,27 @@ def test_a_job_cancelled_before_its_delivery_is_not_run(stub_worker: StubWorker)
     row = stub_worker.deliver(job.id)
     assert (row.status, row.attempts, row.result) == (JobStatus.CANCELLED, 0, None)
     assert stub_worker.broker.dead_letters == []
+
+
+def _nested_failure() -> None:
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        raise ValueError("could not read the setting") from exc
+
+
+def test_a_failure_trace_keeps_every_frame_and_cause_without_the_column_marks() -> None:
+    # Given an exception raised from another
+    try:
+        _nested_failure()
+    except ValueError as exc:
+        failure = exc
+    # When its trace is formatted for the stored error and the log line
+    trace = format_trace(failure)
+    body = error_body(failure, retryable=False, trace=trace)
+    # Then both exceptions, every frame with its source line, and the chain are there; no ^^^^ lines
+    assert "KeyError: 'missing'" in trace and "ValueError: could not read the setting" in trace
+    assert "direct cause of the following exception" in trace
+    assert trace.count("in _nested_failure") == 2 and '{}["missing"]' in trace
+    assert "^" not in trace
+    assert body["traceback"] == trace and body["type"] == "ValueError" and body["retryable"] is False
