@@ -62,6 +62,8 @@ class Settings:
     api_bind: str = "127.0.0.1:8000"
     api_keys: tuple[ApiKey, ...] = ()
     namespace_quotas: tuple[NamespaceQuota, ...] = ()
+    #: Namespaces take turns for a queue's workers (``shared/broker/bands.py``); off: they share its lists.
+    fair_sharing: bool = True
     api_auth: bool = True
     api_workers: int = 2
     api_max_body_bytes: int = 1024 * 1024
@@ -143,6 +145,7 @@ class Settings:
             api_bind=_get(env, "API_BIND", _bind, d.api_bind),
             api_keys=_get(env, "API_KEYS", parse_api_keys, ()),
             namespace_quotas=_get(env, "NAMESPACE_QUOTAS", parse_namespace_quotas, ()),
+            fair_sharing=_get(env, "FAIR_SHARING", _on_off, True),
             api_auth=_get(env, "API_AUTH", _on_off, True),
             api_workers=_get(env, "API_WORKERS", _int(1, 64), d.api_workers),
             api_max_body_bytes=_get(env, "API_MAX_BODY_BYTES", _int(1024, 1 << 30), d.api_max_body_bytes),

@@ -29,7 +29,7 @@ def build_app(settings: Settings | None = None) -> falcon.App:
     # Before the first request writes a metric: a full disk must not kill the process (SIGBUS).
     reserve_file_space()
     engine = create_store_engine(settings.effective_database_url, timeout_s=settings.store_timeout_s)
-    broker = build_broker(settings.require_redis_url("the API"))
+    broker = build_broker(settings.require_redis_url("the API"), fair_sharing=settings.fair_sharing)
     return create_app(settings, store=JobStore(engine), registry=TaskRegistry(engine), broker=broker)
 
 

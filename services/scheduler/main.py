@@ -81,7 +81,11 @@ def run(settings: Settings) -> int:
     store = JobStore(engine)
     schedules = ScheduleStore(engine)
     registry = TaskRegistry(engine)
-    broker = build_broker(settings.require_redis_url("the scheduler"), dead_message_ttl_s=settings.job_retention_s)
+    broker = build_broker(
+        settings.require_redis_url("the scheduler"),
+        dead_message_ttl_s=settings.job_retention_s,
+        fair_sharing=settings.fair_sharing,
+    )
     sync_builtins(schedules, settings)
     sync_file(schedules, registry, settings.schedules_file, task_wait_s=TASK_WAIT_S)
 

@@ -212,7 +212,8 @@ def build_worker_broker(
     store = JobStore(engine)
     redis_url = settings.require_redis_url("the worker")
     client = client or redis_client(redis_url)
-    workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), build_broker(redis_url))
+    publisher = build_broker(redis_url, fair_sharing=settings.fair_sharing)
+    workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), publisher)
     results = build_result_storage(settings.effective_result_storage_url)
     writes = StatusWriter(_status_writer_store(settings, engine))
     # What the supervisor reads: the attempts' limits while this process lives (``limits.py``),
@@ -222,7 +223,7 @@ def build_worker_broker(
     workflows = WorkflowAdvance(claims, workflow_engine.advance)
     ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
     acker = Acker(ack_sets, on_final=workflows.ended)
-    callback_broker = build_broker(redis_url)
+    callback_broker = build_broker(redis_url, fair_sharing=settings.fair_sharing)
     callbacks = Callbacks(
         catalog,
         TaskRegistry(engine),
@@ -285,6 +286,7 @@ def build_worker_broker(
             middleware=middleware,
             heartbeat_timeout_s=60.0,
             dead_message_ttl_s=settings.job_retention_s,
+            fair_sharing=settings.fair_sharing,
         ),
     )
     declare_actors(broker, catalog, isolated)

@@ -108,7 +108,7 @@ class Supervisor:
             self.client,
             self.store,
             TaskRegistry(self.store.engine),
-            build_broker(redis_url),
+            build_broker(redis_url, fair_sharing=settings.fair_sharing),
             data_dir=Path(settings.data_dir),
             task_locations=task_locations,
         )

@@ -46,6 +46,7 @@ def build_broker(
     middleware: list[Middleware] | None = None,
     heartbeat_timeout_s: float = 60.0,
     dead_message_ttl_s: float = 7 * 86400.0,
+    fair_sharing: bool = True,
 ) -> WakingRedisBroker:
     """A Redis broker with exactly the middleware given (none by default, as the API needs)."""
     return WakingRedisBroker(
@@ -54,15 +55,23 @@ def build_broker(
             middleware=middleware or [],
             heartbeat_timeout_s=heartbeat_timeout_s,
             dead_message_ttl_s=dead_message_ttl_s,
+            fair_sharing=fair_sharing,
         )
     )
 
 
 def broker_options(
-    client: redis.Redis, *, middleware: list[Middleware], heartbeat_timeout_s: float, dead_message_ttl_s: float
+    client: redis.Redis,
+    *,
+    middleware: list[Middleware],
+    heartbeat_timeout_s: float,
+    dead_message_ttl_s: float,
+    fair_sharing: bool = True,
 ) -> dict[str, Any]:
-    """The keyword arguments of every jobrelay Redis broker (the worker's subclass takes them too)."""
+    """The keyword arguments of every jobrelay Redis broker (the worker's subclass takes them too);
+    ``fair_sharing``: a namespace's messages wait in its lane (``shared/broker/bands.py``)."""
     return {
+        "fair_sharing": fair_sharing,
         "client": client,
         "namespace": NAMESPACE,
         "middleware": middleware,
@@ -83,6 +92,9 @@ def message_for(job: Job, traceparent: str | None = None) -> dramatiq.Message[ob
     if job.priority:
         # The message's band (shared/broker/bands.py); retries and due delayed copies keep it.
         options["priority"] = job.priority
+    if job.namespace:
+        # The message's lane when fair sharing is on (shared/broker/bands.py); its copies keep it too.
+        options["namespace"] = job.namespace
     if traceparent or job.traceparent:
         options[tracing.TRACEPARENT] = traceparent or job.traceparent
     return dramatiq.Message(

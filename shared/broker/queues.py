@@ -4,7 +4,8 @@ Dramatiq's Redis layout: ``dramatiq:<q>`` is a list of message ids with the
 bodies in the hash ``dramatiq:<q>.msgs``; delayed messages sit in
 ``dramatiq:<q>.DQ``; dead letters in the sorted set ``dramatiq:<q>.XQ``. A queue's
 waiting messages are in one list per priority band (``shared/broker/bands.py``):
-its depth counts them all, and its oldest is the oldest head of any band.
+its depth counts them all, and its oldest is the oldest head of any band (of any
+tenant's lane too).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import redis
 from prometheus_client.core import GaugeMetricFamily
 
-from shared.broker.bands import band_keys, paused_key
+from shared.broker.bands import paused_key, waiting_keys
 from shared.broker.publishing import NAMESPACE
 from shared.metrics import PREFIX
 from shared.store.jobs import JobStore
@@ -62,10 +63,11 @@ class QueueStats:
 
 
 def oldest_age_s(client: redis.Redis, queue: str, now_s: float | None = None) -> float:
-    """Age of the oldest message at the head of a band of the queue (0 when empty): one LINDEX per band, one HMGET."""
+    """Age of the oldest message at the head of a band of the queue (0 when empty): one LINDEX per band of
+    each lane, one HMGET."""
     key = f"{NAMESPACE}:{queue}"
     pipe = client.pipeline(transaction=False)
-    for band in band_keys(key):
+    for band in waiting_keys(client, key):
         pipe.lindex(band, 0)
     heads = [head for head in pipe.execute() if head is not None]
     if not heads:
@@ -85,27 +87,28 @@ def oldest_age_s(client: redis.Redis, queue: str, now_s: float | None = None) ->
 def queue_stats(client: redis.Redis, store: JobStore, queues: list[str]) -> list[QueueStats]:
     counts = store.queue_counts()
     names = sorted(set(queues) | set(counts))
+    lists = {name: waiting_keys(client, f"{NAMESPACE}:{name}") for name in names}
     pipe = client.pipeline(transaction=False)
     for name in names:
-        for band in band_keys(f"{NAMESPACE}:{name}"):
+        for band in lists[name]:
             pipe.llen(band)
         pipe.hlen(f"{NAMESPACE}:{name}.DQ.msgs")
         pipe.exists(paused_key(name))
-    sizes = pipe.execute()
+    sizes = iter(pipe.execute())
     now_s = time.time()
     stats = []
-    per_queue = len(band_keys("")) + 2
-    for index, name in enumerate(names):
-        row = sizes[per_queue * index : per_queue * (index + 1)]
+    for name in names:
+        depth = sum(int(next(sizes)) for _ in lists[name])
+        delayed, paused = int(next(sizes)), next(sizes)
         stats.append(
             QueueStats(
                 name=name,
-                depth=sum(int(size) for size in row[:-2]),
-                delayed=int(row[-2]),
+                depth=depth,
+                delayed=delayed,
                 in_progress=counts.get(name, {}).get("running", 0),
                 dead=counts.get(name, {}).get("dead", 0),
                 oldest_age_s=round(oldest_age_s(client, name, now_s), 3),
-                paused=bool(row[-1]),
+                paused=bool(paused),
             )
         )
     return stats

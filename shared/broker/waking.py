@@ -9,7 +9,8 @@ work arrives and costs one command per wait while nothing does. Delay queues
 keep Dramatiq's polling, since their messages become due by the clock, not by
 an enqueue.
 
-Each enqueue lands in its priority's band (``shared/broker/bands.py``).
+Each enqueue lands in its priority's band (``shared/broker/bands.py``), in its
+namespace's lane when fair sharing is on and the message has a ``namespace``.
 
 This module is the publishing half, which the API, the scheduler and the worker
 share; the consuming half lives with the worker.
@@ -26,7 +27,17 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message, get_encoder
 
-from shared.broker.bands import REQUEUE, band_keys, fairness_key, list_key_of, new_redis_id, queue_key
+from shared.broker.bands import (
+    REQUEUE,
+    fairness_key,
+    lane_of_namespace,
+    lanes_key,
+    list_key_of,
+    new_redis_id,
+    queue_key,
+    split_lane,
+    waiting_keys,
+)
 
 WAKE_PREFIX = "jobrelay:wake:"
 #: What a Redis call raises when Redis is away: refused, reset, or a socket that stalled past its
@@ -55,6 +66,17 @@ class WakingRedisBroker(RedisBroker):
     _dispatch_loaded = False
     _requeue_script: Any = None
 
+    def __init__(self, *, fair_sharing: bool = True, **options: Any) -> None:
+        super().__init__(**options)
+        #: Whether a namespace's messages go to its lane (``FAIR_SHARING``); off, they share the queue's lists.
+        #: NOTE: only where they go: every fetch serves every lane, so processes that differ agree.
+        self.fair_sharing = fair_sharing
+
+    def redis_id_for(self, options: dict[str, Any]) -> str:
+        """A new Redis message id for a (non-delayed) message with these options: its band, and its lane."""
+        lane = lane_of_namespace(options.get("namespace")) if self.fair_sharing else None
+        return new_redis_id(options.get("priority"), lane)
+
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         """Dramatiq's ``RedisBroker.enqueue``, with a Redis message id naming the message's band.
 
@@ -62,7 +84,7 @@ class WakingRedisBroker(RedisBroker):
         id when it is due and the worker enqueues it again.
         """
         queue_name = message.queue_name
-        options: dict[str, Any] = {"redis_message_id": new_redis_id(message.options.get("priority"))}
+        options: dict[str, Any] = {"redis_message_id": self.redis_id_for(message.options)}
         if delay is not None:
             queue_name = dq_name(queue_name)
             options = {"redis_message_id": new_redis_id(0), "eta": current_millis() + delay}
@@ -88,9 +110,13 @@ class WakingRedisBroker(RedisBroker):
             if band_list == key:
                 self._enqueue_in(pipe, queue_name, message_id, data)
             else:
-                # What the dispatch script's enqueue does, into the message's band.
+                # What the dispatch script's enqueue does, into the message's band (and lane).
                 pipe.hset(key + ".msgs", message_id, data)
                 pipe.rpush(band_list, message_id)
+                lane, _ = split_lane(message_id)
+                if lane is not None and not is_delay_queue(queue_name):
+                    # NOTE: after the push: a fetch between the two drops a lane it finds empty.
+                    pipe.sadd(lanes_key(key), lane)
             self._wake_in(pipe, {queue_name})
 
         try:
@@ -110,6 +136,7 @@ class WakingRedisBroker(RedisBroker):
         # instead of one script call per message, in one MULTI/EXEC round trip.
         by_queue: dict[str, dict[str, bytes]] = {}
         by_list: dict[str, list[str]] = {}
+        lanes: dict[str, set[str]] = {}
         encode = get_encoder().encode
         now_ms = current_millis()
         for message, delay in messages:
@@ -122,8 +149,11 @@ class WakingRedisBroker(RedisBroker):
                 redis_message_id = new_redis_id(0)
                 options = {**message.options, "redis_message_id": redis_message_id, "eta": now_ms + delay}
             else:
-                redis_message_id = new_redis_id(message.options.get("priority"))
+                redis_message_id = self.redis_id_for(message.options)
                 options = {**message.options, "redis_message_id": redis_message_id}
+                lane, _ = split_lane(redis_message_id)
+                if lane is not None:
+                    lanes.setdefault(queue_key(self.namespace, queue_name), set()).add(lane)
             fields: dict[str, Any] = {
                 "queue_name": queue_name,
                 "actor_name": message.actor_name,
@@ -145,6 +175,8 @@ class WakingRedisBroker(RedisBroker):
             pipe.hset(f"{self.namespace}:{queue_name}.msgs", mapping=encoded)  # type: ignore[arg-type]
         for list_key, ids in by_list.items():
             pipe.rpush(list_key, *ids)
+        for key, names in lanes.items():
+            pipe.sadd(lanes_key(key), *names)
         self._wake_in(pipe, set(by_queue))
         pipe.execute()
         for message, delay in sent:
@@ -160,10 +192,10 @@ class WakingRedisBroker(RedisBroker):
         return int(self._requeue_script(keys=[acks, key, key + ".msgs"], args=list(redis_message_ids)))
 
     def flush(self, queue_name: str) -> None:
-        """Dramatiq's flush (the queue, its delay queue, ack set, dead letters), and every band."""
+        """Dramatiq's flush (the queue, its delay queue, ack set, dead letters), and every band of every lane."""
         super().flush(queue_name)
         key = queue_key(self.namespace, queue_name)
-        self.client.delete(*band_keys(key), fairness_key(self.namespace, queue_name))
+        self.client.delete(*waiting_keys(self.client, key), lanes_key(key), fairness_key(self.namespace, queue_name))
 
     def _execute(self, fill: Callable[[redis.client.Pipeline], None]) -> list[Any]:
         """Run a pipeline of dispatch script calls in one round trip.

@@ -340,15 +340,16 @@ def test_log_level_refuses_unknown_levels(level: str) -> None:
     ],
 )
 def test_on_off_switches(raw: str, expected: bool) -> None:
-    settings = Settings.from_env({"API_AUTH": raw, "LOG_JSON": raw})
+    settings = Settings.from_env({"API_AUTH": raw, "LOG_JSON": raw, "FAIR_SHARING": raw})
 
     assert settings.api_auth is expected
     assert settings.log_json is expected
+    assert settings.fair_sharing is expected
 
 
 @pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "y"])
 def test_on_off_switches_refuse_other_words(raw: str) -> None:
-    for name in ("API_AUTH", "LOG_JSON"):
+    for name in ("API_AUTH", "LOG_JSON", "FAIR_SHARING"):
         error = refused({name: raw})
 
         assert str(error).startswith(f"{name}:")

@@ -50,3 +50,9 @@ def single(record: str, run_s: float) -> None:
 def rated(record: str) -> None:
     """At most five starts a second."""
     _note(record, "start")
+
+
+@task(name="flow.brief", queue="flow", max_retries=0, time_limit_s=10)
+def brief(record: str) -> None:
+    """Starts and ends at once: the fair sharing test's bursts."""
+    _note(record, "start")

@@ -1,4 +1,5 @@
-"""Priority bands on a real Redis: fetched highest first, the starvation rule, put back to their band, counted."""
+"""Priority bands on a real Redis: fetched highest first, the starvation rule, put back to their band, counted;
+and tenants' lanes (fair sharing): namespaces take turns, priorities hold within each."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import dramatiq
 import pytest
 import redis
 
-from shared.broker.bands import FAIR_EVERY, band_of_id, band_of_priority, new_redis_id
+from shared.broker.bands import (
+    FAIR_EVERY,
+    band_of_id,
+    band_of_priority,
+    lane_of_namespace,
+    list_key_of,
+    new_redis_id,
+    split_lane,
+)
 from shared.broker.pausing import mirror_pause, mirror_resume, sync_pauses
 from shared.broker.publishing import build_broker
 from shared.broker.queues import oldest_age_s, queue_stats
@@ -157,3 +166,92 @@ def test_the_mirror_is_put_right_from_the_store(redis_client: redis.Redis, mirro
         "jobrelay:paused:default",
         "jobrelay:paused:reports",
     ]
+
+
+def tenant(namespace: str | None, tag: str, priority: int | None = None) -> dramatiq.Message[object]:
+    sent = message(priority, tag=tag)
+    return sent if namespace is None else sent.copy(options={"namespace": namespace})
+
+
+def test_lane_ids_name_their_namespace_and_band() -> None:
+    lane, plain = split_lane(new_redis_id(7, "acme"))
+    assert lane == "acme" and band_of_id(plain) == 7 and band_of_id(f"T.acme.{plain}") == 7
+    plain_id = new_redis_id(0)
+    assert split_lane(plain_id) == (None, plain_id)
+    assert list_key_of("dramatiq:q", new_redis_id(3, "acme")) == "dramatiq:q.T.acme.P3"
+    assert list_key_of("dramatiq:q", new_redis_id(0, "acme")) == "dramatiq:q.T.acme"
+    assert list_key_of("dramatiq:q.DQ", new_redis_id(3, "acme")) == "dramatiq:q.DQ"
+    assert lane_of_namespace("acme") == "acme"
+    assert lane_of_namespace("Not.A.Namespace") is lane_of_namespace(7) is lane_of_namespace(None) is None
+
+
+def test_namespaces_and_the_shared_lane_take_turns(redis_url: str, redis_client: redis.Redis) -> None:
+    # Given a burst of 50 of namespace a, then one job of b and three without a namespace
+    publisher = build_broker(redis_url)
+    publisher.enqueue_many([(tenant("a", f"a{i}"), None) for i in range(50)])
+    publisher.enqueue(tenant("b", "b0"))
+    publisher.enqueue_many([(tenant(None, f"s{i}"), None) for i in range(3)])
+    assert redis_client.llen("dramatiq:default.T.a") == 50 and redis_client.llen("dramatiq:default") == 3
+    # When a worker fetches one at a time
+    worker = worker_broker(redis_url, "fetcher")
+    order = [tag for _ in range(54) for tag in fetched_tags(worker.fetch_banded("default", 1))]
+    # Then the lanes take turns: b's job is third, not 51st; the rest of a's burst follows in order
+    assert order[:6] == ["s0", "a0", "b0", "s1", "a1", "s2"]
+    assert order[6:] == [f"a{i}" for i in range(2, 50)]
+    # And emptied lanes leave the lanes set
+    assert worker.fetch_banded("default", 1) == [] and redis_client.scard("dramatiq:default.lanes") == 0
+
+
+def test_one_fetch_shares_itself_between_the_lanes_waiting(redis_url: str) -> None:
+    publisher = build_broker(redis_url)
+    publisher.enqueue_many([(tenant("a", f"a{i}"), None) for i in range(1000)])
+    publisher.enqueue_many([(tenant("b", f"b{i}"), None) for i in range(3)])
+    worker = worker_broker(redis_url, "fetcher")
+    first = fetched_tags(worker.fetch_banded("default", 10))
+    assert len(first) == 10 and sorted(tag for tag in first if tag.startswith("b")) == ["b0", "b1", "b2"]
+    assert all(tag.startswith("a") for tag in fetched_tags(worker.fetch_banded("default", 10)))
+
+
+def test_priorities_and_their_streaks_hold_within_a_lane(redis_url: str) -> None:
+    publisher = build_broker(redis_url)
+    publisher.enqueue_many([(tenant("a", f"low{i}", 0), None) for i in range(3)])
+    publisher.enqueue(tenant("a", "high", 9))
+    publisher.enqueue_many([(tenant("b", f"b{i}"), None) for i in range(3)])
+    worker = worker_broker(redis_url, "fetcher")
+    order = [tag for _ in range(7) for tag in fetched_tags(worker.fetch_banded("default", 1))]
+    assert [tag for tag in order if not tag.startswith("b")] == ["high", "low0", "low1", "low2"]
+    assert order[:2] == ["high", "b0"]
+
+
+def test_lane_messages_put_back_go_back_to_their_lane(redis_url: str, redis_client: redis.Redis) -> None:
+    publisher = build_broker(redis_url)
+    publisher.enqueue_many([(tenant("a", "a0", 4), None), (tenant("a", "a1"), None)])
+    worker = worker_broker(redis_url, "fetcher")
+    fetched = [dramatiq.Message.decode(b) for b in worker.fetch_banded("default", 5) or [] if b is not None]
+    assert len(fetched) == 2 and redis_client.scard("dramatiq:default.lanes") == 0
+    # When a worker puts them back (a shutdown, a reconnect; the crash recovery uses the same list_of)
+    worker.do_requeue("default", *[m.options["redis_message_id"] for m in fetched])
+    # Then they are in their lane's bands again, and the lane is in the lanes set
+    assert redis_client.llen("dramatiq:default.T.a.P4") == 1 and redis_client.llen("dramatiq:default.T.a") == 1
+    assert redis_client.smembers("dramatiq:default.lanes") == {b"a"}
+    assert fetched_tags(worker.fetch_banded("default", 5)) == ["a0", "a1"]
+
+
+def test_depth_and_flush_cover_every_lane(redis_url: str, redis_client: redis.Redis, store: JobStore) -> None:
+    publisher = build_broker(redis_url)
+    old = tenant("a", "old").copy(message_timestamp=int(time.time() * 1000) - 60_000)
+    publisher.enqueue_many([(old, None), (tenant("b", "b", 3), None), (tenant(None, "s"), None)])
+    [stats] = queue_stats(redis_client, store, ["default"])
+    assert stats.depth == 3 and 59 < oldest_age_s(redis_client, "default") < 120
+    publisher.flush("default")
+    assert queue_stats(redis_client, store, ["default"])[0].depth == 0
+    assert not redis_client.exists("dramatiq:default.lanes", "dramatiq:default.T.a", "dramatiq:default.T.b.P3")
+
+
+def test_with_fair_sharing_off_namespaces_share_the_queue_first_in_first_out(redis_url: str) -> None:
+    publisher = build_broker(redis_url, fair_sharing=False)
+    publisher.enqueue_many([(tenant("a", f"a{i}"), None) for i in range(5)])
+    sent = publisher.enqueue(tenant("b", "b0"))
+    assert split_lane(sent.options["redis_message_id"])[0] is None
+    worker = worker_broker(redis_url, "fetcher")
+    assert fetched_tags(worker.fetch_banded("default", 10)) == [*(f"a{i}" for i in range(5)), "b0"]
