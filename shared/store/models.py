@@ -135,6 +135,8 @@ jobs = Table(
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),
+    # A queue's jobs in one status (migration 0014): the list's most common pair of filters.
+    Index("ix_jobs_queue_status_id", "queue", "status", "id"),
     Index(
         "ix_jobs_unpublished",
         "created_at",
@@ -198,6 +200,13 @@ workflows = Table(
     Column("finished_at", UtcDateTime, nullable=True),
     # Tenants (migration 0013): the namespace of the API key that submitted it (None: none).
     Column("namespace", String(64), nullable=True),
+    # The workflows still running (migration 0014): the stale-workflow check reads these only.
+    Index(
+        "ix_workflows_running",
+        "updated_at",
+        sqlite_where=text("status = 'running'"),
+        postgresql_where=text("status = 'running'"),
+    ),
 )
 
 schedules = Table(

@@ -1,8 +1,8 @@
 """The store queries the console's pages need, each one statement served by an index where it can be.
 
-Lists are keyset-paginated on the time-ordered id (``JobStore.page_query``'s
-own filters plus a time range and a search), so a page costs the same on the
-first and the millionth row. Charts cover the last hour; their rows are found
+Lists are keyset-paginated on the time-ordered id (``shared/store/pages.py``'s
+filters plus a time range and a search), so a page costs the same on the first
+and the millionth row, and reads at most ``pages.SCAN_ROWS`` rows. Charts cover the last hour; their rows are found
 through the id's time bound, so only the recent end of the primary key is read.
 """
 
@@ -19,8 +19,9 @@ from sqlalchemy.types import Integer, Text
 
 from shared.ids import id_lower_bound
 from shared.job import Job, JobStatus, utcnow
-from shared.store.jobs import JobFilter, JobStore, Page, encode_cursor
+from shared.store.jobs import JobFilter, JobStore, Page
 from shared.store.models import jobs, workflows
+from shared.store.pages import page_query
 
 #: Charts and rates look back this far.
 WINDOW = timedelta(hours=1)
@@ -29,9 +30,14 @@ WINDOW = timedelta(hours=1)
 #: longer than a day before it ends is left out of the rates).
 FINISHED_LOOKBACK = timedelta(days=1)
 BULK_MAX = 10_000
+#: NOTE: a page of a filter no index holds reads at most ``pages.SCAN_ROWS`` rows and may come back
+#: short, so the bulk actions' reach is also bounded in pages: at most 60 x 5,000 rows read.
+BULK_PAGES = 60
 #: NOTE: a search of the arguments reads the rows themselves (no index holds argument values), so
 #: without a "created after" it looks at the last day only: at most a day of rows, never the table.
 SEARCH_WINDOW = timedelta(days=1)
+#: The dead-letter page groups this many of the newest dead letters.
+DEAD_GROUPS_SCAN = 10_000
 #: Above this many rows (PostgreSQL's estimate), the totals of final states come from its statistics.
 EXACT_TOTALS_MAX_ROWS = 100_000
 
@@ -45,21 +51,13 @@ class JobQuery:
     search: str | None = None
 
 
-def _conditions(query: JobQuery) -> list[ColumnElement[bool]]:
-    found: list[ColumnElement[bool]] = []
-    if query.created_before is not None:
-        found.append(jobs.c.id < id_lower_bound(query.created_before))
-    if query.search:
-        text = query.search
-        # An exact id or idempotency key (both indexed), or a value inside the arguments.
-        found.append(
-            or_(
-                jobs.c.id == text,
-                jobs.c.idempotency_key == text,
-                cast(jobs.c.args, Text).contains(text, autoescape=True),
-            )
-        )
-    return found
+def _search(text: str) -> ColumnElement[bool]:
+    """An exact id or idempotency key (both indexed), or a value inside the arguments."""
+    return or_(
+        jobs.c.id == text,
+        jobs.c.idempotency_key == text,
+        cast(jobs.c.args, Text).contains(text, autoescape=True),
+    )
 
 
 def page_jobs(store: JobStore, query: JobQuery, *, limit: int = 50, cursor: str | None = None) -> Page:
@@ -71,14 +69,10 @@ def page_jobs(store: JobStore, query: JobQuery, *, limit: int = 50, cursor: str 
             return Page(items=[exact], next_cursor=None)
         if base.created_after is None:
             base = replace(base, created_after=utcnow() - SEARCH_WINDOW)
-    statement = JobStore.page_query(base, limit=limit, cursor=cursor)
-    extra = _conditions(query)
-    if extra:
-        statement = statement.where(and_(*extra))
+    checks = [_search(query.search)] if query.search else []
+    query_ = page_query(base, limit=limit, cursor=cursor, created_before=query.created_before, checks=checks)
     with store.engine.connect() as conn:
-        items = [Job.from_row(row) for row in conn.execute(statement)]
-    next_cursor = encode_cursor(items[limit - 1].id) if len(items) > limit else None
-    return Page(items=items[:limit], next_cursor=next_cursor)
+        return query_.run(conn)
 
 
 def _exact(store: JobStore, text: str) -> Job | None:
@@ -94,7 +88,9 @@ def matching_ids(store: JobStore, query: JobQuery, *, limit: int = BULK_MAX) -> 
     """The ids of every job matching the list's filters, at most ``limit`` (the bulk actions' reach)."""
     ids: list[str] = []
     cursor = None
-    while len(ids) < limit:
+    for _ in range(BULK_PAGES):
+        if len(ids) >= limit:
+            break
         page = page_jobs(store, query, limit=min(500, limit - len(ids)), cursor=cursor)
         ids.extend(job.id for job in page.items)
         if page.next_cursor is None:
@@ -251,20 +247,30 @@ def running_by_owner(store: JobStore) -> dict[str, int]:
 
 
 def dead_groups(store: JobStore) -> list[dict[str, Any]]:
-    """Dead letters grouped by queue, task and error type, largest group first, each with one example message."""
-    kind = func.coalesce(jobs.c.error["type"].as_string(), "unknown")
-    statement = (
-        select(jobs.c.queue, jobs.c.task, kind.label("kind"), func.count(), func.max(jobs.c.id))
-        .where(jobs.c.dead)
-        .group_by(jobs.c.queue, jobs.c.task, kind)
+    """The newest ``DEAD_GROUPS_SCAN`` dead letters grouped by queue, task and error type, largest group first,
+    each with one example message.
+
+    NOTE: dead letters are failed jobs, so the index on status walks them newest first; grouping
+    every dead letter read them all (a million while an integration is down).
+    """
+    newest = (
+        select(jobs.c.id, jobs.c.queue, jobs.c.task, jobs.c.error)
+        .where(jobs.c.status == JobStatus.FAILED.value, jobs.c.dead)
+        .order_by(jobs.c.id.desc())
+        .limit(DEAD_GROUPS_SCAN)
+        .subquery("newest")
+    )
+    kind = func.coalesce(newest.c.error["type"].as_string(), "unknown")
+    statement = select(newest.c.queue, newest.c.task, kind.label("kind"), func.count(), func.max(newest.c.id)).group_by(
+        newest.c.queue, newest.c.task, kind
     )
     groups = []
     with store.engine.connect() as conn:
         rows = conn.execute(statement).all()
         examples = {}
-        newest = [row[4] for row in rows]
-        if newest:
-            found = conn.execute(select(jobs.c.id, jobs.c.error).where(jobs.c.id.in_(newest)))
+        example_ids = [row[4] for row in rows]
+        if example_ids:
+            found = conn.execute(select(jobs.c.id, jobs.c.error).where(jobs.c.id.in_(example_ids)))
             examples = {row.id: row.error for row in found}
     for queue, task, error_type, count, example_id in rows:
         example = examples.get(example_id)

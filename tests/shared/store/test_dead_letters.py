@@ -57,3 +57,18 @@ def test_queue_counts_and_counts_by_status(store: JobStore) -> None:
     store.claim(running.id, owner="w", lease_s=30)
     assert store.queue_counts() == {"default": {"running": 1, "dead": 0}, "other": {"running": 0, "dead": 1}}
     assert store.count_by_status() == {"running": 1, "queued": 1, "failed": 1}
+
+
+def test_the_queues_holding_dead_letters_are_found_one_probe_each(store: JobStore) -> None:
+    dead = {"status": JobStatus.FAILED, "dead": True}
+    store.insert([
+        make_job(queue="emails", **dead),
+        make_job(queue="emails", **dead),
+        make_job(queue="alpha", **dead),
+        make_job(queue="beta", status=JobStatus.FAILED),
+        make_job(queue="gamma", status=JobStatus.RUNNING),
+    ])  # fmt: skip
+    assert store.dead_queues() == ["alpha", "emails"]
+    counts = store.queue_counts()
+    assert counts["emails"] == {"running": 0, "dead": 2} and counts["alpha"] == {"running": 0, "dead": 1}
+    assert counts["gamma"] == {"running": 1, "dead": 0} and "beta" not in counts

@@ -16,9 +16,12 @@ class DeadLettersPage(Page):
     scopes = {"GET": "read", "POST": "admin"}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        groups = dead_groups(self.console.store)
-        latest = self.console.store.page(JobFilter(dead=True), limit=50).items
-        self.render(req, resp, "dead.html", groups=groups, latest=latest, total=sum(g["count"] for g in groups))
+        store = self.console.store
+        groups = dead_groups(store)
+        latest = store.page(JobFilter(dead=True), limit=50).items
+        total = sum(counts["dead"] for counts in store.queue_counts().values())
+        grouped = sum(g["count"] for g in groups)
+        self.render(req, resp, "dead.html", groups=groups, latest=latest, total=total, grouped=grouped)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """``scope``: ``one`` (``id`` and ``queue``), ``group`` (``queue``, ``task``, ``error_type``) or ``all``."""
@@ -34,9 +37,7 @@ class DeadLettersPage(Page):
                 raise InvalidInput("no such queue", [FieldError("/queue", "is not a queue name")])
             targets[queue] = dead_ids_of_group(store, queue, field(req, "task"), field(req, "error_type"))
         elif scope == "all":
-            for group in dead_groups(store):
-                targets.setdefault(group["queue"], [])
-            for queue in targets:
+            for queue in store.dead_queues():
                 targets[queue] = dead_ids_of_group(store, queue, None, None)
         else:
             raise InvalidInput("choose what to requeue", [FieldError("/scope", "must be one, group or all")])
