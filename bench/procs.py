@@ -80,6 +80,16 @@ def age_s(pid: int) -> float:
     return uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) ``pid`` has used so far; 0 when it is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def command_line(pid: int) -> list[str]:
     try:
         return (PROC / str(pid) / "cmdline").read_bytes().decode().split("\0")[:-1]

@@ -45,10 +45,10 @@ from functools import partial
 from pathlib import Path
 
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from bench.api_submit import drop_database, postgres_url
-from bench.procs import kill_tree
+from bench.procs import cpu_s, descendants, kill_tree
 from bench.report import Output, add_output_argument, machine, met, summary
 from shared.broker.publishing import build_broker, publish
 from shared.ids import new_id
@@ -220,10 +220,23 @@ def celery_pending(client: redis.Redis) -> int:
     return sum(pipe.execute())
 
 
+@dataclass
+class Drain:
+    """One drain's time, and the CPU time spent meanwhile by each part (workers, Redis, PostgreSQL)."""
+
+    seconds: float
+    cpu_s: dict[str, float]
+
+
 def drain(
-    outstanding: Callable[[], int], n: int, processes: list[subprocess.Popen[bytes]], timeout_s: float, settle_s: float
-) -> float:
-    """Seconds from the first ack to the last.
+    outstanding: Callable[[], int],
+    n: int,
+    processes: list[subprocess.Popen[bytes]],
+    timeout_s: float,
+    settle_s: float,
+    parts: Callable[[], dict[str, list[int]]] = dict,
+) -> Drain:
+    """Seconds from the first ack to the last, and the CPU seconds of ``parts`` (their pids) in between.
 
     ``settle_s``: how long "nothing outstanding" must hold before it counts (kombu moves a message
     from the list to its ``unacked`` hash in two steps; the end is the first time it was seen empty).
@@ -238,18 +251,34 @@ def drain(
         check("workers did not start consuming")
         time.sleep(0.005)
     started = time.monotonic()
+    pids = parts()
+    cpu_at_start = {pid: cpu_s(pid) for group in pids.values() for pid in group}
     while True:
         while outstanding() > 0:
             check("drain incomplete")
             time.sleep(0.005)
         ended = time.monotonic()
+        cpu_at_end = {pid: cpu_s(pid) for pid in cpu_at_start}
         time.sleep(settle_s)
         if outstanding() == 0:
-            return ended - started
+            used = {name: sum(cpu_at_end[pid] - cpu_at_start[pid] for pid in group) for name, group in pids.items()}
+            return Drain(ended - started, used)
 
 
-def run_once(name: str, n: int, processes: int, threads: int) -> float:
-    """Jobs per second of one drain of ``n`` jobs by the variant ``name``."""
+def postgres_backends(database_url: str) -> list[int]:
+    """The server processes serving ``database_url``'s database now (its clients' connections)."""
+    admin, name = database_url.rsplit("/", 1)
+    engine = create_engine(f"{admin}/postgres")
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT pid FROM pg_stat_activity WHERE datname = :name")
+            return [int(pid) for pid in conn.execute(query, {"name": name}).scalars()]
+    finally:
+        engine.dispose()
+
+
+def run_once(name: str, n: int, processes: int, threads: int) -> Drain:
+    """One drain of ``n`` jobs by the variant ``name``."""
     variant = VARIANTS[name]
     with tempfile.TemporaryDirectory(prefix="jobrelay-bench-") as tmp, ExitStack() as cleanup:
         server = RedisServer(Path(tmp) / "redis").start()
@@ -295,7 +324,16 @@ def run_once(name: str, n: int, processes: int, threads: int) -> float:
         with log_path.open("wb") as log:
             workers = [subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT) for cmd in commands]
             try:
-                seconds = drain(outstanding, n, workers, timeout_s=600, settle_s=settle_s)
+                redis_pid = int(client.info("server")["process_id"])
+
+                def parts() -> dict[str, list[int]]:
+                    found = {"workers": [pid for w in workers for pid in (w.pid, *descendants(w.pid))]}
+                    found["Redis"] = [redis_pid]
+                    if variant.store == "postgresql":
+                        found["PostgreSQL"] = postgres_backends(database_url)
+                    return found
+
+                drained = drain(outstanding, n, workers, timeout_s=600, settle_s=settle_s, parts=parts)
                 if variant.system == "celery" and (done := celery_executed(server.url, processes)) != n:
                     raise RuntimeError(f"Celery ran {done} tasks of {n}")
                 if database_url and (counts := store_outcome(database_url)) != expected_outcome(variant, n):
@@ -309,7 +347,16 @@ def run_once(name: str, n: int, processes: int, threads: int) -> float:
                 # that waits for idle consumers would only cost seconds per run.
                 for worker in workers:
                     kill_tree(worker)
-        return n / seconds
+        return drained
+
+
+def cpu_cell(runs: list[dict[str, float]]) -> str:
+    """The median of the runs' CPU per job, in all and by part."""
+    if not runs:
+        return ""
+    parts = {part: statistics.median(run.get(part, 0.0) for run in runs) for part in runs[0]}
+    total = statistics.median(sum(run.values()) for run in runs)
+    return f"{total:,.0f} ({' + '.join(f'{value:,.0f}' for value in parts.values())})"
 
 
 def ratio_runs(a: list[float], b: list[float]) -> list[float]:
@@ -330,11 +377,15 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := set(names) - set(VARIANTS):
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     results: dict[str, list[float]] = {name: [] for name in names}
+    #: Per variant and run, the CPU microseconds per job of each part.
+    cpu_us: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for run in range(args.runs):
         for name in names:
-            rate = run_once(name, args.jobs, args.processes, args.threads)
-            results[name].append(rate)
-            print(f"run {run + 1} {name}: {rate:,.0f} jobs/s", flush=True)
+            drained = run_once(name, args.jobs, args.processes, args.threads)
+            results[name].append(args.jobs / drained.seconds)
+            cpu_us[name].append({part: used / args.jobs * 1e6 for part, used in drained.cpu_s.items()})
+            cpu = ", ".join(f"{part} {value:,.0f}" for part, value in cpu_us[name][-1].items())
+            print(f"run {run + 1} {name}: {results[name][-1]:,.0f} jobs/s; CPU µs per job: {cpu}", flush=True)
     out = Output(args.out)
     found = ratios(results)
     link = out.publish(
@@ -343,12 +394,13 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine("celery", "kombu", "psycopg"),
             "settings": {"jobs": args.jobs, "runs": args.runs, "processes": args.processes, "threads": args.threads},
             "jobs_per_s": results,
+            "cpu_us_per_job": cpu_us,
             "labels": {name: VARIANTS[name].label for name in names},
             "ratios": {name: (statistics.median(values), target) for name, (values, target) in found.items()},
             "ratio_runs": {name: values for name, (values, _) in found.items()},
         },
     )
-    out.write_section("Worker throughput (no-op task)", describe(args, results, found, link))
+    out.write_section("Worker throughput (no-op task)", describe(args, results, cpu_us, found, link))
 
 
 def ratios(results: dict[str, list[float]]) -> dict[str, tuple[list[float], float | None]]:
@@ -363,10 +415,13 @@ def ratios(results: dict[str, list[float]]) -> dict[str, tuple[list[float], floa
 def describe(
     args: argparse.Namespace,
     results: dict[str, list[float]],
+    cpu_us: dict[str, list[dict[str, float]]],
     found: dict[str, tuple[list[float], float | None]],
     link: str,
 ) -> str:
-    rows = "\n".join(f"| {VARIANTS[name].label} | {summary(rates)} |" for name, rates in results.items())
+    rows = "\n".join(
+        f"| {VARIANTS[name].label} | {summary(rates)} | {cpu_cell(cpu_us[name])} |" for name, rates in results.items()
+    )
     conclusions = []
     for name, (values, target) in found.items():
         value = statistics.median(values)
@@ -395,10 +450,13 @@ processes (each one consumer feeding {args.threads} threads, as a Dramatiq worke
 broker, no result backend (`task_ignore_result`), `task_acks_late=True`, prefetch 8 messages per thread
 (`worker_prefetch_multiplier=8`, as jobrelay's worker), `--without-mingle --without-gossip`; its drain
 ends when the queue list and kombu's `unacked` hash are both empty, and the workers' `inspect stats`
-must count all {args.jobs:,} tasks. Machine: {machine("celery", "kombu", "psycopg")}.
+must count all {args.jobs:,} tasks. CPU per job: the CPU time (user and system, from `/proc`) the worker
+processes, the run's Redis and, for PostgreSQL, the server processes of the run's database used from the
+first ack to the last, divided by the jobs; it moves far less with the machine's load than the rates do.
+Machine: {machine("celery", "kombu", "psycopg")}.
 
-| worker | jobs/s, median (range) |
-| --- | --- |
+| worker | jobs/s, median (range) | CPU µs per job, median: all (workers + Redis + PostgreSQL) |
+| --- | --- | --- |
 {rows}
 
 | ratio (median of the run-by-run ratios) | value | range | target | verdict |

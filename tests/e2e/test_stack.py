@@ -102,7 +102,8 @@ def test_request_id_follows_the_job_into_the_worker_logs(stack: Stack) -> None:
     # Given a request with a request id of the client's
     req = urllib.request.Request(
         stack.base_url + "/v1/jobs",
-        data=b'{"task": "diagnostics.echo", "args": {"message": "traced"}}',
+        # NOTE: its first attempt fails: a success is a DEBUG line, a retried attempt a WARNING one.
+        data=b'{"task": "diagnostics.fail", "args": {"succeed_on_attempt": 2}}',
         headers={
             "Authorization": f"Bearer {stack.token}",
             "Content-Type": "application/json",
@@ -123,9 +124,9 @@ def test_request_id_follows_the_job_into_the_worker_logs(stack: Stack) -> None:
             break
         time.sleep(0.1)
     assert mine, "no worker log line for the job"
-    line = next((line for line in mine if line["message"].startswith("job succeeded")), mine[0])
-    assert line["request_id"] == "trace-me-42" and line["task"] == "diagnostics.echo"
-    assert line["queue"] == "default" and line["attempt"] == 1 and line["level"] == "info"
+    line = next((line for line in mine if "attempt 1 failed, retrying" in line["message"]), mine[0])
+    assert line["request_id"] == "trace-me-42" and line["task"] == "diagnostics.fail"
+    assert line["queue"] == "default" and line["attempt"] == 1 and line["level"] == "warning"
     # Tracing is off by default (no OTEL endpoint): no trace id on the lines nor on the job
     assert not [line for line in mine if "trace_id" in line]
     assert stack.request("GET", f"/v1/jobs/{job_id}")[1]["trace_id"] is None

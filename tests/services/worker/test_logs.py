@@ -1,4 +1,5 @@
-"""What a worker logs for a job, in both formats: one WARNING line per retried attempt, one ERROR with traceback."""
+"""What a worker logs for a job, in both formats: one WARNING line per retried attempt, one ERROR with traceback,
+a DEBUG line per success and, at INFO, a line counting the successes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.catalog import Catalog
+from shared.job import JobStatus
 from shared.logs import configure_logging
-from tests.services.worker.conftest import Harness
+from shared.settings import Settings
+from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+from tests.services.worker.conftest import Harness, running_harness
 
 
 @pytest.fixture
@@ -53,10 +59,34 @@ def test_retried_attempts_warn_in_one_line_and_the_final_failure_errors_once(
 def test_text_lines_carry_the_job_id(
     harness: Harness, capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:
-    configure_logging("worker", "INFO", json_lines=False)
+    configure_logging("worker", "DEBUG", json_lines=False)
 
     job = harness.submit({"task": "diagnostics.echo", "args": {"message": "hi"}})
     harness.wait(job.id)
 
     [succeeded] = [line for line in capsys.readouterr().err.splitlines() if "job succeeded" in line]
-    assert f"job_id={job.id}" in succeeded and "INFO" in succeeded
+    assert f"job_id={job.id}" in succeeded and "DEBUG" in succeeded
+
+
+def test_at_info_the_successes_are_counted_by_task_not_logged_one_by_one(
+    worker_settings: Settings,
+    catalog: Catalog,
+    store: JobStore,
+    registry: TaskRegistry,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    # Given: JSON lines at the default level
+    configure_logging("worker", "INFO", json_lines=True)
+    # When: three jobs succeed, and the worker stops
+    with running_harness(worker_settings, catalog, store, registry) as harness:
+        jobs = [harness.submit({"task": "diagnostics.echo", "args": {"message": f"hi {n}"}}) for n in range(3)]
+        for job in jobs:
+            assert harness.wait(job.id).status is JobStatus.SUCCEEDED
+    # Then: no line per success; the summary lines (one, unless 10 s passed) count all three, by task
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert not [line for line in lines if line["message"].startswith("job succeeded")]
+    summaries = [line for line in lines if "job(s) succeeded in the last" in line["message"]]
+    assert summaries and all(line["level"] == "info" and "job_id" not in line for line in summaries)
+    assert sum(int(line["message"].split()[0]) for line in summaries) == 3
+    assert all("(diagnostics.echo " in line["message"] for line in summaries)
