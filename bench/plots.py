@@ -172,6 +172,22 @@ def retention(record: Record) -> Figure:
     return fig
 
 
+def store_scale(record: Record) -> Figure:
+    fig, (ax,) = _figure(record, "API reads as the jobs table grows: p99 per endpoint", width=11.0)
+    sizes = sorted(record["sizes"], key=int)
+    names = list(record["sizes"][sizes[0]]["endpoints"])
+    for index, name in enumerate(names):
+        values = [record["sizes"][size]["endpoints"][name]["p99_ms"] for size in sizes]
+        style = "-" if index < 10 else "--"
+        ax.plot([int(size) for size in sizes], values, style, marker="o", label=name, linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("jobs in the table")
+    ax.set_ylabel("p99 ms")
+    ax.legend(fontsize=6, ncol=2, loc="upper left")
+    return fig
+
+
 PLOTS: dict[str, Callable[[Record], Figure]] = {
     "worker_throughput": worker_throughput,
     "latency": latency,
@@ -180,6 +196,7 @@ PLOTS: dict[str, Callable[[Record], Figure]] = {
     "worker_memory": worker_memory,
     "redelivery": redelivery,
     "retention": retention,
+    "store_scale": store_scale,
 }
 
 

@@ -171,6 +171,8 @@ Index("ix_jobs_schedule_id", jobs.c.schedule_id, jobs.c.id, **_with_value(jobs.c
 Index("ux_jobs_idempotency_key", jobs.c.idempotency_key, unique=True, **_with_value(jobs.c.idempotency_key))
 Index("ix_jobs_lease_owner", jobs.c.lease_owner, **_with_value(jobs.c.lease_owner))
 Index("ix_jobs_namespace_id", jobs.c.namespace, jobs.c.id, **_with_value(jobs.c.namespace))
+# The jobs finished in a time range (migration 0015): the console's charts of the last hour.
+Index("ix_jobs_finished_at", jobs.c.finished_at, **_with_value(jobs.c.finished_at))
 # NOTE: only a waiting or running job holds its uniqueness key: a finished one frees it by its status
 # change alone, so no worker code has to release it.
 Index("ux_jobs_unique_key", jobs.c.unique_key, unique=True, sqlite_where=text(UNIQUE_HOLDING),

@@ -2,8 +2,9 @@
 
 Lists are keyset-paginated on the time-ordered id (``shared/store/pages.py``'s
 filters plus a time range and a search), so a page costs the same on the first
-and the millionth row, and reads at most ``pages.SCAN_ROWS`` rows. Charts cover the last hour; their rows are found
-through the id's time bound, so only the recent end of the primary key is read.
+and the millionth row, and reads at most ``pages.SCAN_ROWS`` rows. Charts cover the last
+hour: the jobs made in it are found through the id's time bound, the jobs finished in it
+through the partial index on ``finished_at`` (migration 0015); they read that hour's rows only.
 """
 
 from __future__ import annotations
@@ -25,10 +26,6 @@ from shared.store.pages import page_query
 
 #: Charts and rates look back this far.
 WINDOW = timedelta(hours=1)
-#: NOTE: a job finished in the last hour is looked for among the jobs created in the last day,
-#: so the charts read the recent end of the id index, never the whole table (a job waiting
-#: longer than a day before it ends is left out of the rates).
-FINISHED_LOOKBACK = timedelta(days=1)
 BULK_MAX = 10_000
 #: NOTE: a page of a filter no index holds reads at most ``pages.SCAN_ROWS`` rows and may come back
 #: short, so the bulk actions' reach is also bounded in pages: at most 60 x 5,000 rows read.
@@ -134,7 +131,7 @@ def rates(store: JobStore, now: datetime | None = None) -> dict[str, dict[str, A
     failed_state = or_(jobs.c.status == JobStatus.FAILED.value, jobs.c.status == JobStatus.EXPIRED.value)
     ended = (
         select(jobs.c.queue, finished.label("m"), func.count(), func.sum(case((failed_state, 1), else_=0)))
-        .where(jobs.c.id >= id_lower_bound(since - FINISHED_LOOKBACK), jobs.c.finished_at >= since)
+        .where(jobs.c.finished_at >= since)
         .group_by(jobs.c.queue, finished)
     )
     out: dict[str, dict[str, Any]] = {}
@@ -165,7 +162,6 @@ def duration_percentiles(store: JobStore, now: datetime | None = None) -> dict[s
     now = now or utcnow()
     since = now - WINDOW
     recent = and_(
-        jobs.c.id >= id_lower_bound(since - FINISHED_LOOKBACK),
         jobs.c.finished_at >= since,
         jobs.c.status == JobStatus.SUCCEEDED.value,
         jobs.c.started_at.is_not(None),
