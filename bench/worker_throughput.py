@@ -50,7 +50,8 @@ from sqlalchemy import create_engine, func, select, text
 from bench.api_submit import drop_database, postgres_url
 from bench.procs import cpu_s, descendants, kill_tree
 from bench.report import Output, add_output_argument, machine, met, summary
-from shared.broker.publishing import build_broker, publish
+from shared.broker.dead_letters import dead_letter_keys
+from shared.broker.publishing import NAMESPACE, build_broker, publish
 from shared.ids import new_id
 from shared.job import Job, JobStatus, utcnow
 from shared.redis_server import RedisServer, free_port
@@ -338,7 +339,8 @@ def run_once(name: str, n: int, processes: int, threads: int) -> Drain:
                     raise RuntimeError(f"Celery ran {done} tasks of {n}")
                 if database_url and (counts := store_outcome(database_url)) != expected_outcome(variant, n):
                     raise RuntimeError(f"jobrelay's store counts {counts}, expected {expected_outcome(variant, n)}")
-                if variant.task == "bench.fail" and (dead := client.zcard(f"dramatiq:{QUEUE}.XQ")) != n:
+                dead_letters = dead_letter_keys(NAMESPACE, QUEUE)[0]
+                if variant.task == "bench.fail" and (dead := client.zcard(dead_letters)) != n:
                     raise RuntimeError(f"{dead} of {n} messages dead-lettered in Redis")
             except RuntimeError as exc:
                 raise RuntimeError(f"{name}: {exc}\n{log_path.read_text(errors='replace')[-3000:]}") from exc

@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import REGISTRY, start_http_server
 
 from services.scheduler import housekeeping
+from services.scheduler.dead_letter_layout import OldLayout
 from services.scheduler.housekeeping import QueueNames, builtin_schedules
 from services.scheduler.leader import LeaderLease
 from services.scheduler.metrics import (
@@ -99,6 +100,13 @@ def run(settings: Settings) -> int:
 
     results = build_result_storage(settings.effective_result_storage_url)
     lost_messages = LostMessages(store, broker)
+    old_dead_letters = OldLayout(broker.client, store, queue_names)
+
+    def reconcile() -> None:
+        jobs_republished_total.inc(lost_messages.run())
+        # And the dead letters an older version left keyed by Redis message id, moved under their job ids.
+        old_dead_letters.run()
+
     stranded_runs = StrandedRuns(store, registry, broker, dead_after_s=settings.worker_dead_after_s)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, registry, broker)
     pauses = QueuePauses(engine)
@@ -125,7 +133,7 @@ def run(settings: Settings) -> int:
         ),
         housekeeping.PRUNE: lambda: jobs_pruned_total.inc(pruner.run()),
         housekeeping.QUEUE_GAUGES: queue_names.refresh,
-        housekeeping.RECONCILE: lambda: jobs_republished_total.inc(lost_messages.run()),
+        housekeeping.RECONCILE: reconcile,
         housekeeping.SWEEP: stranded_runs.run,
     }
     submitter = Submitter(store, registry, broker)

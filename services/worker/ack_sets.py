@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from dramatiq.common import current_millis
 
+from shared.broker.dead_letters import dead_letter_keys
 from shared.broker.waking import acks_key
 
 #: Dramatiq's "ack" (dispatch.lua) for many messages of one queue: out of the worker's ack set, then
@@ -31,17 +32,18 @@ return acked
 
 
 #: Dramatiq's "nack" (dispatch.lua) for many messages of one queue: out of the worker's ack set and the
-#: queue's message hash, into its dead letters (scored by the time of death). KEYS: the ack set, the
-#: message hash, the dead-letter set, the dead-letter message hash; ARGV: the time in ms, then the ids.
+#: queue's message hash, into its dead letters under their job ids (``shared/broker/dead_letters.py``),
+#: scored by the time of death. KEYS: the ack set, the message hash, the dead-letter set and hash;
+#: ARGV: the time in ms, then pairs of (Redis message id, job id).
 _DEAD_LETTER_MANY = """
 local dead = 0
-for i = 2, #ARGV do
-    local message_id = ARGV[i]
+for i = 2, #ARGV, 2 do
+    local message_id, job_id = ARGV[i], ARGV[i + 1]
     if redis.call("srem", KEYS[1], message_id) > 0 then
         local message = redis.call("hget", KEYS[2], message_id)
         if message then
-            redis.call("zadd", KEYS[3], ARGV[1], message_id)
-            redis.call("hset", KEYS[4], message_id, message)
+            redis.call("zadd", KEYS[3], ARGV[1], job_id)
+            redis.call("hset", KEYS[4], job_id, message)
             redis.call("hdel", KEYS[2], message_id)
             dead = dead + 1
         end
@@ -49,6 +51,8 @@ for i = 2, #ARGV do
 end
 return dead
 """
+#: Messages dead-lettered per script call: each call's work stays bounded.
+DEAD_LETTER_CHUNK = 100
 
 
 class AckSets:
@@ -93,16 +97,21 @@ class AckSets:
             self._ack_script(keys=keys, args=ids)
             self.handed_back(queue_name, ids)
 
-    def dead_letter_many(self, nacks: list[tuple[str, str]]) -> None:
-        """Dramatiq's nack (to the dead letters) of many ``(queue name, redis message id)`` pairs, one script
-        call per queue."""
-        by_queue: dict[str, list[str]] = {}
-        for queue_name, redis_message_id in nacks:
-            by_queue.setdefault(queue_name, []).append(redis_message_id)
+    def dead_letter_many(self, nacks: list[tuple[str, str, str]]) -> None:
+        """Dramatiq's nack (to the dead letters) of many ``(queue name, redis message id, job id)``,
+        ``DEAD_LETTER_CHUNK`` per script call."""
+        by_queue: dict[str, list[tuple[str, str]]] = {}
+        for queue_name, redis_message_id, job_id in nacks:
+            by_queue.setdefault(queue_name, []).append((redis_message_id, job_id))
         if self._dead_letter_script is None:
             self._dead_letter_script = self.client.register_script(_DEAD_LETTER_MANY)
-        for queue_name, ids in by_queue.items():
-            dead = f"{self.namespace}:{queue_name}.XQ"
-            keys = [self.key(queue_name), f"{self.namespace}:{queue_name}.msgs", dead, f"{dead}.msgs"]
-            self._dead_letter_script(keys=keys, args=[current_millis(), *ids])
-            self.handed_back(queue_name, ids)
+        for queue_name, pairs in by_queue.items():
+            keys = [
+                self.key(queue_name),
+                f"{self.namespace}:{queue_name}.msgs",
+                *dead_letter_keys(self.namespace, queue_name),
+            ]
+            for start in range(0, len(pairs), DEAD_LETTER_CHUNK):
+                chunk = pairs[start : start + DEAD_LETTER_CHUNK]
+                self._dead_letter_script(keys=keys, args=[current_millis(), *(v for pair in chunk for v in pair)])
+            self.handed_back(queue_name, [redis_message_id for redis_message_id, _ in pairs])

@@ -88,7 +88,7 @@ class Acker:
         pairs = [(item.queue_name, item.redis_message_id) for item in batch if not item.dead]
         if pairs:
             until_up(lambda: self.ack_sets.ack_many(pairs), REDIS_DOWN, "Redis")
-        dead = [(item.queue_name, item.redis_message_id) for item in batch if item.dead]
+        dead = [(item.queue_name, item.redis_message_id, item.job.id) for item in batch if item.dead]
         if dead:
             until_up(lambda: self.ack_sets.dead_letter_many(dead), REDIS_DOWN, "Redis")
         for item in batch:

@@ -176,12 +176,16 @@ class _WakingConsumer(_RedisConsumer):
         deferred(self.queue_name, redis_message_id)
 
     def nack(self, message: MessageProxy) -> None:
-        """Dead-letter now, or hand it to the deferred acks when they hold one for this copy (after a commit)."""
+        """Dead-letter now (filed under the job id: ``shared/broker/dead_letters.py``), or hand it to the deferred
+        acks when they hold one for this copy (after a commit)."""
         redis_message_id = message.options["redis_message_id"]
         deferred = self.deferred_acks.take(redis_message_id) if self.deferred_acks is not None else None
         if deferred is None:
-            with connection_lost():
-                super().nack(message)
+            try:
+                with connection_lost():
+                    self.broker.do_nack(self.queue_name, redis_message_id, message.message_id)
+            finally:
+                self.queued_message_ids.discard(message.message_id)
             self.ack_sets.handed_back(self.queue_name, [redis_message_id])
             return
         self.queued_message_ids.discard(message.message_id)

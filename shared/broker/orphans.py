@@ -23,10 +23,10 @@ from datetime import datetime, timedelta
 
 import redis
 from dramatiq.broker import Broker
-from dramatiq.common import xq_name
 
 from shared.backoff import backoff_s
 from shared.broker.bands import LUA_LIST_OF
+from shared.broker.dead_letters import dead_letter_keys
 from shared.broker.publishing import NAMESPACE, publish
 from shared.broker.waking import WAKE_TOKENS, is_delay_queue, wake_key
 from shared.broker.workers import forget_worker
@@ -42,21 +42,26 @@ log = logging.getLogger(__name__)
 
 HEARTBEATS = f"{NAMESPACE}:__heartbeats__"
 
+#: Messages a call of the recovery script moves at most: each call's work stays bounded (a delay
+#: queue's ack set holds up to a thousand per worker thread).
+REQUEUE_BATCH = 200
+
 # KEYS: the ack set, the queue list, the queue's message hash, its wake-up list, the dead-letter
-# queue and its message hash. ARGV: how many wake tokens to keep at most, the time in ms, how many
-# job ids to drop follow, those job ids, then the job ids to dead-letter. A message of a job to drop
-# leaves Redis (its job was recorded with a new message, or final); one to dead-letter goes to the
-# dead-letter queue, as Dramatiq's nack does; the rest go back, each to its priority band. Returns
-# how many went back.
+# set and hash (``shared/broker/dead_letters.py``). ARGV: how many ids to take from the ack set at
+# most, how many wake tokens to keep at most, the time in ms, how many job ids to drop follow, those
+# job ids, then the job ids to dead-letter. A message of a job to drop leaves Redis (its job was
+# recorded with a new message, or final); one to dead-letter goes to the dead letters under its job
+# id; the rest go back, each to its priority band. Returns how many went back and how many ids are
+# left in the ack set.
 _REQUEUE = (
     LUA_LIST_OF
     + """
 local drop, dead = {}, {}
-local n_drop = tonumber(ARGV[3])
-for i = 4, 3 + n_drop do drop[ARGV[i]] = true end
-for i = 4 + n_drop, #ARGV do dead[ARGV[i]] = true end
-local sift = #ARGV > 3
-local ids = redis.call('smembers', KEYS[1])
+local n_drop = tonumber(ARGV[4])
+for i = 5, 4 + n_drop do drop[ARGV[i]] = true end
+for i = 5 + n_drop, #ARGV do dead[ARGV[i]] = true end
+local sift = #ARGV > 4
+local ids = redis.call('spop', KEYS[1], tonumber(ARGV[1]))
 local n = 0
 for _, id in ipairs(ids) do
   local job = nil
@@ -72,19 +77,18 @@ for _, id in ipairs(ids) do
     redis.call('hdel', KEYS[3], id)
   elseif job ~= nil and dead[job] then
     redis.call('hdel', KEYS[3], id)
-    redis.call('zadd', KEYS[5], ARGV[2], id)
-    redis.call('hset', KEYS[6], id, body)
+    redis.call('zadd', KEYS[5], ARGV[3], job)
+    redis.call('hset', KEYS[6], job, body)
   elseif body or redis.call('hexists', KEYS[3], id) == 1 then
     redis.call('lpush', list_of(KEYS[2], id), id)
     n = n + 1
   end
 end
-redis.call('del', KEYS[1])
 if n > 0 and KEYS[4] ~= '' then
   redis.call('lpush', KEYS[4], 1)
-  redis.call('ltrim', KEYS[4], 0, tonumber(ARGV[1]) - 1)
+  redis.call('ltrim', KEYS[4], 0, tonumber(ARGV[2]) - 1)
 end
-return n
+return {n, redis.call('scard', KEYS[1])}
 """
 )
 
@@ -112,24 +116,38 @@ def live_workers(client: redis.Redis, workers: Iterable[str], *, dead_after_s: f
     return {name for name, beat_ms in zip(names, beats, strict=True) if beat_ms is not None and beat_ms > cutoff}
 
 
-def requeue_worker(client: redis.Redis, worker_id: str, *, drop: Iterable[str] = (), dead: Iterable[str] = ()) -> int:
+def requeue_worker(
+    client: redis.Redis,
+    worker_id: str,
+    *,
+    drop: Iterable[str] = (),
+    dead: Iterable[str] = (),
+    batch: int = REQUEUE_BATCH,
+) -> int:
     """Move one worker's fetched-but-unacked messages back; returns how many.
 
     The messages of the jobs in ``drop`` leave Redis instead, and those of the jobs in ``dead``
-    go to their dead-letter queue (``record_lost``'s outcomes).
+    go to their dead letters (``record_lost``'s outcomes). Each ack set is emptied ``batch``
+    ids per script call.
     """
     script = client.register_script(_REQUEUE)
     prefix = f"{NAMESPACE}:__acks__.{worker_id}."
     dropped, dead_ids = list(drop), list(dead)
-    args: list[str | int] = [WAKE_TOKENS, int(time.time() * 1000), len(dropped), *dropped, *dead_ids]
+    args: list[str | int] = [batch, WAKE_TOKENS, int(time.time() * 1000), len(dropped), *dropped, *dead_ids]
     moved = 0
     for key in client.scan_iter(match=prefix + "*", count=500):
         queue = key.decode()[len(prefix) :]
         queue_key = f"{NAMESPACE}:{queue}"
         wake = "" if is_delay_queue(queue) else wake_key(queue)
-        dead_key = f"{NAMESPACE}:{xq_name(queue)}"
-        keys = [key, queue_key, queue_key + ".msgs", wake, dead_key, dead_key + ".msgs"]
-        moved += int(script(keys=keys, args=args))
+        keys = [key, queue_key, queue_key + ".msgs", wake, *dead_letter_keys(NAMESPACE, queue)]
+        # NOTE: the set no longer grows (its worker is dead), so this ends; the bound is for a worker
+        # that was not dead after all and keeps fetching into it.
+        calls = int(client.scard(key)) // batch + 1
+        for _ in range(calls):
+            back, left = script(keys=keys, args=args)
+            moved += int(back)
+            if not int(left):
+                break
     # Its concurrency slots too, at once: the jobs waiting for them start now, not at their expiry.
     ConcurrencySlots(client, namespace=NAMESPACE, ttl_s=0).release_owner(worker_id)
     client.zrem(HEARTBEATS, worker_id)

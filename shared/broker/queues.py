@@ -2,7 +2,7 @@
 
 Dramatiq's Redis layout: ``dramatiq:<q>`` is a list of message ids with the
 bodies in the hash ``dramatiq:<q>.msgs``; delayed messages sit in
-``dramatiq:<q>.DQ``; dead letters in the sorted set ``dramatiq:<q>.XQ``. A queue's
+``dramatiq:<q>.DQ``; dead letters by job id in ``dramatiq:<q>.dead`` (``dead_letters.py``). A queue's
 waiting messages are in one list per priority band (``shared/broker/bands.py``):
 its depth counts them all, and its oldest is the oldest head of any band (of any
 tenant's lane too).
@@ -19,32 +19,11 @@ from typing import Any
 import redis
 from prometheus_client.core import GaugeMetricFamily
 
+from shared.broker import dead_letters
 from shared.broker.bands import paused_key, waiting_keys
 from shared.broker.publishing import NAMESPACE
 from shared.metrics import PREFIX
 from shared.store.jobs import JobStore
-
-# KEYS: XQ zset, XQ hash. ARGV: job ids to drop (none: drop all). Returns how many went.
-_DROP_DEAD = """
-if #ARGV == 0 then
-  local n = redis.call('zcard', KEYS[1])
-  redis.call('del', KEYS[1], KEYS[2])
-  return n
-end
-local wanted = {}
-for _, id in ipairs(ARGV) do wanted[id] = true end
-local n = 0
-local entries = redis.call('hgetall', KEYS[2])
-for i = 1, #entries, 2 do
-  local ok, message = pcall(cjson.decode, entries[i + 1])
-  if ok and wanted[message['message_id']] then
-    redis.call('zrem', KEYS[1], entries[i])
-    redis.call('hdel', KEYS[2], entries[i])
-    n = n + 1
-  end
-end
-return n
-"""
 
 
 @dataclass(frozen=True)
@@ -115,12 +94,8 @@ def queue_stats(client: redis.Redis, store: JobStore, queues: list[str]) -> list
 
 
 def drop_dead_letters(client: redis.Redis, queue: str, job_ids: list[str] | None = None) -> int:
-    """Remove dead-lettered messages of these jobs (or all) from Redis' dead-letter set."""
-    if job_ids is not None and not job_ids:
-        return 0
-    key = f"{NAMESPACE}:{queue}.XQ"
-    script = client.register_script(_DROP_DEAD)
-    return int(script(keys=[key, key + ".msgs"], args=job_ids or []))
+    """Remove the dead letters of these jobs (or all the queue's) from Redis (``shared/broker/dead_letters.py``)."""
+    return dead_letters.drop_dead_letters(client, NAMESPACE, queue, job_ids)
 
 
 class QueueGauges:

@@ -38,6 +38,7 @@ from shared.broker.bands import (
     split_lane,
     waiting_keys,
 )
+from shared.broker.dead_letters import NACK, dead_letter_keys
 
 WAKE_PREFIX = "jobrelay:wake:"
 #: What a Redis call raises when Redis is away: refused, reset, or a socket that stalled past its
@@ -65,6 +66,7 @@ class WakingRedisBroker(RedisBroker):
     #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
     _dispatch_loaded = False
     _requeue_script: Any = None
+    _nack_script: Any = None
 
     def __init__(self, *, fair_sharing: bool = True, **options: Any) -> None:
         super().__init__(**options)
@@ -191,11 +193,31 @@ class WakingRedisBroker(RedisBroker):
         acks = acks_key(self.namespace, self.broker_id, queue_name)
         return int(self._requeue_script(keys=[acks, key, key + ".msgs"], args=list(redis_message_ids)))
 
+    def do_nack(self, queue_name: str, redis_message_id: str, job_id: str | None = None) -> int:
+        """Dramatiq's nack (out of this broker's ack set, into the dead letters), but the dead letter is
+        filed under its job id (``shared/broker/dead_letters.py``); with none known (a body that does
+        not decode), under its Redis id. Returns 1 if the message moved."""
+        if self._nack_script is None:
+            self._nack_script = self.client.register_script(NACK)
+        keys = [
+            acks_key(self.namespace, self.broker_id, queue_name),
+            queue_key(self.namespace, queue_name) + ".msgs",
+            *dead_letter_keys(self.namespace, queue_name),
+        ]
+        args = [redis_message_id, job_id or redis_message_id, current_millis()]
+        return int(self._nack_script(keys=keys, args=args))
+
     def flush(self, queue_name: str) -> None:
-        """Dramatiq's flush (the queue, its delay queue, ack set, dead letters), and every band of every lane."""
+        """Dramatiq's flush (the queue, its delay queue, ack set, old dead letters), every band of every lane,
+        the dead letters."""
         super().flush(queue_name)
         key = queue_key(self.namespace, queue_name)
-        self.client.delete(*waiting_keys(self.client, key), lanes_key(key), fairness_key(self.namespace, queue_name))
+        self.client.delete(
+            *waiting_keys(self.client, key),
+            lanes_key(key),
+            fairness_key(self.namespace, queue_name),
+            *dead_letter_keys(self.namespace, queue_name),
+        )
 
     def _execute(self, fill: Callable[[redis.client.Pipeline], None]) -> list[Any]:
         """Run a pipeline of dispatch script calls in one round trip.

@@ -96,6 +96,16 @@ class DeadLetters:
         with self.engine.connect() as conn:
             return [row.id for row in conn.execute(query.order_by(jobs.c.id.desc()).limit(limit))]
 
+    def dead_among(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these jobs are dead letters now (500 ids per query)."""
+        ids = list(job_ids)
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = select(jobs.c.id).where(jobs.c.id.in_(ids[start : start + 500]), jobs.c.dead)
+                found.update(row.id for row in conn.execute(query))
+        return found
+
     def purge_dead(self, queue: str) -> int:
         """Take every dead letter of a queue out of the dead-letter queue (the job rows stay, ``failed``)."""
         with write_transaction(self.engine) as conn:

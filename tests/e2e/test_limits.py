@@ -69,7 +69,7 @@ def test_a_gil_holding_task_past_its_hard_limit_is_killed_and_the_job_beside_it_
     assert (finished.status, finished.attempts, finished.result) == (JobStatus.SUCCEEDED, 1, "done")
     # And the killed job never runs again: its message is a dead letter, in no queue
     client = redis.Redis.from_url(redis_url)
-    assert {Message.decode(m).message_id for m in client.hvals("dramatiq:misbehaving.XQ.msgs")} == {looping.id}
+    assert {Message.decode(m).message_id for m in client.hvals("dramatiq:misbehaving.dead.msgs")} == {looping.id}
     assert worker.store.get(looping.id).attempts == 1
     assert "killing worker process" in worker.log()
 

@@ -234,7 +234,7 @@ def _check_redis_clean(cluster: Cluster, report: Report, *, timeout_s: float = 1
                 name = key.decode()
                 # Dead letters stay by design; the heartbeats and the worker descriptions (the console's
                 # overview, ``shared/broker/workers.py``) are the live workers', not messages.
-                if name.endswith((".XQ", ".XQ.msgs", "__heartbeats__", "__workers__")):
+                if name.endswith((".dead", ".dead.msgs", ".XQ", ".XQ.msgs", "__heartbeats__", "__workers__")):
                     continue
                 kind = client.type(key).decode()
                 size = {"list": client.llen, "set": client.scard, "hash": client.hlen, "zset": client.zcard}.get(

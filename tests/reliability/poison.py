@@ -32,7 +32,7 @@ from tests.reliability.load import Load
 from tests.reliability.scenarios import Size, prefix
 
 QUEUE = "dramatiq:default"
-DEAD = "dramatiq:default.XQ"
+DEAD = "dramatiq:default.dead"
 WAKE = "jobrelay:wake:default"
 
 

@@ -7,11 +7,14 @@ import time
 import redis
 from falcon import testing
 
+from shared.broker.dead_letters import dead_letter_keys
+from shared.broker.publishing import NAMESPACE
 from shared.job import JobStatus
 from tests.services.api.conftest import ADMIN, READER
 from tests.services.worker.conftest import Harness, harness, worker_settings  # noqa: F401
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+DEAD, DEAD_BODIES = dead_letter_keys(NAMESPACE, "default")
 
 
 def fail_for_good(client: testing.TestClient, harness: Harness, n: int = 1) -> list[str]:  # noqa: F811
@@ -32,7 +35,7 @@ def test_failed_job_is_listed_as_a_dead_letter_and_retried(
     [job_id] = fail_for_good(client, harness)
     dead = client.simulate_get("/v1/queues/default/dead").json
     assert [j["id"] for j in dead["items"]] == [job_id]
-    assert redis_client.zcard("dramatiq:default.XQ") == 1
+    assert redis_client.zrange(DEAD, 0, -1) == [job_id.encode()] and redis_client.hexists(DEAD_BODIES, job_id)
     # When the job is retried
     resp = client.simulate_post(f"/v1/jobs/{job_id}/retry")
     assert resp.status_code == 202 and resp.json["status"] == "queued"
@@ -68,7 +71,7 @@ def test_requeue_by_ids_and_all_then_purge(
     resp = client.simulate_delete("/v1/queues/default/dead", headers=ADMIN_HEADERS)
     assert resp.json == {"purged": 3}
     assert client.simulate_get("/v1/queues/default/dead").json["items"] == []
-    assert redis_client.zcard("dramatiq:default.XQ") == 0
+    assert redis_client.zcard(DEAD) == 0 and redis_client.hlen(DEAD_BODIES) == 0
 
 
 def test_requeue_body_is_validated(client: testing.TestClient) -> None:

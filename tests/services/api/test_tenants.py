@@ -12,7 +12,8 @@ import redis
 from prometheus_client import REGISTRY
 
 from services.api.app import create_app
-from shared.broker.publishing import build_broker
+from shared.broker.dead_letters import dead_letter_keys
+from shared.broker.publishing import NAMESPACE, build_broker
 from shared.job import JobStatus
 from shared.settings import Settings, parse_api_keys, parse_namespace_quotas
 from shared.store.jobs import JobStore
@@ -207,7 +208,7 @@ def test_dead_letters_are_per_namespace(
     assert api.simulate_get("/v1/queues/default/dead", headers=bearer(ACME)).json["items"] == []
     left = api.simulate_get("/v1/queues/default/dead", headers=bearer(GLOBEX)).json["items"]
     assert [job["id"] for job in left] == [theirs]
-    assert redis_client.zcard("dramatiq:default.XQ") == 1
+    assert redis_client.zrange(dead_letter_keys(NAMESPACE, "default")[0], 0, -1) == [theirs.encode()]
 
 
 def test_a_namespaced_key_cannot_open_the_console(redis_url: str, store: JobStore, registry: TaskRegistry) -> None:

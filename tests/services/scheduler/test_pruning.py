@@ -12,6 +12,8 @@ from sqlalchemy import Engine, func, select, update
 
 from services.scheduler.pruning import PruneLimits, Pruner
 from services.scheduler.ticks import tick_job_id
+from shared.broker.dead_letters import dead_letter_keys
+from shared.broker.publishing import NAMESPACE
 from shared.clock import FakeClock
 from shared.errors import NotFound, Unavailable
 from shared.job import JobStatus, utcnow
@@ -72,8 +74,9 @@ def test_prune_deletes_old_finished_jobs_their_files_and_dead_letters(
     finish(engine, with_file.id, JobStatus.SUCCEEDED, 8 * DAY, result_url=f"/v1/jobs/{with_file.id}/result")
     results.put(with_file.id, b"a,b\n", "text/csv")
     finish(engine, dead.id, JobStatus.FAILED, 9 * DAY, dead=True)
-    redis_client.zadd("dramatiq:default.XQ", {"r-dead": 1})
-    redis_client.hset("dramatiq:default.XQ.msgs", "r-dead", json.dumps({"message_id": dead.id}))
+    dead_letters, bodies = dead_letter_keys(NAMESPACE, "default")
+    redis_client.zadd(dead_letters, {dead.id: 1})
+    redis_client.hset(bodies, dead.id, json.dumps({"message_id": dead.id}))
     finish(engine, cancelled.id, JobStatus.CANCELLED, 8 * DAY)
     finish(engine, recent.id, JobStatus.SUCCEEDED, DAY)
     with engine.begin() as conn:
@@ -87,7 +90,7 @@ def test_prune_deletes_old_finished_jobs_their_files_and_dead_letters(
     left = {job.id for job in store.page(JobFilter(), limit=50).items}
     assert left == {recent.id, running.id, fresh.id}
     assert not (tmp_path / "results" / result_reference(with_file.id)).exists()
-    assert redis_client.hlen("dramatiq:default.XQ.msgs") == 0
+    assert redis_client.hlen(bodies) == 0 and redis_client.zcard(dead_letters) == 0
     assert pruner(engine, results, redis_client).run() == 0
 
 

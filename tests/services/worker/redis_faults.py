@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from shared.broker.bands import FETCH, REQUEUE
+from shared.broker.dead_letters import NACK
 from shared.broker.publishing import NAMESPACE
 
 
@@ -81,14 +82,16 @@ class Faults:
 
 def dispatch(command: str, queue: str) -> Callable[[list[str]], bool]:
     """Dramatiq's dispatch script called with ``command`` (enqueue, requeue, ...) on ``queue``, or the
-    script that does it in priority bands (``shared/broker/bands.py``: fetch, requeue)."""
-    banded = {"fetch": _sha(FETCH), "requeue": _sha(REQUEUE)}.get(command)
+    script that does it in priority bands (``shared/broker/bands.py``: fetch, requeue) or by job id
+    (``shared/broker/dead_letters.py``: nack)."""
+    banded = {"fetch": _sha(FETCH), "requeue": _sha(REQUEUE), "nack": _sha(NACK)}.get(command)
 
     def match(text: list[str]) -> bool:
         if text[0].upper() not in ("EVALSHA", "EVAL"):
             return False
         if command in text and queue in text:
             return True
-        return banded is not None and banded in text and f"{NAMESPACE}:{queue}" in text
+        keys = (f"{NAMESPACE}:{queue}", f"{NAMESPACE}:{queue}.msgs")
+        return banded is not None and banded in text and any(key in text for key in keys)
 
     return match

@@ -11,6 +11,7 @@ import redis
 from services.worker.ack_sets import AckSets
 from services.worker.acker import Acker
 from services.worker.status_writer import StatusWriter
+from shared.broker.dead_letters import dead_letter_keys
 from shared.broker.publishing import NAMESPACE, message_for
 from shared.job import Job, JobStatus
 from shared.store.attempts import FinishRequest
@@ -21,6 +22,7 @@ from tests.shared.store.test_engine import write_lock_held_elsewhere
 from tests.shared.store.test_jobs import make_job
 
 OWNER = "worker-under-test"
+DEAD, DEAD_BODIES = dead_letter_keys(NAMESPACE, "default")
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
@@ -117,14 +119,13 @@ def test_failed_jobs_are_dead_lettered_together_once_their_failure_is_committed(
         # Then while the failures are not committed, no message is dead yet and none acked
         time.sleep(0.6)
         assert redis_client.scard(f"dramatiq:__acks__.{OWNER}.default") == 3
-        assert redis_client.zcard("dramatiq:default.XQ") == 0
+        assert redis_client.zcard(DEAD) == 0
     # And once committed, every row is failed and dead, and every message is a dead letter (none left unacked)
-    assert wait_for(lambda: redis_client.zcard("dramatiq:default.XQ") == 3)
+    assert wait_for(lambda: redis_client.zcard(DEAD) == 3)
     assert redis_client.scard(f"dramatiq:__acks__.{OWNER}.default") == 0
     assert redis_client.hlen("dramatiq:default.msgs") == 0
-    assert sorted(redis_client.hkeys("dramatiq:default.XQ.msgs")) == sorted(
-        m.options["redis_message_id"].encode() for m in messages
-    )
+    # (filed under their job ids)
+    assert sorted(redis_client.hkeys(DEAD_BODIES)) == sorted(job.id.encode() for job in jobs)
     for job in jobs:
         row = store.get(job.id)
         assert row.status is JobStatus.FAILED and row.dead

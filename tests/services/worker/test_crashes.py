@@ -118,7 +118,7 @@ def test_a_crash_counts_the_attempts_it_ended_and_gives_back_the_claims_ahead(
     # And in Redis: the retry waits on the delay queue, its old message gone; the failure is a
     # dead letter; the cancelled job has no message; the other two are back in the queue
     assert messages(redis_client, "default.DQ") <= {retried.id} and retry_sent(redis_client, retried.id)
-    assert messages(redis_client, "default.XQ") == {last.id}
+    assert messages(redis_client, "default.dead") == {last.id}
     assert messages(redis_client, "default") - {retried.id} == queued(redis_client) - {retried.id}
     assert queued(redis_client) - {retried.id} == {ahead.id, ended.id}
     assert redis_client.exists(ACKS) == 0
@@ -197,7 +197,7 @@ def test_a_process_killed_for_a_hard_limit_counts_that_job_alone(
     for job in (beside, ahead):
         row = store.get(job.id)
         assert (row.status, row.attempts, row.lease_owner, row.error) == (JobStatus.QUEUED, 0, None, None)
-    assert messages(redis_client, "default.XQ") == {late.id}
+    assert messages(redis_client, "default.dead") == {late.id}
     assert messages(redis_client, "default.DQ") <= {retried.id} and retry_sent(redis_client, retried.id)
     assert queued(redis_client) - {retried.id} == {beside.id, ahead.id}
 

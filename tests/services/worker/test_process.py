@@ -44,7 +44,7 @@ def test_failure_for_good_is_recorded_and_dead_lettered(harness: Harness, redis_
     done = harness.wait(job.id)
     assert done.status is JobStatus.FAILED and done.attempts == 2
     assert done.error and done.error["type"] == "DiagnosticFailure" and "attempt 2" in done.error["message"]
-    dead = [json.loads(v) for v in redis_client.hgetall("dramatiq:default.XQ.msgs").values()]
+    dead = [json.loads(v) for v in redis_client.hgetall("dramatiq:default.dead.msgs").values()]
     assert [m["message_id"] for m in dead] == [job.id]
 
 

@@ -16,8 +16,9 @@ import redis
 from dramatiq import Message
 
 from services.worker.supervisor import MAX_RESTART_DELAY_S, restart_delay_s
+from shared.broker.dead_letters import dead_letter_keys
 from shared.broker.orphans import HEARTBEATS, requeue_orphans
-from shared.broker.publishing import build_broker
+from shared.broker.publishing import NAMESPACE, build_broker
 from shared.errors import FieldError
 from shared.job import Job, JobStatus
 from shared.redis_server import free_port
@@ -167,7 +168,13 @@ def test_a_task_that_kills_its_process_is_dead_lettered_after_its_retries_and_sl
     assert done.status is JobStatus.FAILED and done.dead and done.attempts == 3, worker_run.log()
     assert done.error == {"type": "WorkerCrashed", "message": "worker process died: SIGABRT", "retryable": True}
     client = redis.Redis.from_url(redis_url)
-    assert [Message.decode(data).message_id for data in client.hvals("dramatiq:testing.XQ.msgs")] == [crasher.id]
+    # (the supervisor records the row, then moves the message: the dead letter follows the row by moments)
+    dead_letters = dead_letter_keys(NAMESPACE, "testing")[1]
+    deadline = time.monotonic() + 10
+    while not client.hexists(dead_letters, crasher.id):
+        assert time.monotonic() < deadline, worker_run.log()
+        time.sleep(0.05)
+    assert [Message.decode(data).message_id for data in client.hvals(dead_letters)] == [crasher.id]
     for name in ("testing", "testing.DQ"):
         assert crasher.id not in {Message.decode(data).message_id for data in client.hvals(f"dramatiq:{name}.msgs")}
     # And every neighbour finished, none later than one process restart after it was submitted

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 
@@ -11,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.broker.pausing import mirror_pause
 from shared.broker.publishing import build_broker, message_for, redis_client
-from shared.broker.queues import QueueGauges, drop_dead_letters, oldest_age_s, queue_stats
+from shared.broker.queues import QueueGauges, oldest_age_s, queue_stats
 from shared.job import JobStatus
 from shared.store.jobs import JobStore
 from tests.shared.store.test_jobs import make_job
@@ -53,14 +52,3 @@ def test_gauges_survive_redis_being_away(store: JobStore) -> None:
     registry = CollectorRegistry()
     registry.register(QueueGauges(redis_client("redis://127.0.0.1:1/0"), store, lambda: ["default"]))
     assert registry.get_sample_value("jobrelay_queue_depth", {"queue": "default"}) is None
-
-
-def test_drop_dead_letters_by_id_and_all(redis_client: redis.Redis) -> None:
-    for job_id in ("a", "b", "c"):
-        redis_client.zadd("dramatiq:q.XQ", {f"r-{job_id}": 1})
-        redis_client.hset("dramatiq:q.XQ.msgs", f"r-{job_id}", json.dumps({"message_id": job_id}))
-    assert drop_dead_letters(redis_client, "q", []) == 0
-    assert drop_dead_letters(redis_client, "q", ["b"]) == 1
-    assert sorted(redis_client.hkeys("dramatiq:q.XQ.msgs")) == [b"r-a", b"r-c"]
-    assert drop_dead_letters(redis_client, "q") == 2
-    assert redis_client.zcard("dramatiq:q.XQ") == 0

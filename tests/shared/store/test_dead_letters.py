@@ -72,3 +72,12 @@ def test_the_queues_holding_dead_letters_are_found_one_probe_each(store: JobStor
     counts = store.queue_counts()
     assert counts["emails"] == {"running": 0, "dead": 2} and counts["alpha"] == {"running": 0, "dead": 1}
     assert counts["gamma"] == {"running": 1, "dead": 0} and "beta" not in counts
+
+
+def test_dead_among_names_the_jobs_that_are_dead_letters_now(store: JobStore) -> None:
+    dead = [make_job(status=JobStatus.FAILED, dead=True) for _ in range(3)]
+    failed, waiting = make_job(status=JobStatus.FAILED), make_job()
+    store.insert([*dead, failed, waiting])
+    asked = [job.id for job in [*dead, failed, waiting]] + ["no-such-job"] * 600
+    assert store.dead_among(asked) == {job.id for job in dead}
+    assert store.dead_among([]) == set()
