@@ -10,9 +10,10 @@ reconcile send only waiting rows.
 
 ``maintenance.sweep`` (every 30 s, leader only) takes the running rows whose lease expired
 more than ``grace_s`` ago, whose lease owner has no live heartbeat, and whose message is in no
-queue, delay queue or ack set, and ends their attempt as a crash's: ``retrying`` after the
-task's backoff with a new message, ``failed`` and dead when out of retries, ``cancelled`` when
-an operator asked (``record_lost``). Each is counted in ``jobrelay_jobs_swept_total``.
+queue, delay queue or ack set (a ``MessageSweep``, over several passes for a big backlog), and
+ends their attempt as a crash's: ``retrying`` after the task's backoff with a new message,
+``failed`` and dead when out of retries, ``cancelled`` when an operator asked (``record_lost``).
+Each is counted in ``jobrelay_jobs_swept_total``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datetime import timedelta
 from dramatiq.brokers.redis import RedisBroker
 
 from services.scheduler.metrics import jobs_swept_total
-from services.scheduler.reconcile import message_ids
+from services.scheduler.reconcile import ENTRIES_PER_PASS, MessageSweep
 from shared.broker.orphans import live_workers, record_lost
 from shared.clock import Clock, SystemClock
 from shared.store.jobs import JobStore
@@ -49,6 +50,7 @@ class StrandedRuns:
         dead_after_s: float,
         grace_s: float = SWEEP_GRACE_S,
         limit: int = 500,
+        entries_per_pass: int = ENTRIES_PER_PASS,
         clock: Clock | None = None,
     ) -> None:
         self.store = store
@@ -58,20 +60,24 @@ class StrandedRuns:
         self.grace_s = grace_s
         self.limit = limit
         self.clock: Clock = clock or SystemClock()
+        self.sweep = MessageSweep(broker.client, broker.namespace, entries_per_pass=entries_per_pass)
 
     def run(self) -> int:
-        """End the attempts of the stranded rows; returns how many."""
-        expired = self.store.lease_expired(before=self.clock.now() - timedelta(seconds=self.grace_s), limit=self.limit)
-        if not expired:
+        """One pass of the sweep for the rows' messages; once it is through, end the stranded rows' attempts."""
+        if not self.sweep.running:
+            expired = self.store.lease_expired(
+                before=self.clock.now() - timedelta(seconds=self.grace_s), limit=self.limit
+            )
+            live = self._live({job.lease_owner for job in expired if job.lease_owner})
+            # NOTE: the rows are read before Redis: a message that reached Redis since is seen, and
+            # one that leaves it after (a worker's ack) leaves with its row final, which is not swept.
+            self.sweep.start([job for job in expired if job.lease_owner not in live])
+        missing = self.sweep.step()
+        if not missing:
             return 0
-        live = live_workers(
-            self.broker.client, {job.lease_owner for job in expired if job.lease_owner}, dead_after_s=self.dead_after_s
-        )
-        unheld = [job for job in expired if job.lease_owner not in live]
-        # NOTE: the rows are read before Redis: a message that reached Redis since is seen, and
-        # one that leaves it after (a worker's ack) leaves with its row final, which is not swept.
-        present = message_ids(self.broker, {job.queue for job in unheld}) if unheld else set()
-        stranded = [job for job in unheld if job.id not in present]
+        # A worker that beat again while the sweep went on holds its rows after all.
+        live = self._live({job.lease_owner for job in missing if job.lease_owner})
+        stranded = [job for job in missing if job.lease_owner not in live]
         lost = record_lost(
             self.store,
             self.registry,
@@ -90,3 +96,6 @@ class StrandedRuns:
                     ", ".join(job.id for job in jobs[:20]),
                 )
         return len(lost)
+
+    def _live(self, owners: set[str]) -> set[str]:
+        return live_workers(self.broker.client, owners, dead_after_s=self.dead_after_s)

@@ -6,7 +6,7 @@ import redis
 from dramatiq import Message
 from sqlalchemy import Engine, update
 
-from services.scheduler.reconcile import LostMessages
+from services.scheduler.reconcile import COUNT_PER_CALL, LostMessages
 from shared.broker.publishing import build_broker, message_for
 from shared.clock import FakeClock
 from shared.job import JobStatus
@@ -84,3 +84,31 @@ def test_young_jobs_are_not_suspects(redis_url: str, redis_client: redis.Redis, 
     clock.advance(65)
     assert reconcile.run() == 0 and reconcile.run() == 1
     assert messages_of(redis_client, "default") == [job.id]
+
+
+def test_a_big_backlog_is_swept_a_bounded_number_of_messages_per_pass(
+    redis_url: str, redis_client: redis.Redis, store: JobStore
+) -> None:
+    broker = build_broker(redis_url)
+    # Given 6,000 messages queued and 1,000 delayed, among them a waiting job's; and a job whose message was lost
+    backlog = [make_job() for _ in range(7_000)]
+    broker.enqueue_many([(message_for(job), None if i < 6_000 else 60_000) for i, job in enumerate(backlog)])
+    queued, lost = backlog[3_000], make_job()
+    store.insert([queued, lost])
+    store.mark_published([queued.id, lost.id])
+    clock = FakeClock()
+    clock.advance(1)
+    reconcile = LostMessages(store, broker, min_age_s=0, entries_per_pass=1_000, clock=clock)
+    # When the pass runs until it publishes something
+    decoded, runs = [], 0
+    while not reconcile.run():
+        decoded.append(reconcile.sweep.decoded)
+        runs += 1
+        assert runs < 100
+    decoded.append(reconcile.sweep.decoded)
+    # Then no pass decoded much more than its 1,000 (one HSCAN may return a little more than asked),
+    # two sweeps of the 7,000 took at least fourteen passes, and only the lost job was published again
+    assert max(decoded) <= 1_000 + 2 * COUNT_PER_CALL, decoded
+    assert len(decoded) >= 14 and sum(decoded) >= 2 * 7_000
+    assert [Message.decode(data).message_id for data in redis_client.hvals("dramatiq:default.msgs")].count(lost.id) == 1
+    assert len(redis_client.hvals("dramatiq:default.msgs")) == 6_001
