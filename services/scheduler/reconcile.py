@@ -10,7 +10,7 @@ lost after all runs once anyway: the worker's claim skips the duplicate.
 
 A sweep reads the message hashes of the jobs' queues at most ``ENTRIES_PER_PASS`` bodies per
 pass (``MessageSweep``): a million queued messages take fifty passes, each one a few tenths of
-a second of the scheduler's time and a thousand entries per Redis command, where one pass used
+a second of the scheduler's time and two hundred entries per Redis command, where one pass used
 to decode them all (3 s at 100,000 queued, past its 30 s period at a million).
 """
 
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Message bodies a sweep decodes per pass at most (a few tenths of a second).
 ENTRIES_PER_PASS = 20_000
-#: Entries asked of each ``HSCAN`` (a hint to Redis: about that many, a millisecond or so of its time).
-COUNT_PER_CALL = 1000
+#: Entries asked of each ``HSCAN`` (a hint to Redis: about that many, well under a millisecond of its time).
+COUNT_PER_CALL = 200
 
 
 class MessageSweep:

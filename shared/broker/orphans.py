@@ -44,7 +44,7 @@ HEARTBEATS = f"{NAMESPACE}:__heartbeats__"
 
 #: Messages a call of the recovery script moves at most: each call's work stays bounded (a delay
 #: queue's ack set holds up to a thousand per worker thread).
-REQUEUE_BATCH = 200
+REQUEUE_BATCH = 100
 
 # KEYS: the ack set, the queue list, the queue's message hash, its wake-up list, the dead-letter
 # set and hash (``shared/broker/dead_letters.py``). ARGV: how many ids to take from the ack set at

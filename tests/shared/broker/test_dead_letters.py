@@ -68,7 +68,7 @@ def test_a_long_list_of_ids_is_dropped_in_bounded_commands(redis_client: redis.R
     ids = [make_job().id for _ in range(1_200)]
     store_dead_letters(redis_client, "q", ids)
     calls = calls_during(redis_client, lambda: drop_dead_letters(redis_client, NAMESPACE, "q", ids))
-    assert calls.get("zrem") == calls.get("hdel") == 3  # 500 ids per command
+    assert calls.get("zrem") == calls.get("hdel") == 12  # DROP_CHUNK ids per command
     assert not redis_client.exists(*dead_letter_keys(NAMESPACE, "q"))
 
 
