@@ -37,13 +37,14 @@ class WorkflowsResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self.submitter.max_body_bytes)
+        workflow_id = new_id()
         submission = Submission(
             request_id=req.context.request_id,
-            workflow_id=new_id(),
+            workflow_id=workflow_id,
             namespace=namespace_of(req),
             submitted_by=submitted_by(req),
         )
-        workflow, steps = self._build(body, submission)
+        workflow, steps = self._build(body, workflow_id, submission)
         if self.quotas is not None:
             self.quotas.admit(submission.namespace, len(steps))
         self.workflows.create(workflow, steps)
@@ -52,7 +53,7 @@ class WorkflowsResource:
         resp.set_header("Location", f"/v1/workflows/{workflow.id}")
         resp.media = workflow.to_api()
 
-    def _build(self, body: Any, submission: Submission) -> tuple[Workflow, list[Job]]:
+    def _build(self, body: Any, workflow_id: str, submission: Submission) -> tuple[Workflow, list[Job]]:
         errors: list[FieldError] = []
         if not isinstance(body, dict):
             raise InvalidInput("a workflow is a JSON object", [FieldError("/", "must be a JSON object")])
@@ -69,8 +70,6 @@ class WorkflowsResource:
             errors.append(FieldError("/callback", "a chord needs a callback job request"))
         if kind in ("chain", "group") and callback_request is not None:
             errors.append(FieldError("/callback", "only a chord has a callback"))
-        workflow_id = submission.workflow_id
-        assert workflow_id is not None  # for mypy: on_post gives it
         steps = [
             build_job(item, f"/steps/{i}", self.submitter.registry, submission, errors, held=kind == "chain" and i > 0)
             for i, item in enumerate(requests)
