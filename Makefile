@@ -54,6 +54,7 @@ bench: $(BENCH_STAMP) system-deps
 	$(BIN)/python -m bench.worker_memory --jobs 100000 --every 10000
 	$(BIN)/python -m bench.redelivery --repeats 5
 	$(BIN)/python -m bench.retention --rows 400000 --seconds 10
+	$(BIN)/python -m bench.redis_work --dead 1000000 --queued 1000000
 	$(BIN)/python -m bench.store_scale
 
 ## The same, small enough for two minutes.
@@ -66,6 +67,7 @@ bench-quick: $(BENCH_STAMP) system-deps
 	$(BIN)/python -m bench.worker_memory --jobs 20000 --every 2000
 	$(BIN)/python -m bench.redelivery --repeats 1
 	$(BIN)/python -m bench.retention --rows 50000 --seconds 2
+	$(BIN)/python -m bench.redis_work --dead 20000 --queued 20000
 	$(BIN)/python -m bench.store_scale --sizes 10000,100000 --requests 20
 
 ## The long form of the fault-injection suite: writes docs/reliability.md.

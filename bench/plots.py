@@ -188,6 +188,20 @@ def store_scale(record: Record) -> Figure:
     return fig
 
 
+def redis_work(record: Record) -> Figure:
+    fig, (ax,) = _figure(record, "Slowest Redis command per operation", width=9.0)
+    operations: list[dict[str, Any]] = record["operations"]
+    names = [item["name"] for item in operations]
+    ax.barh(range(len(names)), [item["slowest_ms"] for item in operations], color=COLORS[0])
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(record.get("target_ms", 50), color="#d62728", linestyle="--", linewidth=0.8, label="target")
+    ax.set_xlabel(f"ms ({record['dead']:,} dead letters, {record['queued']:,} queued)")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
 PLOTS: dict[str, Callable[[Record], Figure]] = {
     "worker_throughput": worker_throughput,
     "latency": latency,
@@ -197,6 +211,7 @@ PLOTS: dict[str, Callable[[Record], Figure]] = {
     "redelivery": redelivery,
     "retention": retention,
     "store_scale": store_scale,
+    "redis_work": redis_work,
 }
 
 
