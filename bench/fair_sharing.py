@@ -126,7 +126,9 @@ def drain_rate(args: argparse.Namespace, *, fair: bool) -> float:
             client = redis.Redis.from_url(server.url)
             worker, log_path = start_workers(tmp, server.url, database_url, args.processes, args.threads, fair=fair)
             try:
-                seconds = drain(partial(acked_pending, client), args.jobs, [worker], timeout_s=900, settle_s=0.0)
+                seconds = drain(
+                    partial(acked_pending, client), args.jobs, [worker], timeout_s=900, settle_s=0.0
+                ).seconds
                 if (counts := store_outcome(database_url)) != {"succeeded": args.jobs}:
                     raise RuntimeError(f"store counts {counts}, not {args.jobs} jobs succeeded once")
             except RuntimeError as exc:

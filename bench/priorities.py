@@ -27,7 +27,7 @@ import redis
 
 from bench.procs import kill_tree
 from bench.report import Output, add_output_argument, machine, summary
-from bench.worker_throughput import QUEUE, acked_pending, drain, noop_job, succeeded_once
+from bench.worker_throughput import QUEUE, acked_pending, drain, noop_job, store_outcome
 from shared.broker.publishing import build_broker, publish
 from shared.redis_server import RedisServer, free_port
 from shared.store.engine import create_store_engine, migrate
@@ -72,8 +72,8 @@ def run_once(n: int, processes: int, threads: int, *, mixed: bool, seed: int) ->
             with log_path.open("wb") as log:
                 worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
                 try:
-                    seconds = drain(partial(acked_pending, client), n, [worker], timeout_s=900, settle_s=0.0)
-                    if (counts := succeeded_once(database_url)) != {"succeeded": n}:
+                    seconds = drain(partial(acked_pending, client), n, [worker], timeout_s=900, settle_s=0.0).seconds
+                    if (counts := store_outcome(database_url)) != {"succeeded": n}:
                         raise RuntimeError(f"store counts {counts}, not {n} jobs succeeded once")
                 except RuntimeError as exc:
                     raise RuntimeError(f"{exc}\n{log_path.read_text()[-3000:]}") from exc
