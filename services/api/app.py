@@ -16,6 +16,7 @@ from services.api.resources.docs import add_docs
 from services.api.resources.health import HealthResource, ReadyResource
 from services.api.resources.jobs import (
     BatchResource,
+    JobAttemptsResource,
     JobCancelResource,
     JobResource,
     JobResultResource,
@@ -107,6 +108,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/jobs", JobsResource(submitter, quotas))
     app.add_route("/v1/jobs/batch", BatchResource(submitter, quotas))
     app.add_route("/v1/jobs/{job_id}", JobResource(store))
+    app.add_route("/v1/jobs/{job_id}/attempts", JobAttemptsResource(store))
     results = build_result_storage(settings.effective_result_storage_url)
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store, results))
     app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store, engine))

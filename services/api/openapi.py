@@ -263,12 +263,31 @@ def _schedule_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
     return out
 
 
-def _job_schema() -> Schema:
-    error = {
-        "type": "object",
-        "properties": {"type": STRING, "message": STRING, "retryable": BOOLEAN},
-        "required": ["type", "message"],
+#: A job's (or an attempt's) error; ``traceback`` for admin keys only.
+_ERROR = {
+    "type": "object",
+    "properties": {"type": STRING, "message": STRING, "retryable": BOOLEAN},
+    "required": ["type", "message"],
+}
+
+
+def _attempt_schema() -> Schema:
+    props: dict[str, Schema] = {
+        "attempt": {"type": "integer", "minimum": 1},
+        "worker": nullable({**STRING, "description": "The worker process that ran it."}),
+        "started_at": nullable(DATE_TIME),
+        "finished_at": DATE_TIME,
+        "duration_s": nullable(NUMBER),
+        "outcome": {"type": "string", "enum": ["succeeded", "retrying", "failed", "cancelled"]},
+        "error": nullable(_ERROR),
+        "next_attempt_at": nullable({**DATE_TIME, "description": "When a retried attempt's backoff ends."}),
+        "backoff_s": nullable({**NUMBER, "description": "From this attempt's end to the next one's start."}),
     }
+    return closed(props, props)
+
+
+def _job_schema() -> Schema:
+    error = _ERROR
     props: dict[str, Schema] = {
         "id": ID,
         "task": STRING,
@@ -378,6 +397,7 @@ def component_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
     return {
         "Problem": _problem_schema(),
         "Job": _job_schema(),
+        "AttemptList": closed({"items": {"type": "array", "items": _attempt_schema()}}, ["items"]),
         "JobPage": closed({"items": jobs, "next_cursor": nullable(STRING)}, ["items", "next_cursor"]),
         "JobBatchRequest": closed(
             {"jobs": {"type": "array", "items": ref("JobRequest"), "minItems": 1, "maxItems": MAX_BATCH}}, ["jobs"]

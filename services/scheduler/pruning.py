@@ -24,7 +24,7 @@ from shared.ids import id_lower_bound
 from shared.job import FINAL_STATUSES
 from shared.results import ResultStorage, result_reference
 from shared.store.engine import write_transaction
-from shared.store.models import jobs, workflows
+from shared.store.models import job_attempts, jobs, workflows
 from shared.store.workflows import WorkflowStatus
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,10 @@ class Pruner:
         handled = or_(plain, jobs.c.id.in_([row.id for row in keeping])) if keeping else plain
         with write_transaction(self.engine) as conn:
             done = conn.execute(delete(jobs).where(in_range, handled))
+            # Their attempt history goes with them (the id range on its primary key; a kept row keeps its own).
+            lower = () if after is None else (job_attempts.c.job_id > after,)
+            gone = ~exists().where(jobs.c.id == job_attempts.c.job_id)
+            conn.execute(delete(job_attempts).where(job_attempts.c.job_id <= last, *lower, gone))
         return done.rowcount, (last if found == limit else None)
 
 

@@ -209,12 +209,6 @@ class JobrelayStack:
         self.registry = TaskRegistry(engine, cache_s=0)
         self.registry.register(self.catalog.specs(), registered_by=OWNER)
         results = build_result_storage(self.settings.effective_result_storage_url)
-        writes = StatusWriter(self.store)
-        claims = Claims(self.store, writes, results, owner=OWNER, lease_s=self.settings.job_lease_s)
-        middleware: list[Any] = [claims]
-        self.broker = MemoryBroker(self.clock, middleware)
-        workflow_engine = WorkflowEngine(WorkflowStore(engine), self.store, self.registry, self.broker)  # type: ignore[arg-type]
-        workflows = WorkflowAdvance(claims, workflow_engine.advance)
         callbacks = Callbacks(
             self.catalog,
             self.registry,
@@ -222,10 +216,15 @@ class JobrelayStack:
             outbox_sent=self.store.outbox_sent,
         )
         callbacks.warn_unknown()
+        writes = StatusWriter(self.store, callbacks=callbacks)
+        claims = Claims(self.store, writes, results, owner=OWNER, lease_s=self.settings.job_lease_s)
+        middleware: list[Any] = [claims]
+        self.broker = MemoryBroker(self.clock, middleware)
+        workflow_engine = WorkflowEngine(WorkflowStore(engine), self.store, self.registry, self.broker)  # type: ignore[arg-type]
+        workflows = WorkflowAdvance(claims, workflow_engine.advance)
         self.outcomes = Outcomes(
-            self.store, writes, self.catalog, claims=claims, workflows=workflows, acker=None, owner=OWNER,
-            callbacks=callbacks,
-        )  # fmt: skip
+            self.store, writes, self.catalog, claims=claims, workflows=workflows, acker=None, owner=OWNER
+        )
         # NOTE: given resources replace the lifespans (fakes for tests): none are entered then.
         self.lifespans = WorkerLifespans(
             [] if resources is not None else (default_lifespans.lifespans() if lifespans is None else lifespans),

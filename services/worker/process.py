@@ -215,14 +215,6 @@ def build_worker_broker(
     publisher = build_broker(redis_url, fair_sharing=settings.fair_sharing)
     workflow_engine = WorkflowEngine(WorkflowStore(engine), store, TaskRegistry(engine), publisher)
     results = build_result_storage(settings.effective_result_storage_url)
-    writes = StatusWriter(_status_writer_store(settings, engine))
-    # What the supervisor reads: the attempts' limits while this process lives (``limits.py``),
-    # which attempts count if it dies (``held_jobs.py``).
-    held = HeldJobs(held_jobs_path(Path(settings.data_dir), owner), limits_of=catalog_limits(catalog))
-    claims = Claims(store, writes, results, owner=owner, lease_s=settings.job_lease_s, held=held)
-    workflows = WorkflowAdvance(claims, workflow_engine.advance)
-    ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
-    acker = Acker(ack_sets, on_final=workflows.ended)
     callback_broker = build_broker(redis_url, fair_sharing=settings.fair_sharing)
     callbacks = Callbacks(
         catalog,
@@ -234,9 +226,15 @@ def build_worker_broker(
         callbacks.warn_unknown()
     except Exception as exc:  # NOTE: a warning only; the registry may not be reachable yet.
         log.warning("could not check the callback tasks: %s", exc)
-    outcomes = Outcomes(
-        store, writes, catalog, claims=claims, workflows=workflows, acker=acker, owner=owner, callbacks=callbacks
-    )
+    writes = StatusWriter(_status_writer_store(settings, engine), callbacks=callbacks)
+    # What the supervisor reads: the attempts' limits while this process lives (``limits.py``),
+    # which attempts count if it dies (``held_jobs.py``).
+    held = HeldJobs(held_jobs_path(Path(settings.data_dir), owner), limits_of=catalog_limits(catalog))
+    claims = Claims(store, writes, results, owner=owner, lease_s=settings.job_lease_s, held=held)
+    workflows = WorkflowAdvance(claims, workflow_engine.advance)
+    ack_sets = AckSets(client, namespace=NAMESPACE, owner=owner)
+    acker = Acker(ack_sets, on_final=workflows.ended)
+    outcomes = Outcomes(store, writes, catalog, claims=claims, workflows=workflows, acker=acker, owner=owner)
     # NOTE: before the claim, so a job over a concurrency or rate limit is neither claimed nor
     # charged an attempt; its after hooks run last, giving the slot back once the outcome is recorded.
     flow = Flow(

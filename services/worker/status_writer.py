@@ -11,6 +11,7 @@ the worker thread waiting for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -19,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from services.worker.callbacks import Callbacks
 from shared.batches import take_batch
 from shared.job import JobStatus
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest
@@ -42,8 +44,12 @@ class _Pending:
 
 
 class StatusWriter:
-    def __init__(self, store: JobStoreProtocol, *, max_batch: int = 256) -> None:
+    """The one writer thread of a worker process; ``callbacks`` publishes the callback jobs it committed."""
+
+    def __init__(self, store: JobStoreProtocol, *, callbacks: Callbacks | None = None, max_batch: int = 256) -> None:
         self.store = store
+        #: The on_success / on_failure callbacks (None: none are submitted).
+        self.callbacks = callbacks
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobrelay-status-writer", daemon=True)
@@ -130,6 +136,12 @@ class StatusWriter:
                     self._queue.put(pending)
             return
         self._retry_delay_s = 0.05
+        if self.callbacks is not None:
+            for request, done in zip(finish_requests, finished, strict=True):
+                # NOTE: here, after the commit that wrote the callback's row and before its caller
+                # hears of it, whichever path the finish took (a refused outcome recorded failed
+                # brings a callback of its own).
+                self.callbacks.committed(request, done)
         answers = iter(claimed)
         for pending in claims:
             if isinstance(pending.request, list):
@@ -155,8 +167,26 @@ class StatusWriter:
                 "message": f"the store refused this job's outcome: {type(exc).__name__}: {exc}"[:2000],
                 "retryable": False,
             }
-            failed = FinishRequest(request.job_id, request.owner, JobStatus.FAILED, error=error)
+            fields = {} if self.callbacks is None else self.callbacks.failure_fields(self.store, request.job_id, error)
+            failed = FinishRequest(
+                request.job_id,
+                request.owner,
+                JobStatus.FAILED,
+                error=error,
+                attempt=request.attempt,
+                started_at=request.started_at,
+                **fields,
+            )
             self._commit([_Pending(failed, pending.future, pending.keep_trying)])
+            return
+        if isinstance(request, FinishRequest) and request.callback is not None:
+            # The failure itself may be fine and its callback's row what the store refuses.
+            log.error("job %s: the store refused its on_failure callback (%s); recording the failure alone",
+                      request.job_id, exc)  # fmt: skip
+            why = f"callback {request.callback.task!r} not submitted: the store refused it: {type(exc).__name__}: {exc}"
+            why = why[:2000]
+            alone = dataclasses.replace(request, callback=None, callback_outbox_id=None, callback_error=why)
+            self._commit([_Pending(alone, pending.future, pending.keep_trying)])
             return
         log.error("the store refused a write for good (%s: %s)", type(exc).__name__, exc)
         pending.future.set_exception(exc)

@@ -241,7 +241,9 @@ def record_lost(
         spec = registry.get(job.task)
         end = lost_attempt_end(job, spec, error_type=error_type, message=message, now=now)
         # A failure for good submits the task's on_failure callback in the same commit (the relay publishes it).
-        ends.append(replace(end, **callback_fields(spec, job, end.status, registry, error=end.error)))
+        callback = callback_fields(spec, job, end.status, registry, error=end.error)
+        # The lost attempt goes into the job's timeline like any other.
+        ends.append(replace(end, attempt=job.attempts, started_at=job.started_at, **callback))
     _, held = store.commit_batch([], ends)
     by_status = {JobStatus.RETRYING: lost.retrying, JobStatus.FAILED: lost.failed, JobStatus.CANCELLED: lost.cancelled}
     for job, end, recorded in zip(jobs, ends, held, strict=True):

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, select, update
+from sqlalchemy import Connection, Insert, Update, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from shared.job import FINAL_STATUSES, Job, JobStatus
-from shared.store.models import jobs
+from shared.job import FINAL_STATUSES, Job, JobStatus, rfc3339
+from shared.store.models import job_attempts, jobs
 from shared.store.sql import InList
 from shared.store.submissions import write_submission
 
@@ -63,6 +64,10 @@ class FinishRequest:
     callback: Job | None = None
     callback_outbox_id: str | None = None
     callback_error: str | None = None
+    #: The attempt this ends (its number and start, as claimed): recorded in ``job_attempts`` with
+    #: the finish, the job's timeline. None: no history row (a finish outside an attempt's path).
+    attempt: int | None = None
+    started_at: datetime | None = None
 
     @property
     def is_plain(self) -> bool:
@@ -110,6 +115,7 @@ def commit_attempts(
     for job_id, values in other_writes:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
     done = _finish_many(conn, finishes, now)
+    _record_attempts(conn, [finish for finish, written in zip(finishes, done, strict=True) if written], now)
     for finish, written in zip(finishes, done, strict=True):
         if written and finish.callback is not None:
             # NOTE: the callback's row and its outbox entry ride in the outcome's commit: the worker
@@ -200,6 +206,68 @@ def _check_written(
     status_of = {row.id: row.status for row in written}
     for i in indexes:
         done[i] = status_of.get(finishes[i].job_id) == finishes[i].status.value
+
+
+def attempt_row(request: FinishRequest, now: datetime) -> dict[str, Any]:
+    """The ``job_attempts`` row of a written finish (the API shows ``error`` as it shows the job's)."""
+    return {
+        "job_id": request.job_id,
+        "attempt": request.attempt,
+        "worker": request.owner,
+        "started_at": request.started_at,
+        "finished_at": now,
+        "outcome": request.status.value,
+        "error": request.error,
+        "next_attempt_at": request.next_attempt_at if request.status is JobStatus.RETRYING else None,
+    }
+
+
+def attempt_views(rows: Sequence[Mapping[str, Any]], *, traceback: bool = False) -> list[dict[str, Any]]:
+    """The ended attempts as the API shows them: each with its ``duration_s`` and the ``backoff_s``
+    before the next attempt started (None for the last, or one never followed); ``traceback`` as
+    for the job's own error (admin scope)."""
+    views = []
+    for index, row in enumerate(rows):
+        started, finished = row["started_at"], row["finished_at"]
+        after = rows[index + 1]["started_at"] if index + 1 < len(rows) else None
+        error = row["error"]
+        if error and not traceback:
+            error = {key: value for key, value in error.items() if key != "traceback"}
+        views.append(
+            {
+                "attempt": row["attempt"],
+                "worker": row["worker"],
+                "started_at": rfc3339(started),
+                "finished_at": rfc3339(finished),
+                "duration_s": None if started is None else round((finished - started).total_seconds(), 3),
+                "outcome": row["outcome"],
+                "error": error,
+                "next_attempt_at": rfc3339(row["next_attempt_at"]),
+                "backoff_s": None if after is None else round(max(0.0, (after - finished).total_seconds()), 3),
+            }
+        )
+    return views
+
+
+def _record_attempts(conn: Connection, written: Sequence[FinishRequest], now: datetime) -> None:
+    """The history rows of the batch's written finishes: one multi-row INSERT, in the finish's transaction."""
+    rows = [attempt_row(request, now) for request in written if request.attempt is not None]
+    if rows:
+        conn.execute(_attempt_insert(conn.dialect.name), rows)
+
+
+@functools.cache
+def _attempt_insert(dialect: str) -> Insert:
+    """INSERT of history rows that skips one written already.
+
+    NOTE: an attempt ends once (its finish needs the live lease), so a conflict is not expected; but a
+    history row must never make the store refuse the outcome it rides with.
+    """
+    if dialect == "postgresql":
+        return postgresql.insert(job_attempts).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(job_attempts).on_conflict_do_nothing()
+    return insert(job_attempts)
 
 
 def _finish_values(request: FinishRequest, now: datetime) -> dict[str, Any]:

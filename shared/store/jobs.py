@@ -17,7 +17,7 @@ from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, utcnow
 from shared.store.dead_letters import DeadLetters
 from shared.store.engine import write_transaction
 from shared.store.leases import Leases
-from shared.store.models import jobs
+from shared.store.models import job_attempts, jobs
 from shared.store.pages import JobFilter, Page, decode_cursor, encode_cursor, page_query
 from shared.store.submissions import _BY_KEYS_SELECT, Submissions, insert_job_rows
 
@@ -39,6 +39,12 @@ class JobStore(Submissions, Leases, DeadLetters):
         if row is None:
             raise NotFound(f"no job with id {job_id!r}")
         return Job.from_row(row)
+
+    def attempt_history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's ended attempts (``job_attempts`` rows), first first; see ``attempts.attempt_views``."""
+        query = select(job_attempts).where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.attempt)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def count_waiting(self, namespace: str | None) -> int:
         """How many jobs of ``namespace`` wait for a worker (queued, scheduled, retrying): its quota's measure."""

@@ -8,6 +8,7 @@ the watchdog's cancel check and the orphan recovery's reads and release of dead 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, utcnow
 from shared.store.attempts import Claim, ClaimRequest, FinishRequest, commit_attempts, unclaim
 from shared.store.engine import write_transaction
 from shared.store.models import jobs
+from shared.store.submissions import write_submission
 
 
 class Leases:
@@ -74,8 +76,19 @@ class Leases:
             done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(waiting)).values(**values))
             return bool(done.rowcount)
 
-    def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
-        """Fail a job whose message could not even be run (unknown task, undecodable): it is dead."""
+    def fail_undelivered(
+        self,
+        job_id: str,
+        error: dict[str, Any],
+        *,
+        callback: Job | None = None,
+        callback_outbox_id: str | None = None,
+        callback_error: str | None = None,
+    ) -> bool:
+        """Fail a job whose message could not even be run (unknown task, undecodable): it is dead.
+
+        Its on_failure ``callback`` rides in the same commit, as a finish's does.
+        """
         now = utcnow()
         with write_transaction(self.engine) as conn:
             done = conn.execute(
@@ -89,9 +102,14 @@ class Leases:
                     updated_at=now,
                     lease_owner=None,
                     lease_expires_at=None,
+                    callback_job_id=None if callback is None else callback.id,
+                    callback_error=callback_error,
                 )
             )
-        return done.rowcount == 1
+            failed = done.rowcount == 1
+            if failed and callback is not None:
+                write_submission(conn, [copy.copy(callback)], callback_outbox_id, ())
+        return failed
 
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         with write_transaction(self.engine) as conn:

@@ -25,7 +25,15 @@ from shared.clock import Clock, SystemClock
 from shared.errors import Conflict, NotFound
 from shared.ids import id_lower_bound
 from shared.job import FINAL_STATUSES, WAITING_STATUSES, Job, JobStatus, due_for_broker
-from shared.store.attempts import Claim, ClaimOutcome, ClaimRequest, FinishRequest, _finish_values, decide_claim
+from shared.store.attempts import (
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    FinishRequest,
+    _finish_values,
+    attempt_row,
+    decide_claim,
+)
 from shared.store.uniqueness import DEDUPLICATED, HOLDING
 
 _HOLDING = frozenset(JobStatus(status) for status in HOLDING)
@@ -43,6 +51,8 @@ class MemoryJobStore:
         self._rows: dict[str, Job] = {}
         #: Outbox entry id -> the ids of the jobs it lists.
         self._outbox: dict[str, list[str]] = {}
+        #: Job id -> attempt number -> its ``job_attempts`` row.
+        self._attempts: dict[str, dict[int, dict[str, Any]]] = {}
         self._lock = threading.RLock()
 
     # -- setting a test up and looking at the rows --------------------------
@@ -108,6 +118,11 @@ class MemoryJobStore:
                 raise NotFound(f"no job with id {job_id!r}")
             return copy.deepcopy(row)
 
+    def attempt_history(self, job_id: str) -> list[dict[str, Any]]:
+        """As ``JobStore.attempt_history``: the ended attempts of a job, first first."""
+        with self._lock:
+            return copy.deepcopy([row for _, row in sorted(self._attempts.get(job_id, {}).items())])
+
     def claim(self, job_id: str, *, owner: str, lease_s: float) -> Claim:
         return self.commit_batch([ClaimRequest(job_id, owner, lease_s)], [])[0][0]
 
@@ -160,6 +175,8 @@ class MemoryJobStore:
         if row is None or row.status is not JobStatus.RUNNING or row.lease_owner != request.owner:
             return False
         _write(row, copy.deepcopy(_finish_values(request, now)))
+        if request.attempt is not None:
+            self._attempts.setdefault(request.job_id, {}).setdefault(request.attempt, attempt_row(request, now))
         if request.callback is not None:
             # As in SQL: the callback's row (and its outbox entry) in the outcome's commit.
             self.insert([copy.deepcopy(request.callback)], outbox_id=request.callback_outbox_id)
@@ -202,7 +219,15 @@ class MemoryJobStore:
             row.updated_at = self.clock.now()
             return True
 
-    def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
+    def fail_undelivered(
+        self,
+        job_id: str,
+        error: dict[str, Any],
+        *,
+        callback: Job | None = None,
+        callback_outbox_id: str | None = None,
+        callback_error: str | None = None,
+    ) -> bool:
         with self._lock:
             row = self._rows.get(job_id)
             if row is None or row.status in FINAL_STATUSES:
@@ -211,6 +236,10 @@ class MemoryJobStore:
             row.status, row.error, row.dead = JobStatus.FAILED, copy.deepcopy(error), True
             row.finished_at = row.updated_at = now
             row.lease_owner = row.lease_expires_at = None
+            row.callback_job_id = None if callback is None else callback.id
+            row.callback_error = callback_error
+            if callback is not None:
+                self.insert([copy.deepcopy(callback)], outbox_id=callback_outbox_id)
             return True
 
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:

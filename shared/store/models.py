@@ -178,6 +178,23 @@ Index("ix_jobs_finished_at", jobs.c.finished_at, **_with_value(jobs.c.finished_a
 Index("ux_jobs_unique_key", jobs.c.unique_key, unique=True, sqlite_where=text(UNIQUE_HOLDING),
       postgresql_where=text(UNIQUE_HOLDING))  # fmt: skip
 
+#: One row per attempt that ended (issue #18): who ran it, when, how it ended and why. Written by the
+#: worker in the same statement group as the attempt's finish (``shared/store/attempts.py``), read by
+#: the job's timeline (``GET /v1/jobs/{id}/attempts``, the console's job page); pruned with its job.
+job_attempts = Table(
+    "job_attempts",
+    metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("worker", String(100), nullable=True),
+    Column("started_at", UtcDateTime, nullable=True),
+    Column("finished_at", UtcDateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error", JSON, nullable=True),
+    # A retried attempt's next try (its backoff ends then).
+    Column("next_attempt_at", UtcDateTime, nullable=True),
+)
+
 tasks = Table(
     "tasks",
     metadata,

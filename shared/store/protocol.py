@@ -46,8 +46,24 @@ class JobStoreProtocol(Protocol):
         """Record why a waiting job has not started (a flow limit); False when it no longer waits."""
         ...
 
-    def fail_undelivered(self, job_id: str, error: dict[str, Any]) -> bool:
-        """Fail for good (dead) a job whose message could not be run; False when it was final already."""
+    def get(self, job_id: str) -> Job:
+        """The job's row (``NotFound`` when there is none)."""
+        ...
+
+    def fail_undelivered(
+        self,
+        job_id: str,
+        error: dict[str, Any],
+        *,
+        callback: Job | None = None,
+        callback_outbox_id: str | None = None,
+        callback_error: str | None = None,
+    ) -> bool:
+        """Fail for good (dead) a job whose message could not be run; False when it was final already.
+
+        ``callback`` (its on_failure job, under outbox entry ``callback_outbox_id``) is written in the
+        same commit, or ``callback_error`` says why none was submitted.
+        """
         ...
 
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:

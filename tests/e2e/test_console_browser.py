@@ -154,6 +154,28 @@ def test_progress_bar_moves_live_until_succeeded(driver: WebDriver, stack: Stack
     assert "slept_s" in text_of(driver, "#result")
 
 
+def test_the_job_page_timeline_shows_every_attempt_and_the_backoff_between(driver: WebDriver, stack: Stack) -> None:
+    # Given a job that fails twice (each retried after its backoff) and succeeds on its third attempt
+    job_id = submit(stack, {"task": "diagnostics.fail", "args": {"succeed_on_attempt": 3}, "max_retries": 3})
+    stack.wait_job(job_id, {"succeeded"}, timeout_s=2 * WAIT_S)
+    # When an admin opens its page
+    login(driver, stack, ADMIN)
+    driver.get(f"{stack.base_url}/console/jobs/{job_id}")
+    wait_for(driver, lambda d: d.find_element(By.ID, "attempt-3"), "the third attempt on the timeline")
+    attempts = driver.find_elements(By.CSS_SELECTOR, "#timeline li.attempt")
+    # Then each attempt is there with its worker and outcome, the failures with their error and traceback
+    assert [a.get_attribute("data-outcome") for a in attempts] == ["retrying", "retrying", "succeeded"]
+    assert all(" on " in a.text for a in attempts)
+    assert "DiagnosticFailure: failing on purpose (attempt 1)" in attempts[0].text
+    assert "DiagnosticFailure: failing on purpose (attempt 2)" in attempts[1].text
+    # ... and the backoff waited before each retry
+    backoffs = driver.find_elements(By.CSS_SELECTOR, "#timeline li.backoff")
+    assert [b.text.split(" before ")[-1] for b in backoffs] == ["attempt 2", "attempt 3"]
+    attempts[0].find_element(By.TAG_NAME, "summary").click()
+    assert "Traceback" in wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "pre.traceback").text, "the trace")
+    shot(driver, "job-attempts")
+
+
 def test_cancel_a_running_job_from_its_page(driver: WebDriver, stack: Stack) -> None:
     login(driver, stack, WRITER)
     job_id = submit(stack, {"task": "diagnostics.sleep", "args": {"seconds": 60}})

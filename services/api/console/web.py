@@ -217,6 +217,8 @@ def build_templates() -> jinja2.Environment:
     env.filters["when"] = _when
     env.filters["ago"] = _ago
     env.filters["duration"] = _duration
+    # The end of a traceback: where it was raised and why, the part a reader looks for.
+    env.filters["excerpt"] = lambda text, chars=1500: text if len(text) <= chars else "…" + text[-chars:]
     env.filters["rfc3339"] = rfc3339
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
     env.filters["qs"] = lambda values: urllib.parse.urlencode({k: v for k, v in values.items() if v})

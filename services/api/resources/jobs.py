@@ -10,7 +10,7 @@ from typing import Any
 import falcon
 
 from services.api.body import read_json
-from services.api.middleware import namespace_of, submitted_by, visible
+from services.api.middleware import namespace_of, sees_tracebacks, submitted_by, visible
 from services.api.quotas import Quotas
 from services.api.tenancy import job_view, stored_schedule_id
 from shared import metrics
@@ -18,6 +18,7 @@ from shared.broker.queues import drop_dead_letters
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
 from shared.results import ResultStorage, result_reference
+from shared.store.attempts import attempt_views
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.uniqueness import DEDUPLICATED
 from shared.submission.submitter import Submitter
@@ -182,6 +183,21 @@ class JobResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         resp.media = job_view(req, visible(req, self.store.get(job_id)))
+
+
+class JobAttemptsResource:
+    """The job's ended attempts, its timeline: who ran each, when, how it ended, the backoff after."""
+
+    scopes = {"GET": "read"}
+    namespaced = True
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        visible(req, self.store.get(job_id))
+        items = attempt_views(self.store.attempt_history(job_id), traceback=sees_tracebacks(req))
+        resp.media = {"items": items}
 
 
 class JobResultResource:

@@ -112,6 +112,8 @@ OPERATIONS: tuple[Operation, ...] = (
               links={"GetFirstJob": ("getJob", "job_id", "$response.body#/jobs/0/id")}),
     Operation("getJob", "/v1/jobs/{job_id}", "get", "Read a job", "read", {200: "Job", 404: "NotFound"},
               params=(JOB_ID,)),
+    Operation("getJobAttempts", "/v1/jobs/{job_id}/attempts", "get", "The job's ended attempts, first first", "read",
+              {200: "AttemptList", 404: "NotFound"}, params=(JOB_ID,)),
     Operation("getJobResult", "/v1/jobs/{job_id}/result", "get", "The result with its content type; 404 until then",
               "read", {200: _RESULT, 404: "NotFound"}, params=(JOB_ID,)),
     Operation("cancelJob", "/v1/jobs/{job_id}/cancel", "post", "Cancel a job", "write",

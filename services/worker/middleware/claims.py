@@ -22,6 +22,7 @@ from typing import Any
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
+from services.worker.callbacks import fail_undelivered
 from services.worker.context import JobContext, enter_job, leave_job
 from services.worker.held_jobs import HeldJobs
 from services.worker.outages import persist
@@ -164,7 +165,7 @@ class Claims(Middleware):
             log.exception("could not claim job %s; dead-lettering its delivery", message.message_id)
             error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "retryable": False}
             try:
-                self.store.fail_undelivered(message.message_id, error)
+                fail_undelivered(self.store, self.writes.callbacks, message.message_id, error)
             except Exception:
                 log.exception("could not record the failed claim of job %s", message.message_id)
             attempt = self.current(message)

@@ -27,7 +27,7 @@ from dramatiq.middleware import Middleware
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from services.worker.acker import Acker
-from services.worker.callbacks import Callbacks
+from services.worker.callbacks import fail_undelivered
 from services.worker.middleware.claims import Attempt, Claims
 from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.outages import deliver, persist
@@ -125,7 +125,6 @@ class Outcomes(Middleware):
         workflows: WorkflowAdvance,
         acker: Acker | None,
         owner: str,
-        callbacks: Callbacks | None = None,
     ) -> None:
         self.store = store
         self.writes = writes
@@ -135,8 +134,8 @@ class Outcomes(Middleware):
         #: Succeeded jobs are acked after their commit, off the worker thread (None: at once).
         self.acker = acker
         self.owner = owner
-        #: The on_success / on_failure callbacks (None: none are submitted).
-        self.callbacks = callbacks
+        #: The on_success / on_failure callbacks (None: none are submitted); the writer publishes them.
+        self.callbacks = writes.callbacks
         #: Jobs whose failure for good was recorded here and whose nack has not been seen yet
         #: (``after_nack`` must not record them again).
         self._failed_here: set[str] = set()
@@ -212,7 +211,7 @@ class Outcomes(Middleware):
             return
         error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "retryable": False}
         try:
-            if self.store.fail_undelivered(message.message_id, error):
+            if fail_undelivered(self.store, self.callbacks, message.message_id, error):
                 metrics.jobs_failed_total.labels(message.actor_name, message.queue_name).inc()
                 log.error("job %s dead-lettered without running: %s", message.message_id, error["message"])
         except Exception:
@@ -250,21 +249,20 @@ class Outcomes(Middleware):
         False when there is no acker (the caller commits it now)."""
         if self.acker is None:
             return False
-        request = FinishRequest(job.id, self.owner, status, **fields)
+        request = FinishRequest(job.id, self.owner, status, **self._attempt_of(job), **fields)
         committed = self.writes.finish_later(request)
-        if self.callbacks is not None and request.callback is not None:
-            callbacks = self.callbacks
-            committed.add_done_callback(lambda done: callbacks.committed(request, done))
         self.acker.defer(message.options["redis_message_id"], committed, job, dead=status is JobStatus.FAILED)
         return True
 
     def _finish(self, job: Job, status: JobStatus, **fields: Any) -> bool:
         """Record the end of this attempt, waiting out a store outage; False if the lease was lost."""
-        request = FinishRequest(job.id, self.owner, status, **fields)
-        written = persist(lambda: self.writes.finish(request))
-        if self.callbacks is not None and request.callback is not None:
-            self.callbacks.committed(request, written)
-        return written
+        request = FinishRequest(job.id, self.owner, status, **self._attempt_of(job), **fields)
+        return persist(lambda: self.writes.finish(request))
+
+    @staticmethod
+    def _attempt_of(job: Job) -> dict[str, Any]:
+        """The attempt a finish ends, for the job's history (``job_attempts``): as claimed."""
+        return {"attempt": job.attempts, "started_at": job.started_at}
 
     def _callback(
         self, job: Job, status: JobStatus, *, result: Any = None, error: dict[str, Any] | None = None

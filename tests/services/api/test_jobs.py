@@ -15,8 +15,10 @@ from services.api.app import create_app
 from services.scheduler.relay import relay
 from services.worker.tasks import load_task_modules
 from shared.broker.publishing import build_broker
+from shared.ids import new_id
 from shared.job import JobStatus, utcnow
 from shared.settings import Settings
+from shared.store.attempts import ClaimRequest, FinishRequest
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.tasks import TaskRegistry
@@ -349,3 +351,32 @@ def test_a_failed_jobs_traceback_is_shown_to_admin_keys_only(client: testing.Tes
                 "retryable": False,
             }
             assert ("traceback" in body["error"]) is shown, (token, body["error"])
+
+
+def test_a_jobs_attempts_are_listed_with_tracebacks_for_admin_keys_only(
+    client: testing.TestClient, store: JobStore
+) -> None:
+    # Given a job whose first attempt failed and was retried, and whose second succeeded
+    job = make_job()
+    store.insert([job])
+    error = {"type": "OSError", "message": "down", "retryable": True, "traceback": "File /srv/app/task.py"}
+    for status, fields in ((JobStatus.RETRYING, {"error": error}), (JobStatus.SUCCEEDED, {"result": 1})):
+        [claim], _ = store.commit_batch([ClaimRequest(job.id, "host:1", 30)], [])
+        assert claim.job is not None
+        end = FinishRequest(
+            job.id, "host:1", status, attempt=claim.job.attempts, started_at=claim.job.started_at, **fields
+        )
+        store.commit_batch([], [end])
+    # When a read key and an admin key read its attempts
+    for token, shown in ((READER, False), (ADMIN, True)):
+        body = client.simulate_get(f"/v1/jobs/{job.id}/attempts", headers={"Authorization": f"Bearer {token}"}).json
+        # Then both attempts are listed in order, the traceback only for the admin
+        assert [(a["attempt"], a["outcome"], a["worker"]) for a in body["items"]] == [
+            (1, "retrying", "host:1"),
+            (2, "succeeded", "host:1"),
+        ]
+        assert ("traceback" in body["items"][0]["error"]) is shown
+        assert body["items"][0]["backoff_s"] is not None and body["items"][1]["duration_s"] is not None
+    # An unknown job is a 404, as for GET /v1/jobs/{id}
+    missing = client.simulate_get(f"/v1/jobs/{new_id()}/attempts")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"

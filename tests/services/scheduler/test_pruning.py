@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from services.scheduler.pruning import PruneLimits, Pruner
 from services.scheduler.ticks import tick_job_id
@@ -20,7 +20,7 @@ from shared.job import JobStatus, utcnow
 from shared.redis_server import free_port
 from shared.results import DirectoryStorage, ResultStorage, build_result_storage, result_reference
 from shared.store.jobs import JobFilter, JobStore
-from shared.store.models import jobs
+from shared.store.models import job_attempts, jobs
 from shared.store.workflows import Workflow, WorkflowStatus, WorkflowStore
 from tests.conftest import s3_client
 from tests.shared.store.test_jobs import make_job
@@ -81,6 +81,11 @@ def test_prune_deletes_old_finished_jobs_their_files_and_dead_letters(
     finish(engine, recent.id, JobStatus.SUCCEEDED, DAY)
     with engine.begin() as conn:
         conn.execute(update(jobs).where(jobs.c.id == running.id).values(status=JobStatus.RUNNING.value))
+        # Each finished job has its attempt's history row
+        conn.execute(insert(job_attempts), [
+            {"job_id": job.id, "attempt": 1, "finished_at": utcnow() - 8 * DAY, "outcome": "succeeded"}
+            for job in (*old, recent)
+        ])  # fmt: skip
 
     # When pruning with a retention of a week, in batches of two
     pruned = pruner(engine, results, redis_client, batch_rows=2, pause_s=0).run()
@@ -91,6 +96,8 @@ def test_prune_deletes_old_finished_jobs_their_files_and_dead_letters(
     assert left == {recent.id, running.id, fresh.id}
     assert not (tmp_path / "results" / result_reference(with_file.id)).exists()
     assert redis_client.hlen(bodies) == 0 and redis_client.zcard(dead_letters) == 0
+    # ... and with their attempt history, the kept job's history kept
+    assert store.attempt_history(recent.id) != [] and all(store.attempt_history(job.id) == [] for job in old)
     assert pruner(engine, results, redis_client).run() == 0
 
 

@@ -105,6 +105,11 @@ def test_success_and_failure_for_good_each_submit_one_callback_job(
         "job_id": flaky.id,
         "error": {"type": "RuntimeError", "message": "always down", "retryable": True},
     }
+    # Each attempt is in the job's history, written by the worker with its finish
+    history = store.attempt_history(flaky.id)
+    assert [(a["attempt"], a["outcome"]) for a in history] == [(1, "retrying"), (2, "retrying"), (3, "failed")]
+    assert all(a["worker"] and a["started_at"] <= a["finished_at"] for a in history)
+    assert [a["outcome"] for a in store.attempt_history(later.id)] == ["retrying", "succeeded"]
     # A non-retryable failure: at once
     assert finished[refused.id].attempts == 1
     assert callbacks[refused.id].args["error"]["type"] == "Refused"
@@ -150,3 +155,28 @@ def test_a_cancelled_job_submits_no_callback(
         store.cancel(job.id)
         cancelled = harness.wait(job.id)
     assert cancelled.status is JobStatus.CANCELLED and cancelled.callback_job_id is None
+
+
+def test_a_job_dead_lettered_without_running_submits_its_on_failure_callback(
+    worker_settings: Settings, store: JobStore, registry: TaskRegistry
+) -> None:
+    # Given: a task another worker registered, with an on_failure callback, that this worker lacks
+    here = callback_catalog()
+    elsewhere = Catalog()
+
+    @elsewhere.task(name="cb.elsewhere", time_limit_s=10, on_failure="cb.record")
+    def elsewhere_only() -> None:
+        raise AssertionError("never runs on this worker")
+
+    registry.register([*here.specs(), *elsewhere.specs()], registered_by="tests")
+    with running_harness(worker_settings, here, store, registry) as harness:
+        # When: its job reaches this worker, which dead-letters the message (fail_undelivered)
+        job = harness.submit({"task": "cb.elsewhere", "args": {}})
+        failed = harness.wait(job.id)
+        callback = harness.wait(failed.callback_job_id or "")
+
+    # Then: the job failed for good without running, and its callback ran with the error it shows
+    assert failed.status is JobStatus.FAILED and failed.dead and failed.attempts <= 1
+    assert failed.error is not None and failed.error["type"] == "ActorNotFound"
+    assert callback.task == "cb.record" and callback.status is JobStatus.SUCCEEDED
+    assert callback.args == {"job_id": job.id, "error": failed.error}

@@ -6,11 +6,15 @@ import time
 
 from sqlalchemy import text
 
+from services.worker.callbacks import Callbacks
 from services.worker.status_writer import StatusWriter
-from shared.job import JobStatus
+from shared.ids import new_id
+from shared.job import Job, JobStatus
 from shared.store.attempts import FinishRequest
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
+from shared.store.tasks import TaskRegistry
+from tests.services.worker.test_callbacks import callback_catalog
 from tests.shared.store.test_engine import write_lock_held_elsewhere
 from tests.shared.store.test_jobs import make_job
 
@@ -78,3 +82,65 @@ def test_a_finish_on_a_connection_the_server_dropped_commits_on_a_fresh_one(requ
         writer.stop()
         admin.dispose()
         engine.dispose()
+
+
+def _writer_with_callbacks(sqlite_url: str) -> tuple[JobStore, StatusWriter, list[Job]]:
+    """A store, and a writer whose callbacks are those of ``callback_catalog``, publishing into a list."""
+    engine = create_store_engine(sqlite_url)
+    migrate(engine)
+    store = JobStore(engine)
+    catalog = callback_catalog()
+    registry = TaskRegistry(engine, cache_s=0)
+    registry.register(catalog.specs(), registered_by="tests")
+    published: list[Job] = []
+    callbacks = Callbacks(catalog, registry, publish=published.extend, outbox_sent=store.outbox_sent)
+    return store, StatusWriter(store, callbacks=callbacks), published
+
+
+def _running(store: JobStore, task: str, args: dict[str, object]) -> Job:
+    job = make_job(task=task, args=args)
+    store.insert([job])
+    store.claim(job.id, owner=OWNER, lease_s=30)
+    return job
+
+
+def test_an_outcome_the_store_refuses_is_recorded_failed_with_its_on_failure_callback(sqlite_url: str) -> None:
+    store, writer, published = _writer_with_callbacks(sqlite_url)
+    # Given a running job whose task has an on_failure callback
+    job = _running(store, "cb.works", {"value": 1})
+    try:
+        # When its success carries a result the store cannot encode (the writer's fallback path)
+        done = writer.finish_later(FinishRequest(job.id, OWNER, JobStatus.SUCCEEDED, result={"x": object()}))
+        assert done.result(timeout=10) is True
+    finally:
+        writer.stop()
+    # Then it is failed for good, and its on_failure callback was written in that commit and published
+    failed = store.get(job.id)
+    assert failed.status is JobStatus.FAILED and failed.error and failed.error["type"] == "OutcomeNotStored"
+    assert failed.callback_job_id is not None and failed.callback_error is None
+    callback = store.get(failed.callback_job_id)
+    assert callback.task == "cb.record" and callback.args == {"job_id": job.id, "error": failed.error}
+    assert [sent.id for sent in published] == [callback.id]
+
+
+def test_a_failure_whose_callback_the_store_refuses_is_recorded_alone_saying_why(sqlite_url: str) -> None:
+    store, writer, published = _writer_with_callbacks(sqlite_url)
+    job = _running(store, "cb.refused", {})
+    unstorable = make_job(task="cb.record", args={"job_id": job.id, "error": object()})
+    error = {"type": "Refused", "message": "no", "retryable": False}
+    try:
+        # When a failure for good comes with a callback row the store refuses
+        request = FinishRequest(
+            job.id, OWNER, JobStatus.FAILED, error=error, callback=unstorable, callback_outbox_id=new_id()
+        )
+        assert writer.finish_later(request).result(timeout=10) is True
+    finally:
+        writer.stop()
+    # Then the failure stands, no callback job exists, and the job says why
+    failed = store.get(job.id)
+    assert failed.status is JobStatus.FAILED and failed.error == error and failed.callback_job_id is None
+    assert failed.callback_error == (
+        "callback 'cb.record' not submitted: the store refused it: TypeError: "
+        "Object of type object is not JSON serializable"
+    )
+    assert published == []

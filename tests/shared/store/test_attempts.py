@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from shared.job import JobStatus
-from shared.store.attempts import ClaimOutcome, ClaimRequest, FinishRequest
+from datetime import timedelta
+
+from shared.job import JobStatus, rfc3339, utcnow
+from shared.store.attempts import ClaimOutcome, ClaimRequest, FinishRequest, attempt_views
 from shared.store.jobs import JobStore
 from tests.shared.store.test_jobs import make_job
 
@@ -83,3 +85,57 @@ def test_a_claim_of_a_job_the_same_owner_holds_says_so(store: JobStore) -> None:
     assert again.outcome is ClaimOutcome.OWNED and again.job is not None and again.job.attempts == 1
     assert other.outcome is ClaimOutcome.DUPLICATE
     assert store.get(job.id).attempts == 1
+
+
+def _run_attempt(store: JobStore, job_id: str, owner: str, status: JobStatus, **fields: object) -> bool:
+    """Claim the job for one attempt and finish it as the worker does (attempt number and start given)."""
+    [claim], _ = store.commit_batch([ClaimRequest(job_id, owner, 30)], [])
+    assert claim.outcome is ClaimOutcome.CLAIMED and claim.job is not None
+    request = FinishRequest(
+        job_id,
+        owner,
+        status,
+        attempt=claim.job.attempts,
+        started_at=claim.job.started_at,
+        **fields,  # type: ignore[arg-type]
+    )
+    return store.commit_batch([], [request])[1][0]
+
+
+def test_each_ended_attempt_is_recorded_with_its_finish_and_shown_with_its_backoff(store: JobStore) -> None:
+    # Given a job that fails once (retried after a backoff), then succeeds on another worker
+    job = make_job()
+    store.insert([job])
+    error = {"type": "OSError", "message": "down", "retryable": True, "traceback": "Traceback ..."}
+    retry_at = utcnow() + timedelta(seconds=5)
+    assert _run_attempt(store, job.id, "w1", JobStatus.RETRYING, error=error, next_attempt_at=retry_at)
+    assert _run_attempt(store, job.id, "w2", JobStatus.SUCCEEDED, result="ok")
+    # When its history is read and shown
+    rows = store.attempt_history(job.id)
+    views = attempt_views(rows)
+    # Then each attempt has its worker, times, outcome and error; the traceback only when asked
+    assert [(v["attempt"], v["worker"], v["outcome"]) for v in views] == [(1, "w1", "retrying"), (2, "w2", "succeeded")]
+    assert views[0]["error"] == {"type": "OSError", "message": "down", "retryable": True}
+    assert attempt_views(rows, traceback=True)[0]["error"] == error
+    assert views[0]["next_attempt_at"] == rfc3339(retry_at) and views[1]["next_attempt_at"] is None
+    assert views[1]["error"] is None
+    first, second = rows
+    assert views[0]["backoff_s"] == round((second["started_at"] - first["finished_at"]).total_seconds(), 3)
+    assert views[1]["backoff_s"] is None
+    assert views[1]["duration_s"] == round((second["finished_at"] - second["started_at"]).total_seconds(), 3)
+    assert second["started_at"] == store.get(job.id).started_at
+
+
+def test_a_finish_that_lost_its_lease_leaves_no_attempt_row(store: JobStore) -> None:
+    # Given a job w1 claimed, whose lease passed to w2
+    job = make_job()
+    store.insert([job])
+    [claim], _ = store.commit_batch([ClaimRequest(job.id, "w1", 30)], [])
+    assert claim.job is not None
+    store.release_leases_of(["w1"])
+    store.claim(job.id, owner="w2", lease_s=30)
+    # When w1's late finish arrives
+    late = FinishRequest(job.id, "w1", JobStatus.SUCCEEDED, attempt=1, started_at=claim.job.started_at)
+    assert store.commit_batch([], [late])[1] == [False]
+    # Then the history holds nothing of it (w2's attempt is still running)
+    assert store.attempt_history(job.id) == []

@@ -15,6 +15,7 @@ from services.api.console.web import Page, field, form, redirect
 from shared.errors import FieldError, InvalidInput, NotFound
 from shared.job import JobStatus
 from shared.results import result_reference
+from shared.store.attempts import attempt_views
 from shared.store.jobs import JobFilter
 from shared.tracing import trace_id_of
 
@@ -142,7 +143,17 @@ class JobPage(Page):
         trace_id = trace_id_of(job.traceparent)
         traces_url = self.console.traces_url
         trace_url = traces_url.replace("{trace_id}", trace_id) if traces_url and trace_id else None
-        self.render(req, resp, template, job=job, error=error, progress=_progress(job.progress), trace_url=trace_url)
+        attempts = _attempts(self.console.store.attempt_history(job_id), traceback=viewer.allows("admin"))
+        self.render(req, resp, template, job=job, error=error, progress=_progress(job.progress), trace_url=trace_url,
+                    attempts=attempts)  # fmt: skip
+
+
+def _attempts(rows: list[dict[str, Any]], *, traceback: bool) -> list[dict[str, Any]]:
+    """The ended attempts for the timeline: the rows' times, with the API's error, duration and backoff."""
+    return [
+        {**row, **{key: view[key] for key in ("error", "duration_s", "backoff_s")}}
+        for row, view in zip(rows, attempt_views(rows, traceback=traceback), strict=True)
+    ]
 
 
 def _progress(progress: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import redis
 
 from shared.broker.workers import describe_worker
 from shared.job import JobStatus, utcnow
+from shared.store.attempts import ClaimRequest, FinishRequest
 from shared.store.jobs import JobFilter, JobStore
 from shared.store.schedules import ScheduleStore
 from tests.services.api.conftest import ADMIN
@@ -121,6 +122,35 @@ def test_job_page_shows_arguments_progress_error_and_result(admin: Browser, stor
     assert "&#34;answer&#34;: 42" in shown.text and 'data-state="final"' in shown.text
     assert admin.get(f"/console/jobs/{done.id}/result").json == {"answer": 42}
     assert admin.get("/console/jobs/0193aaaa-0000-7000-8000-000000000000").status_code == 404
+
+
+def test_job_page_timeline_shows_each_attempt_its_error_and_the_backoff_between(
+    admin: Browser, reader: Browser, store: JobStore
+) -> None:
+    # Given a job whose first attempt failed on one worker and was retried, then succeeded on another
+    job = make_job()
+    store.insert([job])
+    error = {"type": "OSError", "message": "mail server down", "retryable": True,
+             "traceback": "Traceback (most recent call last):\n  File task.py\nOSError: mail server down"}  # fmt: skip
+    ends = ((JobStatus.RETRYING, "hostA:11", {"error": error}), (JobStatus.SUCCEEDED, "hostB:22", {"result": 1}))
+    for status, owner, fields in ends:
+        [claim], _ = store.commit_batch([ClaimRequest(job.id, owner, 30)], [])
+        assert claim.job is not None
+        store.commit_batch(
+            [], [FinishRequest(job.id, owner, status, attempt=claim.job.attempts, started_at=claim.job.started_at,
+                               **fields)]  # type: ignore[arg-type]
+        )  # fmt: skip
+    # When an admin opens its page
+    page = admin.get(f"/console/jobs/{job.id}").text
+    # Then each attempt is on the timeline with its worker, outcome and error, and the backoff between them
+    assert re.search(r'id="attempt-1" data-outcome="retrying">\s*attempt 1 on <code>hostA:11</code>', page)
+    assert re.search(r'id="attempt-2" data-outcome="succeeded">\s*attempt 2 on <code>hostB:22</code>', page)
+    assert "<b>OSError</b>: mail server down" in page
+    assert "backoff: waited" in page and "before attempt 2" in page
+    assert 'class="traceback"' in page
+    # A read key sees the error, not the traceback
+    shown = reader.get(f"/console/jobs/{job.id}").text
+    assert "<b>OSError</b>: mail server down" in shown and 'class="traceback"' not in shown
 
 
 def test_cancel_and_retry_buttons(writer: Browser, store: JobStore) -> None:
