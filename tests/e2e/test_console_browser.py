@@ -171,9 +171,10 @@ def test_the_job_page_timeline_shows_every_attempt_and_the_backoff_between(drive
     # ... and the backoff waited before each retry
     backoffs = driver.find_elements(By.CSS_SELECTOR, "#timeline li.backoff")
     assert [b.text.split(" before ")[-1] for b in backoffs] == ["attempt 2", "attempt 3"]
+    # NOTE: the shot before the traceback opens: its file paths are this machine's.
+    shot(driver, "job-attempts")
     attempts[0].find_element(By.TAG_NAME, "summary").click()
     assert "Traceback" in wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "pre.traceback").text, "the trace")
-    shot(driver, "job-attempts")
 
 
 def test_cancel_a_running_job_from_its_page(driver: WebDriver, stack: Stack) -> None:
