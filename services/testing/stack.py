@@ -11,8 +11,21 @@ deterministic. Retries, delays and backoffs wait on the virtual clock: ``advance
 it, and a retry due in 30 s runs at once after ``advance(30)``; the schedules made through the API
 tick on it too (the scheduler's own ``Runner`` fires them at each ``advance``).
 
-NOTE: Flow limits (concurrency, rate limits) need Redis and are not enforced here; the
-supervisor's hard limits and process isolation are process matters, not modelled either.
+Flow limits are enforced by the worker's own ``Flow`` middleware, its Redis-backed slots and rate
+buckets swapped for twins in memory on the virtual clock (``services/testing/flow.py``): a job over
+its rate is ``scheduled`` with ``deferred`` and runs once ``advance()`` passes its token. The
+supervisor's hard limits and process isolation are process matters, not modelled.
+
+NOTE: the store is SQLite in a temporary directory, not ``MemoryJobStore`` nor an in-memory SQLite
+database. The twin (``shared/store/memory.py``) has the worker's half of the store only (claims,
+finishes, leases, outbox): the real API app also lists with keyset cursors and filters, reads dead
+letters, workflows, schedules, the task registry, pauses and quotas, and a second implementation of
+each would be one more thing the parity suite must hold level. An in-memory SQLite database cannot
+serve the stack's threads (the API's group-commit writer and outbox thread, the worker's status
+writer): one shared connection would interleave their transactions, and a shared-cache memory
+database answers "database table is locked" at once, even to readers, where a file's WAL lets
+readers on and makes writers wait out the busy timeout. A temporary file runs the very SQL
+production runs and is removed by ``close()``.
 """
 
 from __future__ import annotations
@@ -37,17 +50,20 @@ from falcon import testing as falcon_testing
 
 from services.api.app import create_app
 from services.scheduler.runner import Runner
+from services.testing.flow import MemoryRateBuckets, MemorySlots
 from services.worker.callbacks import Callbacks
 from services.worker.context import use_settings
 from services.worker.lifespans import WorkerLifespans
 from services.worker.middleware.claims import Claims
 from services.worker.middleware.event_loop import AsyncTasks
+from services.worker.middleware.flow import Flow
 from services.worker.middleware.outcomes import Outcomes
 from services.worker.middleware.results import Results
 from services.worker.middleware.workflows import WorkflowAdvance
 from services.worker.process import declare_actors
 from services.worker.status_writer import StatusWriter
 from services.worker.tasks import load_task_modules
+from shared.broker.bands import new_redis_id
 from shared.broker.publishing import publish
 from shared.catalog import Catalog
 from shared.client import JobrelayClient, error_for_response
@@ -124,6 +140,8 @@ class MemoryBroker(StubBroker):
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
         # NOTE: the JSON round trip a real broker makes: a task sees its args as they were encoded.
         message = dramatiq.Message.decode(message.encode())
+        # Each delivery's own id, as Redis gives one (the flow limits track slots by it).
+        message.options["redis_message_id"] = new_redis_id(message.options.get("priority"))
         self.seen.add(message.message_id)
         heapq.heappush(self._due, (self.clock.now_ms() + max(0, delay or 0), next(self._order), message))
         return message
@@ -218,7 +236,19 @@ class JobrelayStack:
         callbacks.warn_unknown()
         writes = StatusWriter(self.store, callbacks=callbacks)
         claims = Claims(self.store, writes, results, owner=OWNER, lease_s=self.settings.job_lease_s)
-        middleware: list[Any] = [claims]
+        # The worker's Flow, first as in a worker, its slots and rate buckets in memory on the virtual clock.
+        flow = Flow(
+            self.catalog,
+            client=None,
+            store=self.store,
+            claims_ahead=claims.reservations,
+            owner=OWNER,
+            namespace="jobrelay-testing",
+            slot_ttl_s=self.settings.job_lease_s,
+            slots=MemorySlots(lambda body: self.broker.enqueue(dramatiq.Message.decode(body))),
+            buckets=MemoryRateBuckets(self.clock.now_ms),
+        )
+        middleware: list[Any] = [flow, claims]
         self.broker = MemoryBroker(self.clock, middleware)
         workflow_engine = WorkflowEngine(WorkflowStore(engine), self.store, self.registry, self.broker)  # type: ignore[arg-type]
         workflows = WorkflowAdvance(claims, workflow_engine.advance)

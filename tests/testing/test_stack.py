@@ -86,3 +86,45 @@ def test_a_schedule_ticks_on_the_virtual_clock(jobrelay_stack: JobrelayStack) ->
     assert jobrelay_stack.drain() == 2
     fired = jobrelay_stack.client.list(schedule_id="every-minute")["items"]
     assert [(job["status"], job["result"]) for job in fired] == [("succeeded", 4)] * (1 + ran_before // 2)
+
+
+@task(name="testing_mode.rated", max_retries=0, time_limit_s=10, rate_limit="2/m")
+def rated(n: int) -> int:
+    """At most two starts a minute."""
+    return n
+
+
+@task(name="testing_mode.single", max_retries=0, time_limit_s=10, concurrency=1)
+def single(n: int) -> int:
+    """One at a time."""
+    return n
+
+
+def test_a_rate_limit_defers_jobs_on_the_virtual_clock(jobrelay_stack: JobrelayStack) -> None:
+    # Given: three jobs of a task limited to two starts a minute (one token every 30 s)
+    ids = [jobrelay_stack.submit(rated, {"n": n}) for n in range(3)]
+    # When: they are drained
+    jobrelay_stack.drain()
+    # Then: the first runs, the others are scheduled for their reserved tokens, 30 s apart
+    views = [jobrelay_stack.job(job_id) for job_id in ids]
+    assert [view["status"] for view in views] == ["succeeded", "scheduled", "scheduled"]
+    assert [view["deferred"]["reason"] for view in views[1:]] == ["rate_limit", "rate_limit"]
+    second, third = (datetime.fromisoformat(view["deferred"]["until"]) for view in views[1:])
+    assert 29.9 <= (third - second).total_seconds() <= 30.1
+    # And each runs once the clock passes its token, not before
+    jobrelay_stack.advance(30)
+    jobrelay_stack.drain()
+    assert [jobrelay_stack.job(job_id)["status"] for job_id in ids] == ["succeeded", "succeeded", "scheduled"]
+    jobrelay_stack.advance(30)
+    jobrelay_stack.drain()
+    assert [jobrelay_stack.job(job_id)["result"] for job_id in ids] == [0, 1, 2]
+
+
+def test_a_concurrency_limit_gives_each_jobs_slot_back(jobrelay_stack: JobrelayStack) -> None:
+    # Given: three jobs of a task that runs one at a time
+    ids = [jobrelay_stack.submit(single, {"n": n}) for n in range(3)]
+    # When: they are drained, one after the other
+    assert jobrelay_stack.drain() == 3
+    # Then: each took the one slot and gave it back, so all ran, none deferred
+    views = [jobrelay_stack.job(job_id) for job_id in ids]
+    assert [(view["status"], view["deferred"]) for view in views] == [("succeeded", None)] * 3

@@ -26,12 +26,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import dramatiq
 import redis
 from dramatiq.broker import Broker, MessageProxy
-from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware, SkipMessage
 
 from services.worker.outages import deliver, persist
@@ -39,8 +38,8 @@ from services.worker.slot_pool import HeldSlot, SlotPool
 from shared import metrics
 from shared.broker.bands import new_redis_id
 from shared.catalog import Catalog, TaskSpec
-from shared.flow.buckets import RATE_TICKET, RateBuckets
-from shared.flow.limits import FlowLimits
+from shared.flow.buckets import RATE_TICKET, RateBuckets, Token
+from shared.flow.limits import FlowLimits, Rate
 from shared.flow.slots import Bucket, ConcurrencySlots, Waiting, holder_name
 from shared.store.protocol import JobStoreProtocol
 
@@ -55,29 +54,58 @@ class GivesBack(Protocol):
     def give_back(self, redis_message_ids: Sequence[str]) -> None: ...
 
 
+class Slots(Protocol):
+    """A concurrency limit's slots (``ConcurrencySlots`` in Redis; the test mode's twin in memory)."""
+
+    def acquire(self, bucket: Bucket, *, owner: str, redis_message_id: str, waiting: Waiting | None = None) -> int: ...
+
+    def release(self, bucket: Bucket, *, holder: str = "", owner: str = "") -> int: ...
+
+    def renew(self, held: Iterable[tuple[Bucket, str]]) -> None: ...
+
+    def pump(self) -> int: ...
+
+
+class Buckets(Protocol):
+    """A rate limit's tokens (``RateBuckets`` in Redis; the test mode's twin on its virtual clock)."""
+
+    max_reserve_ms: int
+
+    def take(self, bucket: str, rate: Rate) -> Token: ...
+
+
 class Flow(Middleware):
-    """Listed first: before the claim, and its after hooks (which give the slot back) run last."""
+    """Listed first: before the claim, and its after hooks (which give the slot back) run last.
+
+    Its slots and buckets live in Redis through ``client``, unless ``slots`` and ``buckets`` are given.
+    """
 
     def __init__(
         self,
         catalog: Catalog,
         *,
-        client: redis.Redis,
+        client: redis.Redis | None,
         store: JobStoreProtocol,
         claims_ahead: GivesBack,
         owner: str,
         namespace: str,
         slot_ttl_s: float,
+        slots: Slots | None = None,
+        buckets: Buckets | None = None,
     ) -> None:
         self.limits: dict[str, FlowLimits] = {}
         for spec in catalog.specs():
             limits = spec.limits()
             if limits.any:
                 self.limits[spec.name] = limits
-        self.slots = ConcurrencySlots(client, namespace=namespace, ttl_s=slot_ttl_s)
-        self.buckets = RateBuckets(client)
+        if (slots is None or buckets is None) and client is None:
+            raise ValueError("Flow needs a Redis client, or both its slots and its buckets")
+        self.slots: Slots = slots or ConcurrencySlots(cast(redis.Redis, client), namespace=namespace, ttl_s=slot_ttl_s)
+        self.buckets: Buckets = buckets or RateBuckets(cast(redis.Redis, client))
         #: Slots of jobs that ended here, kept for the next job of their bucket while none waits.
-        self.pool = SlotPool(self.slots, owner=owner, keep=KEEP_PER_BUCKET)
+        # NOTE: the pool's thread reads the waiting lists in Redis: with slots given it is never started,
+        # and a pool never started keeps no slot (``put`` says so), so it only passes them through.
+        self.pool = SlotPool(cast(ConcurrencySlots, self.slots), owner=owner, keep=KEEP_PER_BUCKET)
         self.store = store
         self.claims_ahead = claims_ahead
         self.owner = owner
@@ -99,7 +127,8 @@ class Flow(Middleware):
 
     def start(self) -> None:
         """Start keeping the slots of ended jobs for the next ones (once the worker runs)."""
-        if any(limits.concurrency is not None for limits in self.limits.values()):
+        limited = any(limits.concurrency is not None for limits in self.limits.values())
+        if limited and isinstance(self.slots, ConcurrencySlots):
             self.pool.start()
 
     def close(self) -> None:
@@ -135,7 +164,7 @@ class Flow(Middleware):
             if not token.now:
                 if held is not None:
                     self._release(held)
-                self._defer_for_rate(broker, message, token.wait_ms if token.reserved else None)
+                self._defer_for_rate(broker, message, token)
                 raise SkipMessage()
         if held is not None:
             with self._lock:
@@ -192,15 +221,16 @@ class Flow(Middleware):
 
     # -- rate ---------------------------------------------------------------------
 
-    def _defer_for_rate(self, broker: Broker, message: MessageProxy, wait_ms: int | None) -> None:
+    def _defer_for_rate(self, broker: Broker, message: MessageProxy, token: Token) -> None:
         """Send a copy of the message to the delay queue: with its token reserved, or to try again later."""
         self._give_back(message.options["redis_message_id"])
-        delay_ms = wait_ms if wait_ms is not None else self.buckets.max_reserve_ms
+        delay_ms = token.wait_ms if token.reserved else self.buckets.max_reserve_ms
         options = {k: v for k, v in message.options.items() if k not in ("eta", "redis_message_id", RATE_TICKET)}
-        if wait_ms is not None:
+        if token.reserved:
             options[RATE_TICKET] = delay_ms
         later = _copy(message, options)
-        until_ms = current_millis() + delay_ms
+        # NOTE: on the buckets' clock (Redis's TIME, the one clock of the rate; the test mode's virtual one).
+        until_ms = token.now_ms + delay_ms
         self._note(message, {"reason": "rate_limit", "until_ms": until_ms}, scheduled=True)
         # The current message is acked after the skip hooks: its copy is in Redis first.
         deliver(lambda: broker.enqueue(later, delay=delay_ms))
