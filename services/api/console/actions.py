@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from shared.broker.pausing import mirror_pause, mirror_resume
 from shared.broker.queues import drop_dead_letters
 from shared.errors import Conflict, FieldError, InvalidInput, JobrelayError, NotFound
-from shared.ids import new_id
 from shared.job import utcnow
 from shared.schedules.definition import next_run_after_change, parse_schedule
 from shared.store.pauses import QueuePauses
 from shared.store.schedules import DEFINITION_FIELDS, Schedule, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.submission.submitter import Submitter
-from shared.submission.validation import build_scheduled_job
 from shared.workflows import WorkflowEngine
 
 
@@ -108,20 +106,6 @@ def change_schedule(
         return current
     updated.next_run_at = next_run_after_change(updated, current, utcnow())
     return schedules.replace(updated, expected_version=current.version)
-
-
-def trigger_now(submitter: Submitter, schedule: Schedule) -> str:
-    """One job of the schedule's task and arguments now, outside its trigger; its id."""
-    job = build_scheduled_job(
-        submitter.registry,
-        job_id=new_id(),
-        schedule_id=schedule.id,
-        task=schedule.task,
-        args=schedule.args,
-        namespace=schedule.namespace,
-    )
-    [(stored, _created)] = submitter.submit([job])
-    return stored.id
 
 
 def switch_queue(submitter: Submitter, pauses: QueuePauses, queue: str, *, pause: bool, by: str) -> None:

@@ -21,7 +21,7 @@ from services.api.middleware import namespace_of
 from services.api.tenancy import job_view, own_schedule, schedule_view, stored_schedule_id
 from shared.errors import Conflict, FieldError, InvalidInput, NotFound
 from shared.ids import new_id
-from shared.job import utcnow
+from shared.job import Job, utcnow
 from shared.schedules.definition import next_run_after_change, parse_schedule
 from shared.store.schedules import DEFINITION_FIELDS, Schedule, ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
@@ -139,20 +139,26 @@ class ScheduleTriggerResource:
         self.submitter = submitter
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, schedule_id: str) -> None:
-        schedule = find_own(req, self.schedules, schedule_id)
-        if schedule.source == ScheduleSource.BUILTIN:
-            # NOTE: housekeeping runs inside the scheduler leader, not as a task any worker has.
-            raise Conflict(f"schedule {schedule_id!r} is built in: the scheduler runs it, it cannot be triggered")
-        # A task no worker registers (any more) is a 422 from build_scheduled_job, naming it.
-        job = build_scheduled_job(
-            self.submitter.registry,
-            job_id=new_id(),
-            schedule_id=schedule.id,
-            task=schedule.task,
-            args=schedule.args,
-            namespace=schedule.namespace,
-        )
-        [(stored, _created)] = self.submitter.submit([job])
+        stored = trigger_now(self.submitter, find_own(req, self.schedules, schedule_id), shown_id=schedule_id)
         resp.status = falcon.HTTP_202
         resp.set_header("Location", f"/v1/jobs/{stored.id}")
         resp.media = job_view(req, stored)
+
+
+def trigger_now(submitter: Submitter, schedule: Schedule, *, shown_id: str | None = None) -> Job:
+    """One job of the schedule's task and arguments now, outside its timing (the API's and the console's)."""
+    if schedule.source == ScheduleSource.BUILTIN:
+        # NOTE: housekeeping runs inside the scheduler leader, not as a task any worker has.
+        name = shown_id or schedule.id
+        raise Conflict(f"schedule {name!r} is built in: the scheduler runs it, it cannot be triggered")
+    # A task no worker registers (any more) is a 422 from build_scheduled_job, naming it.
+    job = build_scheduled_job(
+        submitter.registry,
+        job_id=new_id(),
+        schedule_id=schedule.id,
+        task=schedule.task,
+        args=schedule.args,
+        namespace=schedule.namespace,
+    )
+    [(stored, _created)] = submitter.submit([job])
+    return stored

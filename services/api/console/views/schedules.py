@@ -9,9 +9,10 @@ from typing import Any
 import falcon
 from cron_descriptor import ExpressionDescriptor, FormatError, Options
 
-from services.api.console.actions import change_schedule, trigger_now
+from services.api.console.actions import change_schedule
 from services.api.console.queries import recent_fires
 from services.api.console.web import Page, field, redirect
+from services.api.resources.schedules import trigger_now
 from shared.errors import FieldError, InvalidInput, JobrelayError
 from shared.job import utcnow
 from shared.schedules.triggers import build_trigger, first_tick_after
@@ -86,8 +87,8 @@ class SchedulePage(Page):
             change_schedule(console.schedules, console.registry, current, {"enabled": action == "resume"})
             redirect(resp, f"/console/schedules/{schedule_id}")
         elif action == "trigger":
-            job_id = trigger_now(console.submitter, current)
-            redirect(resp, f"/console/jobs/{job_id}")
+            job = trigger_now(console.submitter, current)
+            redirect(resp, f"/console/jobs/{job.id}")
         elif action == "edit":
             try:
                 body = _edit_body(req)
