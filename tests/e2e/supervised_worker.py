@@ -1,4 +1,8 @@
-"""``jobrelay worker`` as real processes (its supervisor, its children) on a private Redis and SQLite."""
+"""``jobrelay worker`` as real processes (its supervisor, its children) on a private Redis and SQLite.
+
+The harness of every test of a whole supervised worker: ``tests/e2e/test_limits.py``,
+``tests/services/worker/test_supervisor.py`` and ``test_flow.py``.
+"""
 
 from __future__ import annotations
 
@@ -117,7 +121,8 @@ def start_worker(
         log_path=log_path,
     )
     try:
-        deadline = time.monotonic() + 30
+        # NOTE: a whole minute: children importing the task modules on a loaded machine take a while.
+        deadline = time.monotonic() + 60
         while not (len(worker.children()) == processes and (tmp_path / "worker-alive").exists()):
             assert process.poll() is None and time.monotonic() < deadline, worker.log()
             time.sleep(0.05)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,16 +14,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.broker.publishing import build_broker
 from shared.errors import FieldError
 from shared.flow.slots import WAITING_BUCKETS, ConcurrencySlots
 from shared.job import Job, JobStatus
 from shared.redis_server import free_port
-from shared.store.engine import create_store_engine
 from shared.store.jobs import JobStore
-from shared.store.tasks import TaskRegistry
 from shared.submission.submitter import Submitter
 from shared.submission.validation import Submission, build_job
+from tests.e2e.supervised_worker import SupervisedWorker, start_worker
 
 #: The crash-recovery bound: a dead worker's slots are free, and their waiters started, within it.
 CRASH_BOUND_S = 20.0
@@ -62,13 +58,23 @@ class Events:
 
 @dataclass
 class FlowWorkers:
-    process: subprocess.Popen[bytes]
-    store: JobStore
-    submitter: Submitter
+    """The supervised worker (``tests/e2e/supervised_worker.py``), with its Redis, metrics and task events."""
+
+    worker: SupervisedWorker
     client: redis.Redis
     metrics_url: str
     events: Events
-    log_path: Path
+
+    @property
+    def store(self) -> JobStore:
+        return self.worker.store
+
+    @property
+    def submitter(self) -> Submitter:
+        return self.worker.submitter
+
+    def log(self) -> str:
+        return self.worker.log()
 
     def submit(self, task: str, args: dict, count: int = 1) -> list[Job]:
         jobs = []
@@ -97,67 +103,26 @@ class FlowWorkers:
         )
         return sum(float(value) for value in re.findall(pattern, text, flags=re.MULTILINE))
 
-    def children(self) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if (entry / "stat").read_text().split()[3] == str(self.process.pid):
-                        found.append(int(entry.name))
-                except (OSError, IndexError):
-                    continue
-        return found
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-4000:]
-
 
 @pytest.fixture
 def workers(redis_url: str, tmp_path: Path) -> Iterator[FlowWorkers]:
     """``jobrelay worker`` with 2 processes x 4 threads on queue ``flow``, stopped by its own PID."""
-    database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
     metrics_bind = f"127.0.0.1:{free_port()}"
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "DATA_DIR": str(tmp_path),
-        "TASK_MODULES": "tests.services.worker.flow_tasks",
-        "WORKER_METRICS_BIND": metrics_bind,
-        "LOG_JSON": "off",
-    }
-    log_path = tmp_path / "worker.log"
-    command = [sys.executable, "-m", "services.cli", "worker", "--queues", "flow", "--processes", "2"]
-    process = subprocess.Popen(
-        [*command, "--threads", "4", "--grace", "5"], env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+    worker = start_worker(
+        redis_url,
+        tmp_path,
+        task_modules="tests.services.worker.flow_tasks",
+        queues="flow",
+        processes=2,
+        threads=4,
+        extra_env={"WORKER_METRICS_BIND": metrics_bind},
     )
-    engine = create_store_engine(database_url)
     client = redis.Redis.from_url(redis_url)
     try:
-        run = FlowWorkers(
-            process=process,
-            store=JobStore(engine),
-            submitter=Submitter(JobStore(engine), TaskRegistry(engine, cache_s=0), build_broker(redis_url), 1 << 20),
-            client=client,
-            metrics_url=f"http://{metrics_bind}/metrics",
-            events=Events(tmp_path / "events.txt"),
-            log_path=log_path,
-        )
-        deadline = time.monotonic() + 60
-        while not (len(run.children()) == 2 and (tmp_path / "worker-alive").exists()):
-            assert process.poll() is None and time.monotonic() < deadline, run.log()
-            time.sleep(0.05)
-        yield run
+        yield FlowWorkers(worker, client, f"http://{metrics_bind}/metrics", Events(tmp_path / "events.txt"))
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        worker.stop()
         client.close()
-        engine.dispose()
 
 
 def _ran_once(job: Job) -> bool:

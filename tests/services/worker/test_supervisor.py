@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,106 +15,27 @@ from dramatiq import Message
 from services.worker.supervisor import MAX_RESTART_DELAY_S, restart_delay_s
 from shared.broker.dead_letters import dead_letter_keys
 from shared.broker.orphans import HEARTBEATS, requeue_orphans
-from shared.broker.publishing import NAMESPACE, build_broker
-from shared.errors import FieldError
+from shared.broker.publishing import NAMESPACE
 from shared.job import Job, JobStatus
-from shared.redis_server import free_port
-from shared.store.engine import create_store_engine
-from shared.store.jobs import JobStore
-from shared.store.tasks import TaskRegistry
-from shared.submission.submitter import Submitter
-from shared.submission.validation import Submission, build_job
+from tests.e2e.supervised_worker import SupervisedWorker, start_worker
 
 #: Longest a job beside a crashing one may wait: one worker process's restart (on a loaded machine).
 RESTART_BOUND_S = 8.0
 
 
-@dataclass
-class WorkerRun:
-    process: subprocess.Popen[bytes]
-    store: JobStore
-    submitter: Submitter
-    data_dir: Path
-    log_path: Path
-
-    def submit(self, body: dict) -> Job:
-        errors: list[FieldError] = []
-        job = build_job(body, "", self.submitter.registry, Submission(), errors)
-        assert job is not None, errors
-        return self.submitter.submit([job])[0][0]
-
-    def wait(self, job_id: str, until: Callable[[Job], bool], timeout_s: float) -> Job:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = self.store.get(job_id)
-            if until(job):
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} is {job.status} after {timeout_s}s:\\n{self.log()}")
-            time.sleep(0.02)
-
-    def children(self) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if (entry / "stat").read_text().split()[3] == str(self.process.pid):
-                        found.append(int(entry.name))
-                except (OSError, IndexError):
-                    continue
-        return found
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-3000:]
+#: The supervised worker of these tests (``tests/e2e/supervised_worker.py``).
+WorkerRun = SupervisedWorker
 
 
 @pytest.fixture
 def worker_run(redis_url: str, tmp_path: Path) -> Iterator[WorkerRun]:
-    database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "DATA_DIR": str(tmp_path),
-        "TASK_MODULES": "tests.services.worker.tasks_for_tests",
-        "WORKER_METRICS_BIND": f"127.0.0.1:{free_port()}",
-        "LOG_JSON": "off",
-    }
-    log_path = tmp_path / "worker.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "worker",
-            "--queues",
-            "default,testing",
-            "--threads",
-            "2",
-            "--grace",
-            "5",
-        ],
-        env=env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
+    run = start_worker(
+        redis_url, tmp_path, task_modules="tests.services.worker.tasks_for_tests", queues="default,testing"
     )
-    engine = create_store_engine(database_url)
-    run = WorkerRun(
-        process=process,
-        store=JobStore(engine),
-        submitter=Submitter(JobStore(engine), TaskRegistry(engine, cache_s=0), build_broker(redis_url), 1 << 20),
-        data_dir=tmp_path,
-        log_path=log_path,
-    )
-    deadline = time.monotonic() + 30
-    while not (run.children() and (tmp_path / "worker-alive").exists()):
-        assert process.poll() is None and time.monotonic() < deadline, run.log()
-        time.sleep(0.05)
-    yield run
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    engine.dispose()
+    try:
+        yield run
+    finally:
+        run.stop()
 
 
 def test_cancelling_a_running_job_interrupts_it_within_two_seconds(worker_run: WorkerRun) -> None:
