@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from functools import partial
@@ -31,11 +29,11 @@ from pathlib import Path
 
 import redis
 
-from bench.procs import kill_tree
+from bench.procs import bench_worker
 from bench.report import Output, add_output_argument, machine, summary
 from bench.worker_throughput import acked_pending, drain, noop_job, store_outcome
 from shared.broker.publishing import build_broker, publish
-from shared.redis_server import RedisServer, free_port
+from shared.redis_server import RedisServer
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
 
@@ -66,30 +64,17 @@ def run_once(task: str, n: int, processes: int, threads: int, args_of: dict[str,
         database_url = f"sqlite:///{tmp}/jobs.db"
         try:
             preload(server.url, database_url, task, n, args)
-            env = {**os.environ, "REDIS_URL": server.url, "DATA_DIR": tmp, "LOG_LEVEL": "WARNING",
-                   "DATABASE_URL": database_url, "TASK_MODULES": "bench.flow_tasks",
-                   "WORKER_METRICS_BIND": f"127.0.0.1:{free_port()}"}  # fmt: skip
-            command = [sys.executable, "-m", "services.cli", "worker", "--queues", "bench",
-                       "--processes", str(processes), "--threads", str(threads)]  # fmt: skip
             client = redis.Redis.from_url(server.url)
-            log_path = Path(tmp) / "workers.log"
-            with log_path.open("wb") as log:
-                worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-                try:
-                    if args_of:
-                        # NOTE: a deferred job's message leaves the queue for the delay queue, so the
-                        # queue's message hash empties early: a limited run ends when the store says so.
-                        seconds = all_succeeded(database_url, n, worker, timeout_s=900)
-                    else:
-                        seconds = drain(
-                            partial(acked_pending, client), n, [worker], timeout_s=900, settle_s=0.0
-                        ).seconds
-                    if (counts := store_outcome(database_url)) != {"succeeded": n}:
-                        raise RuntimeError(f"store counts {counts}, not {n} jobs succeeded once")
-                except RuntimeError as exc:
-                    raise RuntimeError(f"{task}: {exc}\n{log_path.read_text()[-3000:]}") from exc
-                finally:
-                    kill_tree(worker)
+            with bench_worker(tmp, server.url, database_url, task_modules="bench.flow_tasks", queue="bench",
+                              processes=processes, threads=threads, label=f"{task}: ") as worker:  # fmt: skip
+                if args_of:
+                    # NOTE: a deferred job's message leaves the queue for the delay queue, so the
+                    # queue's message hash empties early: a limited run ends when the store says so.
+                    seconds = all_succeeded(database_url, n, worker, timeout_s=900)
+                else:
+                    seconds = drain(partial(acked_pending, client), n, [worker], timeout_s=900, settle_s=0.0).seconds
+                if (counts := store_outcome(database_url)) != {"succeeded": n}:
+                    raise RuntimeError(f"store counts {counts}, not {n} jobs succeeded once")
             client.close()
             events = [line.split() for line in record.read_text().splitlines()] if record.exists() else []
             return {"jobs_per_s": n / seconds, "events": [(e, float(at)) for e, at, _ in events]}

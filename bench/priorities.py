@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 from dataclasses import replace
 from functools import partial
@@ -25,11 +22,11 @@ from pathlib import Path
 
 import redis
 
-from bench.procs import kill_tree
+from bench.procs import bench_worker
 from bench.report import Output, add_output_argument, machine, summary
 from bench.worker_throughput import QUEUE, acked_pending, drain, noop_job, store_outcome
 from shared.broker.publishing import build_broker, publish
-from shared.redis_server import RedisServer, free_port
+from shared.redis_server import RedisServer
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
 
@@ -63,22 +60,11 @@ def run_once(n: int, processes: int, threads: int, *, mixed: bool, seed: int) ->
                 bands = [client.llen(f"dramatiq:{QUEUE}" + ("" if b == 0 else f".P{b}")) for b in range(10)]
                 if min(bands) == 0:
                     raise RuntimeError(f"a band is empty: {bands}")
-            env = {**os.environ, "REDIS_URL": server.url, "DATA_DIR": tmp, "LOG_LEVEL": "WARNING",
-                   "DATABASE_URL": database_url, "TASK_MODULES": "bench.noop_tasks",
-                   "WORKER_METRICS_BIND": f"127.0.0.1:{free_port()}"}  # fmt: skip
-            command = [sys.executable, "-m", "services.cli", "worker", "--queues", QUEUE,
-                       "--processes", str(processes), "--threads", str(threads)]  # fmt: skip
-            log_path = Path(tmp) / "workers.log"
-            with log_path.open("wb") as log:
-                worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-                try:
-                    seconds = drain(partial(acked_pending, client), n, [worker], timeout_s=900, settle_s=0.0).seconds
-                    if (counts := store_outcome(database_url)) != {"succeeded": n}:
-                        raise RuntimeError(f"store counts {counts}, not {n} jobs succeeded once")
-                except RuntimeError as exc:
-                    raise RuntimeError(f"{exc}\n{log_path.read_text()[-3000:]}") from exc
-                finally:
-                    kill_tree(worker)
+            with bench_worker(tmp, server.url, database_url, task_modules="bench.noop_tasks", queue=QUEUE,
+                              processes=processes, threads=threads) as worker:  # fmt: skip
+                seconds = drain(partial(acked_pending, client), n, [worker], timeout_s=900, settle_s=0.0).seconds
+                if (counts := store_outcome(database_url)) != {"succeeded": n}:
+                    raise RuntimeError(f"store counts {counts}, not {n} jobs succeeded once")
             client.close()
             return n / seconds
         finally:

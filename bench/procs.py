@@ -6,8 +6,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from shared.redis_server import free_port
 
 PROC = Path("/proc")
 
@@ -115,3 +119,36 @@ def kill_tree(process: subprocess.Popen[bytes]) -> None:
     for pid in tree:
         kill_hard(pid)
     process.wait()
+
+
+@contextlib.contextmanager
+def bench_worker(
+    tmp: str | Path,
+    redis_url: str,
+    database_url: str,
+    *,
+    task_modules: str,
+    queue: str,
+    processes: int,
+    threads: int,
+    label: str = "",
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``jobrelay worker`` on a bench's private Redis and store, its log in ``tmp``; killed with its tree after.
+
+    A ``RuntimeError`` raised inside (a drain that timed out, counts that are off) comes out with
+    the end of the workers' log, prefixed by ``label``.
+    """
+    env = {**os.environ, "REDIS_URL": redis_url, "DATA_DIR": str(tmp), "LOG_LEVEL": "WARNING",
+           "DATABASE_URL": database_url, "TASK_MODULES": task_modules,
+           "WORKER_METRICS_BIND": f"127.0.0.1:{free_port()}"}  # fmt: skip
+    command = [sys.executable, "-m", "services.cli", "worker", "--queues", queue,
+               "--processes", str(processes), "--threads", str(threads)]  # fmt: skip
+    log_path = Path(tmp) / "workers.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield worker
+        except RuntimeError as exc:
+            raise RuntimeError(f"{label}{exc}\n{log_path.read_text()[-3000:]}") from exc
+        finally:
+            kill_tree(worker)
