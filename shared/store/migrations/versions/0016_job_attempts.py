@@ -1,7 +1,7 @@
 """Attempt history: one row per attempt that ended, for the job's timeline (issue #18).
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from shared.store.models import UtcDateTime
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
