@@ -15,21 +15,8 @@ import redis
 from dramatiq.common import current_millis
 
 from shared.broker.dead_letters import dead_letter_keys
+from shared.broker.dispatch import ACK
 from shared.broker.waking import acks_key
-
-#: Dramatiq's "ack" (dispatch.lua) for many messages of one queue: out of the worker's ack set, then
-#: out of the queue's message hash. KEYS: the ack set, the message hash; ARGV: redis message ids.
-_ACK_MANY = """
-local acked = 0
-for _, message_id in ipairs(ARGV) do
-    if redis.call("srem", KEYS[1], message_id) > 0 then
-        redis.call("hdel", KEYS[2], message_id)
-        acked = acked + 1
-    end
-end
-return acked
-"""
-
 
 #: Dramatiq's "nack" (dispatch.lua) for many messages of one queue: out of the worker's ack set and the
 #: queue's message hash, into its dead letters under their job ids (``shared/broker/dead_letters.py``),
@@ -91,7 +78,7 @@ class AckSets:
         for queue_name, redis_message_id in acks:
             by_queue.setdefault(queue_name, []).append(redis_message_id)
         if self._ack_script is None:
-            self._ack_script = self.client.register_script(_ACK_MANY)
+            self._ack_script = self.client.register_script(ACK)
         for queue_name, ids in by_queue.items():
             keys = [self.key(queue_name), f"{self.namespace}:{queue_name}.msgs"]
             self._ack_script(keys=keys, args=ids)

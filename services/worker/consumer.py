@@ -103,7 +103,6 @@ class WorkerBroker(WakingRedisBroker):
             fetch = self._fetches[queue_name] = BandedFetch(
                 self.client,
                 namespace=self.namespace,
-                worker_id=self.broker_id,
                 acks=self.ack_sets.key(queue_name),
                 queue_name=queue_name,
             )
@@ -111,7 +110,7 @@ class WorkerBroker(WakingRedisBroker):
 
     def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
         if is_delay_queue(queue_name):
-            return self._dispatch("fetch")(queue_name, prefetch)
+            return super().do_fetch(queue_name, prefetch)
         return self.fetch_banded(queue_name, prefetch) or []
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> _WakingConsumer:

@@ -38,7 +38,6 @@ lane). With no namespace waiting the fetch is the single-lane one.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis
@@ -157,17 +156,16 @@ local function list_of(queue_key, id)
 end
 """
 
-# KEYS: the queue's list (band 0), its message hash, the worker's ack set, the heartbeats, the fairness
-# state hash, the paused flag, the lanes set. ARGV: how many at most, the worker id, the time in ms,
-# FAIR_EVERY. Returns false while paused, else the bodies of the messages taken (moved into the ack
-# set), as Dramatiq's fetch does (a missing body is nil). NOTE: the band and lane lists are derived
-# from KEYS[1] inside the script, as Dramatiq's dispatch script derives its keys: fine on one Redis,
-# not on a cluster.
+# KEYS: the queue's list (band 0), its message hash, the worker's ack set, the fairness state hash, the
+# paused flag, the lanes set. ARGV: how many at most, FAIR_EVERY. Returns false while paused, else the
+# bodies of the messages taken (moved into the ack set), as Dramatiq's fetch does (a missing body is
+# nil). NOTE: the band and lane lists, many and changing, are derived from KEYS[1] inside the script:
+# named after the queue's key, they share its hash slot wherever its key does (on a cluster, the hash
+# tag). The worker's heartbeat is its heartbeat thread's write, not the fetch's (a global key).
 FETCH = """
-if redis.call('exists', KEYS[6]) == 1 then return false end
-redis.call('zadd', KEYS[4], ARGV[3], ARGV[2])
+if redis.call('exists', KEYS[5]) == 1 then return false end
 local want = tonumber(ARGV[1])
-local every = tonumber(ARGV[4])
+local every = tonumber(ARGV[2])
 local ids = {}
 
 -- Up to n ids of one lane (prefix: its band 0 list) into ids, highest band first but a lower band
@@ -196,7 +194,7 @@ local function take(lane, prefix, n)
     end
     local band, k = top, n - taken
     if lower and not loaded then
-      local state = redis.call('hmget', KEYS[5], sfield, tfield)
+      local state = redis.call('hmget', KEYS[4], sfield, tfield)
       streak, turn, loaded = tonumber(state[1]) or 0, tonumber(state[2]) or 0, true
     end
     if not lower then
@@ -218,18 +216,18 @@ local function take(lane, prefix, n)
     for _, id in ipairs(got) do ids[#ids + 1] = id end
     taken = taken + k
   end
-  if changed then redis.call('hset', KEYS[5], sfield, streak, tfield, turn) end
+  if changed then redis.call('hset', KEYS[4], sfield, streak, tfield, turn) end
   return taken, total - taken
 end
 
-local lanes = redis.call('smembers', KEYS[7])
+local lanes = redis.call('smembers', KEYS[6])
 if #lanes == 0 then
   take('', KEYS[1], want)
 else
   -- The shared lane ('') and each namespace's, in a fixed order, starting after the one served last.
   table.sort(lanes)
   table.insert(lanes, 1, '')
-  local last = redis.call('hget', KEYS[5], 'lane')
+  local last = redis.call('hget', KEYS[4], 'lane')
   local start = 1
   if last then
     for i, lane in ipairs(lanes) do
@@ -251,13 +249,13 @@ else
         if left > 0 then
           still[#still + 1] = lane
         elseif lane ~= '' then
-          redis.call('srem', KEYS[7], lane)
+          redis.call('srem', KEYS[6], lane)
         end
       end
     end
     active = still
   end
-  if served then redis.call('hset', KEYS[5], 'lane', served) end
+  if served then redis.call('hset', KEYS[4], 'lane', served) end
 end
 if #ids == 0 then return {} end
 redis.call('sadd', KEYS[3], unpack(ids))
@@ -295,15 +293,13 @@ def fairness_key(namespace: str, queue_name: str) -> str:
 class BandedFetch:
     """A worker's fetch of a (non-delay) queue: ``FETCH``, one round trip, into its ack set."""
 
-    def __init__(self, client: redis.Redis, *, namespace: str, worker_id: str, acks: str, queue_name: str) -> None:
+    def __init__(self, client: redis.Redis, *, namespace: str, acks: str, queue_name: str) -> None:
         self.client = client
-        self.worker_id = worker_id
         key = queue_key(namespace, queue_name)
         self._keys = [
             key,
             key + ".msgs",
             acks,
-            f"{namespace}:__heartbeats__",
             fairness_key(namespace, queue_name),
             paused_key(queue_name),
             lanes_key(key),
@@ -312,6 +308,6 @@ class BandedFetch:
 
     def __call__(self, count: int) -> list[bytes | None] | None:
         """Up to ``count`` messages' bodies, highest band first; None while the queue is paused."""
-        args = [count, self.worker_id, int(time.time() * 1000), FAIR_EVERY]
+        args = [count, FAIR_EVERY]
         result: list[bytes | None] | None = self._script(keys=self._keys, args=args)
         return result

@@ -18,12 +18,11 @@ share; the consuming half lives with the worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis, dq_name
+from dramatiq.common import current_millis, dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message, get_encoder
 
@@ -39,6 +38,7 @@ from shared.broker.bands import (
     waiting_keys,
 )
 from shared.broker.dead_letters import NACK, dead_letter_keys
+from shared.broker.dispatch import ACK, FETCH_DELAYED
 
 WAKE_PREFIX = "jobrelay:wake:"
 #: What a Redis call raises when Redis is away: refused, reset, or a socket that stalled past its
@@ -63,9 +63,15 @@ def acks_key(namespace: str, broker_id: str, queue_name: str) -> str:
 
 
 class WakingRedisBroker(RedisBroker):
-    #: Whether Redis is known to hold Dramatiq's dispatch script (see ``_execute``).
-    _dispatch_loaded = False
+    """Dramatiq's Redis broker with bands, lanes, wake-ups, and none of Dramatiq's dispatch script.
+
+    NOTE: Dramatiq's ``RedisBroker._dispatch`` (reached by any ``do_<command>`` not defined here)
+    is never run: see ``shared/broker/dispatch.py``.
+    """
+
     _requeue_script: Any = None
+    _ack_script: Any = None
+    _fetch_delayed_script: Any = None
     _nack_script: Any = None
 
     def __init__(self, *, fair_sharing: bool = True, **options: Any) -> None:
@@ -98,31 +104,25 @@ class WakingRedisBroker(RedisBroker):
         self.emit_after("enqueue", message, delay)
         return message
 
-    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
-        """Dramatiq's enqueue script and the wake-up token, in one round trip.
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
+        """Dramatiq's enqueue (the body into the queue's hash, the id onto its band's list, in its lane)
+        and the wake-up token, in one MULTI/EXEC round trip.
 
         NOTE: a Redis that is away raises ``ConnectionClosed``, as Dramatiq's own broker does:
         a worker's consumer thread enqueues due delayed messages, and handles only that as a
         connection loss (reconnecting); anything else made it close and, failing that too, end.
         """
-
-        def fill(pipe: redis.client.Pipeline) -> None:
-            key = queue_key(self.namespace, queue_name)
-            band_list = list_key_of(key, message_id)
-            if band_list == key:
-                self._enqueue_in(pipe, queue_name, message_id, data)
-            else:
-                # What the dispatch script's enqueue does, into the message's band (and lane).
-                pipe.hset(key + ".msgs", message_id, data)
-                pipe.rpush(band_list, message_id)
-                lane, _ = split_lane(message_id)
-                if lane is not None and not is_delay_queue(queue_name):
-                    # NOTE: after the push: a fetch between the two drops a lane it finds empty.
-                    pipe.sadd(lanes_key(key), lane)
-            self._wake_in(pipe, {queue_name})
-
+        key = queue_key(self.namespace, queue_name)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key + ".msgs", message_id, data)
+        pipe.rpush(list_key_of(key, message_id), message_id)
+        lane, _ = split_lane(message_id)
+        if lane is not None and not is_delay_queue(queue_name):
+            # NOTE: after the push: a fetch between the two drops a lane it finds empty.
+            pipe.sadd(lanes_key(key), lane)
+        self._wake_in(pipe, {queue_name})
         try:
-            return self._execute(fill)[0]
+            pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionClosed(exc) from None
 
@@ -208,64 +208,58 @@ class WakingRedisBroker(RedisBroker):
         return int(self._nack_script(keys=keys, args=args))
 
     def flush(self, queue_name: str) -> None:
-        """Dramatiq's flush (the queue, its delay queue, ack set, old dead letters), every band of every lane,
-        the dead letters."""
-        super().flush(queue_name)
+        """Dramatiq's flush (the queue, its delay queue, this broker's ack sets, its old dead letters),
+        every band of every lane, the dead letters."""
         key = queue_key(self.namespace, queue_name)
+        delayed = queue_key(self.namespace, dq_name(queue_name))
+        dead = queue_key(self.namespace, xq_name(queue_name))
+        acks = [acks_key(self.namespace, self.broker_id, name) for name in (queue_name, dq_name(queue_name))]
         self.client.delete(
             *waiting_keys(self.client, key),
             lanes_key(key),
-            fairness_key(self.namespace, queue_name),
+            key + ".msgs",
+            delayed,
+            delayed + ".msgs",
+            *acks,
+            dead,
+            dead + ".msgs",
             *dead_letter_keys(self.namespace, queue_name),
+            fairness_key(self.namespace, queue_name),
         )
 
-    def _execute(self, fill: Callable[[redis.client.Pipeline], None]) -> list[Any]:
-        """Run a pipeline of dispatch script calls in one round trip.
+    def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
+        """Dramatiq's fetch of a delay queue (a queue's own fetch is ``BandedFetch``): up to
+        ``prefetch`` bodies, their ids moved into this broker's ack set."""
+        if self._fetch_delayed_script is None:
+            self._fetch_delayed_script = self.client.register_script(FETCH_DELAYED)
+        key = queue_key(self.namespace, queue_name)
+        keys = [key, key + ".msgs", acks_key(self.namespace, self.broker_id, queue_name)]
+        result: list[bytes | None] = self._fetch_delayed_script(
+            keys=keys, args=[min(prefetch, self._max_unpack_size())]
+        )
+        return result
 
-        NOTE: redis-py sends ``SCRIPT EXISTS`` before every pipeline that calls a script,
-        a second round trip per publish. Once the script is known to be loaded it is
-        called by its digest directly; if Redis lost it (a restart), no enqueue of the
-        pipeline ran, so it runs again the redis-py way, which loads the script (a
-        repeated wake-up token is harmless).
-        """
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            fill(pipe)
-            try:
-                results: list[Any] = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                self._dispatch_loaded = False
-                continue
-            self._dispatch_loaded = True
-            return results
-        raise AssertionError("unreachable")
+    def do_ack(self, queue_name: str, *redis_message_ids: str) -> int:
+        """Dramatiq's ack: out of this broker's ack set and out of the queue's hash; how many were acked."""
+        if self._ack_script is None:
+            self._ack_script = self.client.register_script(ACK)
+        keys = [acks_key(self.namespace, self.broker_id, queue_name), queue_key(self.namespace, queue_name) + ".msgs"]
+        return int(self._ack_script(keys=keys, args=list(redis_message_ids)))
+
+    def do_qsize(self, queue_name: str) -> int:
+        """Dramatiq's qsize (``join`` waits for 0): the bodies stored and the ids this broker has not
+        acked, of the queue and of its delay queue."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in (queue_name, dq_name(queue_name)):
+            pipe.hlen(queue_key(self.namespace, name) + ".msgs")
+            pipe.scard(acks_key(self.namespace, self.broker_id, name))
+        return sum(int(size) for size in pipe.execute())
+
+    def _dispatch(self, command: str) -> Any:
+        raise AssertionError(f"Dramatiq's dispatch script ({command!r}) is not run here: see shared/broker/dispatch.py")
 
     def _wake_in(self, pipe: redis.client.Pipeline, queues: set[str]) -> None:
         for queue_name in queues:
             if not is_delay_queue(queue_name):
                 pipe.lpush(wake_key(queue_name), 1)
                 pipe.ltrim(wake_key(queue_name), 0, WAKE_TOKENS - 1)
-
-    def _enqueue_in(self, pipe: redis.client.Pipeline, queue_name: str, message_id: str, data: bytes) -> None:
-        self._dispatch_in(pipe, "enqueue", queue_name, message_id, data)
-
-    def _dispatch_in(self, pipe: redis.client.Pipeline, command: str, queue_name: str, *args: str | bytes) -> None:
-        """Dramatiq's dispatch script (``RedisBroker._dispatch``), queued on ``pipe``."""
-        script = self.scripts["dispatch"]
-        argv = [
-            command,
-            current_millis(),
-            queue_name,
-            self.broker_id,
-            self.heartbeat_timeout,
-            self.dead_message_ttl,
-            0,
-            self._max_unpack_size(),
-            *args,
-        ]
-        if self._dispatch_loaded:
-            pipe.evalsha(script.sha, 1, self.namespace, *argv)
-        else:
-            script(keys=[self.namespace], args=argv, client=pipe)

@@ -16,7 +16,9 @@ import redis
 
 from shared.broker.bands import FETCH, REQUEUE
 from shared.broker.dead_letters import NACK
+from shared.broker.dispatch import ACK, FETCH_DELAYED
 from shared.broker.publishing import NAMESPACE
+from shared.broker.waking import is_delay_queue
 
 
 def _sha(script: str) -> str:
@@ -81,17 +83,16 @@ class Faults:
 
 
 def dispatch(command: str, queue: str) -> Callable[[list[str]], bool]:
-    """Dramatiq's dispatch script called with ``command`` (enqueue, requeue, ...) on ``queue``, or the
-    script that does it in priority bands (``shared/broker/bands.py``: fetch, requeue) or by job id
-    (``shared/broker/dead_letters.py``: nack)."""
-    banded = {"fetch": _sha(FETCH), "requeue": _sha(REQUEUE), "nack": _sha(NACK)}.get(command)
+    """The call that does Dramatiq's ``command`` on ``queue``: the HSET of an enqueue's MULTI, else the
+    script of the command (``shared/broker/dispatch.py``, ``shared/broker/bands.py``), which names the
+    queue's message hash among its keys."""
+    stored = f"{NAMESPACE}:{queue}.msgs"
+    if command == "enqueue":
+        return lambda text: text[0].upper() == "HSET" and text[1] == stored
+    fetch = FETCH_DELAYED if is_delay_queue(queue) else FETCH
+    sha = _sha({"fetch": fetch, "requeue": REQUEUE, "ack": ACK, "nack": NACK}[command])
 
     def match(text: list[str]) -> bool:
-        if text[0].upper() not in ("EVALSHA", "EVAL"):
-            return False
-        if command in text and queue in text:
-            return True
-        keys = (f"{NAMESPACE}:{queue}", f"{NAMESPACE}:{queue}.msgs")
-        return banded is not None and banded in text and any(key in text for key in keys)
+        return text[0].upper() in ("EVALSHA", "EVAL") and sha in text and stored in text
 
     return match
