@@ -99,6 +99,10 @@ class Job:
     #: Tenants: the submitting API key's namespace (None: none) and name.
     namespace: str | None = None
     submitted_by: str | None = None
+    #: Push: where its final state is POSTed, whether that is still to do, and the delivery job doing it.
+    callback_url: str | None = None
+    push_due: bool = False
+    push_job_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -139,6 +143,7 @@ class Job:
             "unique_until": rfc3339(self.unique_until),
             "namespace": self.namespace,
             "submitted_by": self.submitted_by,
+            "callback_url": self.callback_url,
         }
         if self.cancel_requested and not self.status.is_final:
             body["cancel_requested"] = True

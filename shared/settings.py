@@ -101,6 +101,8 @@ class Settings:
     #: None: ``jobrelay@<this host's FQDN>``, decided when a mail is sent.
     smtp_from: str | None = None
     webhook_signing_secret: str | None = dataclasses.field(default=None, repr=False)
+    #: A job's ``callback_url`` may point at loopback, private or link-local addresses (off: refused, SSRF guard).
+    callback_allow_private: bool = False
     reports_database_url: str | None = None
     #: The console links its pages to the Grafana dashboards here when set (http or https).
     grafana_url: str | None = None
@@ -178,6 +180,7 @@ class Settings:
             smtp_server=_get(env, "SMTP_URL", SmtpServer.from_url, d.smtp_server),
             smtp_from=_get(env, "SMTP_FROM", _sender, None),
             webhook_signing_secret=_get(env, "WEBHOOK_SIGNING_SECRET", str, None),
+            callback_allow_private=_get(env, "CALLBACK_ALLOW_PRIVATE", _on_off, False),
             reports_database_url=_get(env, "REPORTS_DATABASE_URL", _database_url, None),
             grafana_url=_get(env, "GRAFANA_URL", _url(("http", "https")), None),
             traces_url=_get(env, "TRACES_URL", _traces_url, None),

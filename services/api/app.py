@@ -96,7 +96,9 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.resp_options.default_media_type = falcon.MEDIA_JSON
     errors.install(app)
 
-    submitter = Submitter(store, registry, broker, settings.api_max_body_bytes)
+    submitter = Submitter(
+        store, registry, broker, settings.api_max_body_bytes, allow_private_callbacks=settings.callback_allow_private
+    )
     workflows = WorkflowStore(store.engine)
     engine = WorkflowEngine(workflows, store, registry, broker)
     app.add_route("/healthz", HealthResource())
@@ -115,7 +117,7 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/jobs/{job_id}/retry", JobRetryResource(submitter))
     app.add_route("/v1/tasks", TasksResource(registry))
     app.add_route("/v1/workflows", WorkflowsResource(submitter, workflows, quotas))
-    app.add_route("/v1/workflows/{workflow_id}", WorkflowResource(workflows))
+    app.add_route("/v1/workflows/{workflow_id}", WorkflowResource(workflows, store))
     app.add_route("/v1/workflows/{workflow_id}/cancel", WorkflowCancelResource(engine))
     app.add_route("/v1/queues", QueuesResource(submitter))
     pauses = QueuePauses(store.engine)

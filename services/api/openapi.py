@@ -13,20 +13,34 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
-from typing import Any
 
+from services.api.job_schemas import delivery_schema, job_schema
 from services.api.resources.jobs import MAX_BATCH
 from services.api.resources.queues import MAX_REQUEUE_IDS
+from services.api.schema_parts import (
+    BOOLEAN,
+    COUNT,
+    DATE_TIME,
+    ID,
+    NULL,
+    NUMBER,
+    PRIORITY,
+    QUEUE,
+    STRING,
+    Schema,
+    closed,
+    nullable,
+    ref,
+)
 from shared.broker.queues import QueueStats
-from shared.catalog import ISOLATIONS, QUEUE_NAME, TaskSpec
-from shared.job import JobStatus
+from shared.catalog import ISOLATIONS, TaskSpec
 from shared.schedules.definition import BUILTIN_PREFIX, MAX_GRACE_S, READ_ONLY_FIELDS, SCHEDULE_ID
 from shared.schedules.triggers import MAX_INTERVAL_S
 from shared.store.schedules import Misfire, ScheduleSource
 from shared.store.workflows import WORKFLOW_TYPES, WorkflowStatus
-from shared.submission.validation import MAX_DELAY_S, MAX_RETRIES, MAX_TIME_LIMIT_S, PRIORITY_RANGE
+from shared.submission.callback_urls import CALLBACK_URL_PATTERN, MAX_URL_LENGTH
+from shared.submission.validation import MAX_DELAY_S, MAX_RETRIES, MAX_TIME_LIMIT_S
 
-Schema = dict[str, Any]
 #: Mirrors ``validation.build_job``: the smallest time or age limit it takes, the longest idempotency key.
 MIN_LIMIT_S = 0.001
 MAX_IDEMPOTENCY_KEY = 200
@@ -35,32 +49,6 @@ INPUT_ARG = "input"
 #: What the scheduler reads as a cron expression: 5 crontab(5) fields or a macro such as ``@daily``.
 CRON_FORMAT = "cron"
 
-
-def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def nullable(schema: Schema) -> Schema:
-    """``schema`` or null; keywords of one type (minimum, pattern) ignore the null."""
-    if isinstance(schema.get("type"), str):
-        return {**schema, "type": [schema["type"], "null"]}
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def closed(properties: Mapping[str, Schema], required: Iterable[str] = (), **extra: Any) -> Schema:
-    """An object with exactly these properties, as the API refuses unknown fields and answers no others."""
-    schema: Schema = {"type": "object", "properties": dict(properties), "additionalProperties": False}
-    if required := list(required):
-        schema["required"] = required
-    return {**schema, **{key: value for key, value in extra.items() if value is not None}}
-
-
-STRING, NUMBER, BOOLEAN, NULL = ({"type": t} for t in ("string", "number", "boolean", "null"))
-DATE_TIME = {"type": "string", "format": "date-time"}
-ID = {"type": "string", "format": "uuid"}
-COUNT = {"type": "integer", "minimum": 0}
-QUEUE = {"type": "string", "pattern": QUEUE_NAME.pattern}
-PRIORITY = {"type": "integer", "minimum": PRIORITY_RANGE[0], "maximum": PRIORITY_RANGE[1]}
 
 #: The options a job request may carry next to ``task`` and ``args``, with the validator's ranges
 #: (each task's variant narrows ``queue`` to the queues of the registered tasks).
@@ -105,7 +93,18 @@ JOB_OPTIONS: dict[str, Schema] = {
             "description": "The uniqueness key; absent: the canonical JSON of args.",
         }
     ),
+    "callback_url": nullable(
+        {
+            "type": "string",
+            "maxLength": MAX_URL_LENGTH,
+            "pattern": CALLBACK_URL_PATTERN,
+            "description": "POSTed the job's final state, signed (X-Jobrelay-Signature), once it ends. A host "
+            "on a loopback, private, link-local or reserved address is refused (422) unless "
+            "CALLBACK_ALLOW_PRIVATE=on.",
+        }
+    ),
 }
+CALLBACK_URL = JOB_OPTIONS["callback_url"]
 #: An eta and a positive delay together are refused.
 _ETA_AND_DELAY = {
     "required": ["eta", "delay_s"],
@@ -174,11 +173,13 @@ def _workflow_schemas() -> dict[str, Schema]:
     chain = {**steps, "prefixItems": [ref("WorkflowStep")], "items": ref("HeldWorkflowStep")}
     request = {
         "oneOf": [
-            closed({"type": {"const": "chain"}, "steps": chain, "callback": NULL}, ["type", "steps"]),
-            closed({"type": {"const": "group"}, "steps": {**steps, "items": ref("WorkflowStep")}, "callback": NULL},
+            closed({"type": {"const": "chain"}, "steps": chain, "callback": NULL, "callback_url": CALLBACK_URL},
                    ["type", "steps"]),
+            closed({"type": {"const": "group"}, "steps": {**steps, "items": ref("WorkflowStep")}, "callback": NULL,
+                    "callback_url": CALLBACK_URL}, ["type", "steps"]),
             closed({"type": {"const": "chord"}, "steps": {**steps, "items": ref("WorkflowStep")},
-                    "callback": ref("HeldWorkflowStep")}, ["type", "steps", "callback"]),
+                    "callback": ref("HeldWorkflowStep"), "callback_url": CALLBACK_URL},
+                   ["type", "steps", "callback"]),
         ]
     }  # fmt: skip
     statuses = [WorkflowStatus.RUNNING, WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED]
@@ -191,8 +192,11 @@ def _workflow_schemas() -> dict[str, Schema]:
         "created_at": DATE_TIME,
         "finished_at": nullable(DATE_TIME),
         "namespace": nullable({"type": "string", "description": "The submitting key's namespace (tenant)."}),
+        "callback_url": nullable(STRING),
     }
-    return {"WorkflowRequest": request, "Workflow": closed(workflow, workflow)}
+    required = list(workflow)
+    workflow["callback_delivery"] = nullable(ref("CallbackDelivery"))
+    return {"WorkflowRequest": request, "Workflow": closed(workflow, required)}
 
 
 def _zone_constant(name: str) -> str:
@@ -286,57 +290,6 @@ def _attempt_schema() -> Schema:
     return closed(props, props)
 
 
-def _job_schema() -> Schema:
-    error = _ERROR
-    props: dict[str, Schema] = {
-        "id": ID,
-        "task": STRING,
-        "queue": QUEUE,
-        "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-        "args": {"type": "object"},
-        "progress": nullable({"type": "object"}),
-        "result": {"description": "Any JSON the task returned, or null."},
-        "result_url": nullable(STRING),
-        "error": nullable(error),
-        "attempts": COUNT,
-        "max_retries": COUNT,
-        "priority": PRIORITY,
-        "time_limit_s": nullable(NUMBER),
-        "max_age_s": nullable(NUMBER),
-        "created_at": DATE_TIME,
-        "scheduled_for": nullable(DATE_TIME),
-        "started_at": nullable(DATE_TIME),
-        "finished_at": nullable(DATE_TIME),
-        "next_attempt_at": nullable(DATE_TIME),
-        "workflow_id": nullable(ID),
-        "schedule_id": nullable(STRING),
-        "deferred": nullable(
-            closed(
-                {"reason": {"type": "string", "enum": ["concurrency", "rate_limit"]}, "until": nullable(DATE_TIME)},
-                ["reason", "until"],
-            )
-        ),
-        "callback_job_id": nullable(ID),
-        "callback_error": nullable(STRING),
-        "trace_id": {
-            "type": ["string", "null"],
-            "pattern": "^[0-9a-f]{32}$",
-            "description": "The OpenTelemetry trace of the job (its request or schedule fire); null when untraced.",
-        },
-    }
-    props["unique_key"] = nullable({"type": "string", "description": "Hash of the task and its uniqueness key."})
-    props["unique_until"] = nullable(DATE_TIME)
-    props["namespace"] = nullable({"type": "string", "description": "The submitting key's namespace (tenant)."})
-    props["submitted_by"] = nullable({"type": "string", "description": "The name of the key that submitted it."})
-    required = list(props)
-    props["cancel_requested"] = {
-        "type": "boolean",
-        "const": True,
-        "description": "Present while a running attempt is interrupted.",
-    }
-    return closed(props, required)
-
-
 def _problem_schema() -> Schema:
     error = closed({"path": STRING, "message": STRING}, ["path", "message"])
     props = {
@@ -396,7 +349,8 @@ def component_schemas(specs: Mapping[str, TaskSpec]) -> dict[str, Schema]:
     jobs = {"type": "array", "items": ref("Job")}
     return {
         "Problem": _problem_schema(),
-        "Job": _job_schema(),
+        "Job": job_schema(),
+        "CallbackDelivery": delivery_schema(),
         "AttemptList": closed({"items": {"type": "array", "items": _attempt_schema()}}, ["items"]),
         "JobPage": closed({"items": jobs, "next_cursor": nullable(STRING)}, ["items", "next_cursor"]),
         "JobBatchRequest": closed(

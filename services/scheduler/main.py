@@ -33,6 +33,7 @@ from services.scheduler.metrics import (
     scheduler_is_leader,
 )
 from services.scheduler.pruning import PruneLimits, Pruner
+from services.scheduler.push import PushRelay
 from services.scheduler.reconcile import LostMessages
 from services.scheduler.relay import OutboxRelay
 from services.scheduler.runner import Runner
@@ -51,6 +52,7 @@ from shared.settings import Settings
 from shared.store.engine import create_store_engine, migrate
 from shared.store.jobs import JobStore
 from shared.store.pauses import QueuePauses
+from shared.store.pushes import PushStore
 from shared.store.schedules import ScheduleSource, ScheduleStore
 from shared.store.tasks import TaskRegistry
 from shared.store.workflows import WorkflowStore
@@ -121,8 +123,16 @@ def run(settings: Settings) -> int:
         # NOTE: a long backlog's run ends within one batch of a lost lease or a shutdown.
         keep_going=lambda: lease.is_leader and not stop.is_set(),
     )
+    submitter = Submitter(store, registry, broker)
+    push_relay = PushRelay(PushStore(engine), registry, submitter)
+
+    def relay() -> None:
+        # The outbox relay, then the push relay (which submits the callback deliveries that fell due).
+        jobs_relayed_total.inc(outbox_relay.run())
+        push_relay.run()
+
     work: dict[str, Callable[[], object]] = {
-        housekeeping.RELAY: lambda: jobs_relayed_total.inc(outbox_relay.run()),
+        housekeeping.RELAY: relay,
         # What crashes leave behind: messages of dead workers, and workflows whose worker died
         # between recording a step and moving the workflow on; and the Redis mirror of paused
         # queues put right from the store (a Redis that lost its data, an API that died mid-pause).
@@ -136,7 +146,6 @@ def run(settings: Settings) -> int:
         housekeeping.RECONCILE: reconcile,
         housekeeping.SWEEP: stranded_runs.run,
     }
-    submitter = Submitter(store, registry, broker)
     scheduler = BackgroundScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(20)})
     runner = Runner(
         scheduler=scheduler,

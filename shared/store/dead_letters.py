@@ -77,6 +77,8 @@ class DeadLetters:
                         # may be waiting now, and the unique index would refuse the requeue.
                         unique_key=None,
                         unique_until=None,
+                        # Push: its next final state is announced again.
+                        push_due=jobs.c.callback_url.is_not(None),
                         updated_at=now,
                     )
                 )

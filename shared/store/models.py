@@ -132,6 +132,10 @@ jobs = Table(
     # Tenants (migration 0012): the namespace of the API key that submitted the job, and that key's name.
     Column("namespace", String(64), nullable=True),
     Column("submitted_by", String(200), nullable=True),
+    # Push (migration 0017): where to POST the final state, whether that is still due, and the delivery job.
+    Column("callback_url", Text, nullable=True),
+    Column("push_due", Boolean, nullable=False, server_default=text("false")),
+    Column("push_job_id", String(36), nullable=True),
     Index("ix_jobs_status_id", "status", "id"),
     Index("ix_jobs_task_id", "task", "id"),
     Index("ix_jobs_queue_id", "queue", "id"),
@@ -144,6 +148,7 @@ jobs = Table(
         postgresql_where=text("published_at IS NULL"),
     ),
     Index("ix_jobs_dead", "queue", "id", sqlite_where=text("dead"), postgresql_where=text("dead")),
+    Index("ix_jobs_push_due", "id", sqlite_where=text("push_due"), postgresql_where=text("push_due")),
 )
 
 #: One entry per commit whose new jobs go straight to Redis: their rows are written already
@@ -226,6 +231,11 @@ workflows = Table(
         sqlite_where=text("status = 'running'"),
         postgresql_where=text("status = 'running'"),
     ),
+    # Push (migration 0017), as on jobs.
+    Column("callback_url", Text, nullable=True),
+    Column("push_due", Boolean, nullable=False, server_default=text("false")),
+    Column("push_job_id", String(36), nullable=True),
+    Index("ix_workflows_push_due", "id", sqlite_where=text("push_due"), postgresql_where=text("push_due")),
 )
 
 schedules = Table(

@@ -37,6 +37,10 @@ class Workflow:
     finished_at: datetime | None = None
     #: Tenants: the namespace of the key that submitted it (None: none); its steps carry it too.
     namespace: str | None = None
+    #: Push, as on jobs (``shared/job.py``).
+    callback_url: str | None = None
+    push_due: bool = False
+    push_job_id: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -48,6 +52,7 @@ class Workflow:
             "created_at": rfc3339(self.created_at),
             "finished_at": rfc3339(self.finished_at),
             "namespace": self.namespace,
+            "callback_url": self.callback_url,
         }
 
 
@@ -65,6 +70,8 @@ class WorkflowStore:
                     status=workflow.status,
                     job_ids=workflow.job_ids,
                     callback_job_id=workflow.callback_job_id,
+                    callback_url=workflow.callback_url,
+                    push_due=workflow.push_due,
                     created_at=workflow.created_at,
                     updated_at=workflow.updated_at,
                     namespace=workflow.namespace,

@@ -40,12 +40,16 @@ class Submitter:
         registry: TaskRegistry,
         broker: RedisBroker,
         max_body_bytes: int = Settings.api_max_body_bytes,
+        *,
+        allow_private_callbacks: bool = False,
     ) -> None:
         self.store = store
         self.registry = registry
         self.broker = broker
         #: Read by the API's resources; the scheduler reads no request bodies.
         self.max_body_bytes = max_body_bytes
+        #: ``CALLBACK_ALLOW_PRIVATE``, for the requests' ``Submission``.
+        self.allow_private_callbacks = allow_private_callbacks
         self.marks = BackgroundWrites(store.mark_published, "published marks")
         self.sent = BackgroundWrites(store.outbox_sent, "sent outbox entries")
         # NOTE: the writer publishes after the requests are answered; they are counted before.

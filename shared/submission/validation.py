@@ -19,6 +19,7 @@ from shared.ids import new_id
 from shared.job import Job, JobStatus, utcnow
 from shared.store.tasks import TaskRegistry
 from shared.store.uniqueness import unique_hash
+from shared.submission.callback_urls import callback_url_error
 
 MAX_DELAY_S = 365 * 86400.0
 MAX_TIME_LIMIT_S = 7 * 86400.0
@@ -38,6 +39,7 @@ JOB_FIELDS = {
     "unique_for_s",
     "debounce_s",
     "unique_key",
+    "callback_url",
 }
 
 
@@ -52,6 +54,8 @@ class Submission:
     #: Tenants: the submitting API key's namespace (None: none) and name.
     namespace: str | None = None
     submitted_by: str | None = None
+    #: ``CALLBACK_ALLOW_PRIVATE``: a ``callback_url`` may point inside the network (``callback_urls.py``).
+    allow_private_callbacks: bool = False
 
 
 @lru_cache(maxsize=512)
@@ -225,6 +229,13 @@ def build_job(
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
         errors.append(FieldError(f"{base}/idempotency_key", "must be a string of 1 to 200 characters"))
     unique = _uniqueness(body, base, spec, submission, errors)
+    callback_url = body.get("callback_url")
+    if callback_url is not None:
+        problem = callback_url_error(
+            callback_url, f"{base}/callback_url", allow_private=submission.allow_private_callbacks
+        )
+        if problem is not None:
+            errors.append(problem)
     if len(errors) > before or spec is None:
         return None
 
@@ -263,6 +274,8 @@ def build_job(
         # NOTE: the request's span: the job's every publish (now, by the relay, as a step released
         # later, as a retry) joins this trace.
         traceparent=tracing.traceparent(),
+        callback_url=callback_url,
+        push_due=callback_url is not None,
     )
     # NOTE: a unique_key with no window (here or on the task) makes the job unique while it waits or
     # runs, with no time bound (unique_until null), as the document allows it alone.

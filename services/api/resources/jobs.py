@@ -20,6 +20,7 @@ from shared.job import JobStatus
 from shared.results import ResultStorage, result_reference
 from shared.store.attempts import attempt_views
 from shared.store.jobs import JobFilter, JobStore
+from shared.store.pushes import delivery_view
 from shared.store.uniqueness import DEDUPLICATED
 from shared.submission.submitter import Submitter
 from shared.submission.validation import Submission, build_job
@@ -55,6 +56,7 @@ class JobsResource:
             idempotency_key=req.get_header("Idempotency-Key"),
             namespace=namespace_of(req),
             submitted_by=submitted_by(req),
+            allow_private_callbacks=self.submitter.allow_private_callbacks,
         )
         errors: list[FieldError] = []
         job = build_job(body, "", self.submitter.registry, submission, errors)
@@ -160,7 +162,10 @@ class BatchResource:
                 "batch size out of range", [FieldError("/jobs", f"must hold 1 to {MAX_BATCH} job requests")]
             )
         submission = Submission(
-            request_id=req.context.request_id, namespace=namespace_of(req), submitted_by=submitted_by(req)
+            request_id=req.context.request_id,
+            namespace=namespace_of(req),
+            submitted_by=submitted_by(req),
+            allow_private_callbacks=self.submitter.allow_private_callbacks,
         )
         errors: list[FieldError] = []
         built = [build_job(item, f"/jobs/{i}", self.submitter.registry, submission, errors)
@@ -182,7 +187,20 @@ class JobResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = job_view(req, visible(req, self.store.get(job_id)))
+        job = visible(req, self.store.get(job_id))
+        resp.media = job_view(req, job)
+        if job.callback_url is not None:
+            resp.media["callback_delivery"] = callback_delivery(self.store, job.push_job_id)
+
+
+def callback_delivery(store: JobStore, push_job_id: str | None) -> dict[str, Any] | None:
+    """How the push of a final state went (its delivery job), or None before one was submitted."""
+    if push_job_id is None:
+        return None
+    try:
+        return delivery_view(store.get(push_job_id))
+    except NotFound:
+        return None  # pruned before the job it announced
 
 
 class JobAttemptsResource:

@@ -13,17 +13,19 @@ import falcon
 from services.api.body import read_json
 from services.api.middleware import namespace_of, submitted_by
 from services.api.quotas import Quotas
-from services.api.resources.jobs import MAX_BATCH
+from services.api.resources.jobs import MAX_BATCH, callback_delivery
 from services.api.tenancy import own_workflow
 from shared.errors import Conflict, FieldError, InvalidInput
 from shared.ids import new_id
 from shared.job import Job, utcnow
+from shared.store.jobs import JobStore
 from shared.store.workflows import WORKFLOW_TYPES, Workflow, WorkflowStatus, WorkflowStore
+from shared.submission.callback_urls import callback_url_error
 from shared.submission.submitter import Submitter
 from shared.submission.validation import Submission, build_job
 from shared.workflows import WorkflowEngine
 
-_FIELDS = {"type", "steps", "callback"}
+_FIELDS = {"type", "steps", "callback", "callback_url"}
 
 
 class WorkflowsResource:
@@ -43,6 +45,7 @@ class WorkflowsResource:
             workflow_id=workflow_id,
             namespace=namespace_of(req),
             submitted_by=submitted_by(req),
+            allow_private_callbacks=self.submitter.allow_private_callbacks,
         )
         workflow, steps = self._build(body, workflow_id, submission)
         if self.quotas is not None:
@@ -70,6 +73,13 @@ class WorkflowsResource:
             errors.append(FieldError("/callback", "a chord needs a callback job request"))
         if kind in ("chain", "group") and callback_request is not None:
             errors.append(FieldError("/callback", "only a chord has a callback"))
+        callback_url = body.get("callback_url")
+        if callback_url is not None:
+            problem = callback_url_error(
+                callback_url, "/callback_url", allow_private=self.submitter.allow_private_callbacks
+            )
+            if problem is not None:
+                errors.append(problem)
         steps = [
             build_job(item, f"/steps/{i}", self.submitter.registry, submission, errors, held=kind == "chain" and i > 0)
             for i, item in enumerate(requests)
@@ -93,6 +103,8 @@ class WorkflowsResource:
             created_at=now,
             updated_at=now,
             namespace=submission.namespace,
+            callback_url=callback_url,
+            push_due=callback_url is not None,
         )
         return workflow, [*jobs, *([callback] if callback else [])]
 
@@ -101,11 +113,15 @@ class WorkflowResource:
     scopes = {"GET": "read"}
     namespaced = True
 
-    def __init__(self, workflows: WorkflowStore) -> None:
+    def __init__(self, workflows: WorkflowStore, store: JobStore) -> None:
         self.workflows = workflows
+        self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, workflow_id: str) -> None:
-        resp.media = own_workflow(req, self.workflows.get(workflow_id)).to_api()
+        workflow = own_workflow(req, self.workflows.get(workflow_id))
+        resp.media = workflow.to_api()
+        if workflow.callback_url is not None:
+            resp.media["callback_delivery"] = callback_delivery(self.store, workflow.push_job_id)
 
 
 class WorkflowCancelResource:
