@@ -67,6 +67,9 @@ class Settings:
     api_auth: bool = True
     api_workers: int = 2
     api_max_body_bytes: int = 1024 * 1024
+    #: Server-sent event streams one API process serves at once (503 beyond), and how long each lasts.
+    events_max_streams: int = 100
+    events_max_duration_s: float = 300.0
     task_modules: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_json: bool = True
@@ -151,6 +154,8 @@ class Settings:
             api_auth=_get(env, "API_AUTH", _on_off, True),
             api_workers=_get(env, "API_WORKERS", _int(1, 64), d.api_workers),
             api_max_body_bytes=_get(env, "API_MAX_BODY_BYTES", _int(1024, 1 << 30), d.api_max_body_bytes),
+            events_max_streams=_get(env, "EVENTS_MAX_STREAMS", _int(0, 100_000), d.events_max_streams),
+            events_max_duration_s=_get(env, "EVENTS_MAX_DURATION_S", _float(1, 86400), d.events_max_duration_s),
             task_modules=_get(env, "TASK_MODULES", _modules, ()),
             log_level=_get(env, "LOG_LEVEL", _choice(LOG_LEVELS), d.log_level),
             log_json=_get(env, "LOG_JSON", _on_off, True),

@@ -10,9 +10,11 @@ from dramatiq.brokers.redis import RedisBroker
 
 from services.api import errors
 from services.api.console import Gate, add_console, build_console
+from services.api.events import Streams
 from services.api.middleware import Auth, RefuseNul, RequestId, Tracing
 from services.api.quotas import Quotas
 from services.api.resources.docs import add_docs
+from services.api.resources.events import EventsResource, JobEventsResource
 from services.api.resources.health import HealthResource, ReadyResource
 from services.api.resources.jobs import (
     BatchResource,
@@ -111,6 +113,9 @@ def create_app(settings: Settings, *, store: JobStore, registry: TaskRegistry, b
     app.add_route("/v1/jobs/batch", BatchResource(submitter, quotas))
     app.add_route("/v1/jobs/{job_id}", JobResource(store))
     app.add_route("/v1/jobs/{job_id}/attempts", JobAttemptsResource(store))
+    streams = Streams(store, settings.events_max_streams, settings.events_max_duration_s)
+    app.add_route("/v1/jobs/{job_id}/events", JobEventsResource(streams))
+    app.add_route("/v1/events", EventsResource(streams))
     results = build_result_storage(settings.effective_result_storage_url)
     app.add_route("/v1/jobs/{job_id}/result", JobResultResource(store, results))
     app.add_route("/v1/jobs/{job_id}/cancel", JobCancelResource(store, engine))

@@ -82,6 +82,8 @@ def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
         "WORKER_THREADS": "4",
         # NOTE: the tests' receivers listen on loopback, which the SSRF guard refuses otherwise.
         "CALLBACK_ALLOW_PRIVATE": "on",
+        # NOTE: an event stream of a queue lasts this long; a second keeps a fuzzer's call to it short.
+        "EVENTS_MAX_DURATION_S": "1",
         **(extra_env or {}),
     }
     log_path = tmp / "stack.log"

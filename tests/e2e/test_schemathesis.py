@@ -98,7 +98,9 @@ def api_schema(stack: Stack) -> Iterator[schemathesis.BaseSchema]:
             "operations": [{"include-path": "/v1/workflows", "include-method": "POST",
                             "phases": {"coverage": {"enabled": False}}},
                            {"include-path-regex": "^/v1/queues/[^/]+/(pause|resume)$",
-                            "generation": {"max-examples": 5}}],
+                            "generation": {"max-examples": 5}},
+                           # An event stream lasts EVENTS_MAX_DURATION_S (1 s here): a few examples check it.
+                           {"include-path-regex": "^/v1/(jobs/[^/]+/)?events$", "generation": {"max-examples": 5}}],
         }
     )  # fmt: skip
     yield schemathesis.openapi.from_url(f"{stack.base_url}/openapi.json", config=config)

@@ -16,6 +16,7 @@ from typing import Any
 
 import falcon
 
+from services.api.events import EVENT_ID_PATTERN
 from services.api.openapi import (
     DATE_TIME,
     ID,
@@ -90,6 +91,26 @@ _READY = closed({"status": {"const": "ready"}, "checks": closed({"store": {"cons
                  ["store", "redis"])}, ["status", "checks"])  # fmt: skip
 _HEALTHY = closed({"status": {"const": "ok"}}, ["status"])
 _METRICS = {"description": "Prometheus text exposition.", "content": {"text/plain": {"schema": STRING}}}
+_EVENTS = {
+    "description": "Server-sent events (text/event-stream): `event: job` with `id: <updated_at ms>-<job id>` and the "
+    "job as GET /v1/jobs/{id} shows it as `data`, one per change of state, attempt or progress; comment lines keep a "
+    "quiet stream alive. It ends after EVENTS_MAX_DURATION_S (a job's stream also once the job is final); "
+    "reconnect with Last-Event-ID to go on from there.",
+    "content": {"text/event-stream": {"schema": STRING}},
+}
+_UNAVAILABLE = {
+    "description": "The API process serves its limit of event streams (EVENTS_MAX_STREAMS), or the store did not "
+    "answer; try again after Retry-After.",
+    "content": {PROBLEM: {"schema": ref("Problem")}},
+    "headers": {"Retry-After": {"schema": STRING, "required": True}},
+}
+LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "The id of the last event received: the stream goes on after it (any other value is a 422).",
+    "schema": {"type": "string", "pattern": EVENT_ID_PATTERN},
+}
 _RESULT = {"description": "The result as stored.", "content": {JSON: {"schema": {}}, "*/*": {"schema": {}}}}
 _JOB_LINKS = {name: (op, "job_id", "$response.body#/id") for name, op in
               (("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("RetryJob", "retryJob"))}  # fmt: skip
@@ -116,6 +137,13 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: "AttemptList", 404: "NotFound"}, params=(JOB_ID,)),
     Operation("getJobResult", "/v1/jobs/{job_id}/result", "get", "The result with its content type; 404 until then",
               "read", {200: _RESULT, 404: "NotFound"}, params=(JOB_ID,)),
+    Operation("streamJobEvents", "/v1/jobs/{job_id}/events", "get",
+              "The job's changes as server-sent events, until it is final", "read",
+              {200: _EVENTS, 404: "NotFound", 422: "Unprocessable", 503: _UNAVAILABLE},
+              params=(JOB_ID, LAST_EVENT_ID)),
+    Operation("streamEvents", "/v1/events", "get", "Changes of the jobs of a queue (or all) as server-sent events",
+              "read", {200: _EVENTS, 422: "Unprocessable", 503: _UNAVAILABLE},
+              params=(_query("queue", QUEUE, "Only this queue's jobs."), LAST_EVENT_ID)),
     Operation("cancelJob", "/v1/jobs/{job_id}/cancel", "post", "Cancel a job", "write",
               {202: "Job", 404: "NotFound", 409: "Conflict"}, params=(JOB_ID,)),
     Operation("retryJob", "/v1/jobs/{job_id}/retry", "post", "Run a failed, cancelled or expired job again", "write",
