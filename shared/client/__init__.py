@@ -192,6 +192,7 @@ class JobOptions(TypedDict, total=False):
     unique_for_s: float | None
     debounce_s: float | None
     unique_key: str | None
+    callback_url: str | None
 
 
 def job_request(task: str, args: Mapping[str, Any] | None = None, **options: Unpack[JobOptions]) -> dict[str, Any]:

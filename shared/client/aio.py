@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Unpack
 
 import httpx
+import httpx_sse
 
-from shared.client import Job, JobOptions, JobPoll, calls
+from shared.client import ConnectionFailed, Job, JobOptions, JobPoll, calls, streams
 from shared.client.base import BaseClient
 from shared.client.calls import Call, RetryPolicy, ScheduleChanges
 
@@ -30,6 +31,7 @@ class AsyncClient(BaseClient):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, token, retry=retry)
+        self._timeout_s = timeout_s
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=self.headers, timeout=timeout_s, transport=transport
         )
@@ -92,6 +94,37 @@ class AsyncClient(BaseClient):
             if not cursor:
                 return
 
+    async def events(
+        self,
+        job_id: str | None = None,
+        *,
+        queue: str | None = None,
+        last_event_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Job]:
+        """``Client.events`` for asyncio code: each change of a job, or of the jobs of a queue, as streamed."""
+        state = streams.open_state(job_id, queue, last_event_id)
+        failures = 0
+        while not state.done and (left := state.left_s(timeout_s)) != 0:
+            try:
+                async with httpx_sse.aconnect_sse(
+                    self._http, "GET", state.path, timeout=streams.read_timeout(self._timeout_s, left),
+                    **streams.extra_kwargs(state),
+                ) as source:  # fmt: skip
+                    if not streams.is_stream(source.response):
+                        raise streams.refuse(state, source.response, await source.response.aread())
+                    failures = 0
+                    async for sse in source.aiter_sse():
+                        job = state.take(sse.id, sse.event, sse.data)
+                        if job is not None:
+                            yield job
+                        if state.done:
+                            return
+            except httpx.TransportError as exc:
+                # NOTE: a dropped or silent stream is reopened after the last event, like EventSource does.
+                failures += 1
+                await asyncio.sleep(self._pause_after_failure(state.call, failures, exc))
+
     async def wait(
         self,
         job_id: str,
@@ -99,9 +132,20 @@ class AsyncClient(BaseClient):
         timeout_s: float | None = 60.0,
         poll_s: float = 0.2,
         on_update: Callable[[Job], None] | None = None,
+        stream: bool = True,
     ) -> Job:
-        """The job once final; ``WaitTimeout`` after ``timeout_s`` (None: never); ``on_update`` sees each state."""
+        """The job once final; ``WaitTimeout`` after ``timeout_s`` (None: never); ``on_update`` sees each state.
+
+        Follows the job's event stream (``stream``), or polls every ``poll_s`` when the API cannot stream."""
         poll = JobPoll(job_id, timeout_s=timeout_s, poll_s=poll_s, on_update=on_update)
+        if stream:
+            try:
+                async for job in self.events(job_id, timeout_s=timeout_s):
+                    if poll.pause_s(job) is None:
+                        return job
+                # NOTE: the stream ended at the deadline: one read says how the job stands (WaitTimeout).
+            except (streams.StreamUnavailable, ConnectionFailed):
+                pass  # polled below
         while (pause_s := poll.pause_s(job := await self.get(job_id))) is not None:
             await asyncio.sleep(pause_s)
         return job

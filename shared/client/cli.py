@@ -107,6 +107,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     submit.add_argument("--priority", type=int, default=None, metavar="N", help="0 to 9, higher first")
     submit.add_argument("--max-retries", type=int, default=None, metavar="N", help="none: the task's own")
     submit.add_argument("--idempotency-key", default=None, metavar="KEY", help="repeats with it return the same job")
+    submit.add_argument(
+        "--callback-url", default=None, metavar="URL", help="POST the job's final state there, signed; none: no push"
+    )
     submit.add_argument("--wait", action="store_true", help="wait for a final state; exit 0 only if it succeeded")
     submit.add_argument("--timeout", type=float, default=60.0, metavar="S", help="--wait gives up after S seconds")
 

@@ -95,6 +95,7 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         priority=args.priority,
         max_retries=args.max_retries,
         idempotency_key=args.idempotency_key,
+        callback_url=args.callback_url,
     )
     if not args.wait:
         return _show(args, job)
