@@ -23,9 +23,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from shared.errors import InvalidInput, NotFound, Unavailable
+from shared.errors import NotFound, Unavailable
 from shared.job import Job, JobStatus
-from shared.store.jobs import JobStore
+from shared.store.jobs import JobFilter, JobStore
 from shared.store.models import jobs
 
 #: Seconds between two reads of the store for one stream.
@@ -34,9 +34,8 @@ POLL_S = 0.5
 KEEPALIVE_S = 15.0
 #: The newest jobs of the queue a queue stream watches, besides its running ones.
 WINDOW = 200
-#: An event id as the API writes it (the OpenAPI document states the same pattern).
-EVENT_ID_PATTERN = "^[0-9]{1,16}-[0-9a-f-]{1,36}$"
-EVENT_ID = re.compile(EVENT_ID_PATTERN)
+#: An event id as the API writes it.
+EVENT_ID = re.compile("^[0-9]{1,16}-[0-9a-f-]{1,36}$")
 #: Milliseconds a client waits before it reconnects (the stream's ``retry:`` field).
 RETRY_MS = 1000
 
@@ -51,11 +50,14 @@ def event_id(job: Job) -> str:
 
 
 def parse_event_id(raw: str | None) -> tuple[int, str] | None:
-    """The position a ``Last-Event-ID`` header names; ``InvalidInput`` when it is not one of ours."""
-    if raw is None:
+    """The position a ``Last-Event-ID`` header names; None without one, or for one this API did not write.
+
+    NOTE: an id of another server (a client moved behind a load balancer to another deployment) or
+    none at all starts the stream from now, as a first connection: refusing it would leave an
+    EventSource reconnecting with the same id forever.
+    """
+    if raw is None or not EVENT_ID.fullmatch(raw):
         return None
-    if not EVENT_ID.fullmatch(raw):
-        raise InvalidInput("Last-Event-ID is not an event id of this API", [])
     ms, _, job_id = raw.partition("-")
     return int(ms), job_id
 
@@ -177,7 +179,7 @@ class Streams:
         sent: dict[str, str] = {}
         watched: set[str] = set()
         for keepalive in self._ticks():
-            found = self._window(queue, namespace, watched)
+            found = self.window(queue, namespace, watched)
             changed = []
             for job in found:
                 view = job.to_api(traceback=traceback)
@@ -194,21 +196,20 @@ class Streams:
             if not changed and keepalive:
                 yield b": keep-alive\n\n"
 
-    def _window(self, queue: str | None, namespace: str | None, watched: set[str]) -> list[Job]:
-        """The queue's newest jobs, its running ones, and those watched before that left both (ended, mostly)."""
-        conditions = []
-        if queue is not None:
-            conditions.append(jobs.c.queue == queue)
-        if namespace is not None:
-            conditions.append(jobs.c.namespace == namespace)
-        newest = select(jobs).where(*conditions).order_by(jobs.c.id.desc()).limit(WINDOW)
-        running = select(jobs).where(jobs.c.status == JobStatus.RUNNING.value, *conditions).limit(WINDOW)
-        with self.store.engine.connect() as conn:
-            found = {job.id: job for job in map(Job.from_row, conn.execute(newest))}
-            for job in map(Job.from_row, conn.execute(running)):
-                found.setdefault(job.id, job)
-            missing = sorted(watched - set(found))
-            if missing:
+    def window(self, queue: str | None, namespace: str | None, watched: set[str]) -> list[Job]:
+        """The queue's newest jobs, its running ones, and those watched before that left both (ended, mostly).
+
+        NOTE: the first two are pages of the job list (``shared/store/pages.py``), so each reads a bounded
+        number of rows whatever the table holds; the last are primary-key reads.
+        """
+        newest = self.store.page(JobFilter(queue=queue, namespace=namespace), limit=WINDOW).items
+        running = JobFilter(status=JobStatus.RUNNING, queue=queue, namespace=namespace)
+        found = {job.id: job for job in newest}
+        for job in self.store.page(running, limit=WINDOW).items:
+            found.setdefault(job.id, job)
+        missing = sorted(watched - set(found))
+        if missing:
+            with self.store.engine.connect() as conn:
                 for job in map(Job.from_row, conn.execute(select(jobs).where(jobs.c.id.in_(missing)))):
                     found[job.id] = job
         return list(found.values())

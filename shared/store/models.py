@@ -148,7 +148,7 @@ jobs = Table(
         postgresql_where=text("published_at IS NULL"),
     ),
     Index("ix_jobs_dead", "queue", "id", sqlite_where=text("dead"), postgresql_where=text("dead")),
-    Index("ix_jobs_push_due", "id", sqlite_where=text("push_due"), postgresql_where=text("push_due")),
+    Index("ix_jobs_push_due", "status", "id", sqlite_where=text("push_due"), postgresql_where=text("push_due")),
 )
 
 #: One entry per commit whose new jobs go straight to Redis: their rows are written already
@@ -235,7 +235,7 @@ workflows = Table(
     Column("callback_url", Text, nullable=True),
     Column("push_due", Boolean, nullable=False, server_default=text("false")),
     Column("push_job_id", String(36), nullable=True),
-    Index("ix_workflows_push_due", "id", sqlite_where=text("push_due"), postgresql_where=text("push_due")),
+    Index("ix_workflows_push_due", "status", "id", sqlite_where=text("push_due"), postgresql_where=text("push_due")),
 )
 
 schedules = Table(

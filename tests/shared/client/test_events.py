@@ -89,8 +89,8 @@ def test_a_queue_stream_from_an_event_id_shows_the_jobs_changed_since(serve: Cal
         seen = next(api.events(queue="default", last_event_id=since, timeout_s=30))
         assert seen["id"] == job["id"] and seen["status"] == "scheduled"
         with pytest.raises(ApiInvalidRequest) as caught:
-            next(api.events(queue="default", last_event_id="not-an-id"))
-        assert caught.value.errors[0]["path"] == "/headers/Last-Event-ID"
+            next(api.events(queue="Not A Queue"))
+        assert caught.value.errors[0]["path"] == "/query/queue"
 
 
 def test_events_end_at_the_timeout(serve: Callable[..., str]) -> None:

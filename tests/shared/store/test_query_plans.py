@@ -24,6 +24,7 @@ from sqlalchemy import Engine, event, text
 
 from bench.store_fill import fill, live_rows, private_database
 from services.api.console import queries as console
+from services.api.events import Streams
 from shared.errors import NotFound
 from shared.job import JobStatus, utcnow
 from shared.store.dead_letters import DEAD_EXACT_MAX
@@ -31,6 +32,7 @@ from shared.store.engine import create_store_engine
 from shared.store.jobs import _BY_KEYS_SELECT, JobFilter, JobStore, encode_cursor
 from shared.store.models import jobs
 from shared.store.pages import SCAN_ROWS, page_query
+from shared.store.pushes import PushStore
 from shared.store.workflows import WorkflowStore
 from tests.conftest import PG_ADMIN_URL
 
@@ -272,6 +274,14 @@ def test_housekeeping_reads_its_batch_or_the_live_rows(big: Engine) -> None:
     assert_bounded(big, lambda: store.lease_expired(before=now + timedelta(minutes=5)), live)
     assert_bounded(big, lambda: store.outbox_left(older_than=now), 10)
     assert_bounded(big, lambda: WorkflowStore(big).running_ids(updated_before=now), 20)
+    # The push relay reads the final rows still to announce, by the partial index of the rows that have one
+    assert_bounded(big, lambda: PushStore(big).due(200), 2 * 200)
+
+
+def test_an_event_stream_of_a_queue_reads_two_bounded_pages_per_poll(big: Engine) -> None:
+    streams = Streams(JobStore(big), max_streams=1, max_duration_s=1)
+    for queue, namespace in [("default", None), ("default", "acme"), (None, "acme"), (None, None)]:
+        assert_bounded(big, lambda q=queue, n=namespace: streams.window(q, n, set()), PAGE_BOUND)
 
 
 def test_a_job_and_an_idempotency_key_are_one_index_probe(big: Engine) -> None:

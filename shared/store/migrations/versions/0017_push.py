@@ -26,7 +26,8 @@ def upgrade() -> None:
             batch.add_column(sa.Column("push_due", sa.Boolean, nullable=False, server_default=sa.text("false")))
             batch.add_column(sa.Column("push_job_id", sa.String(36), nullable=True))
         where = sa.text("push_due")
-        op.create_index(f"ix_{table}_push_due", table, ["id"], sqlite_where=where, postgresql_where=where)
+        # NOTE: by status: the relay reads the final ones, not the many a backlog may hold waiting.
+        op.create_index(f"ix_{table}_push_due", table, ["status", "id"], sqlite_where=where, postgresql_where=where)
 
 
 def downgrade() -> None:
