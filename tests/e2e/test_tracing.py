@@ -39,6 +39,8 @@ def traced(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
         "WEBHOOK_SIGNING_SECRET": "tracing-test-secret",
         # isolation="process" tasks: their child process's spans join the job's trace too.
         "TASK_MODULES": "tests.services.worker.isolated_tasks",
+        # A success is a DEBUG line (INFO has a summary per task every 10 s); its trace ids are asserted below.
+        "LOG_LEVEL": "DEBUG",
     }
     stack = start_stack(tmp_path_factory.mktemp("traced"), env)
     try:
