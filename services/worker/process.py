@@ -172,6 +172,10 @@ class WorkerWiring:
     def close(self) -> None:
         """Commit and ack what is still pending, then let go of Redis (after the worker stopped)."""
         self.outcomes.close()
+        written_by = self.outcomes.writes.store.engine
+        if written_by is not self.store.engine:
+            # The status writer's own engine (PostgreSQL, ``_status_writer_store``): its connection ends here.
+            written_by.dispose()
         self.flow.close()
         self.broker.close()
 
