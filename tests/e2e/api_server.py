@@ -70,6 +70,8 @@ class ApiServer:
             "API_BIND": f"127.0.0.1:{self.port}",
             "API_KEYS": f"tests:{self.token}:admin",
             "LOG_LEVEL": "WARNING",
+            # NOTE: an event stream lasts this long (300 s by default); a second keeps a fuzzer's call to it short.
+            "EVENTS_MAX_DURATION_S": "1",
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(

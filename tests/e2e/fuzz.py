@@ -101,6 +101,8 @@ def openapi_fuzz(server: ApiServer, *, examples: int, seed: int = SEED) -> FuzzR
             # Conformance is test_schemathesis.py's; here: the server's own errors only.
             "checks": {"enabled": False, "not_a_server_error": {"enabled": True}},
             "phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}},
+            # An event stream lasts EVENTS_MAX_DURATION_S (1 s on the test server): a few examples check it.
+            "operations": [{"include-path-regex": "^/v1/(jobs/[^/]+/)?events$", "generation": {"max-examples": 3}}],
         }
     )
     schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json", config=config)
