@@ -168,14 +168,15 @@ class WorkerWiring:
     #: Set to stop the process: by SIGTERM, or by ``recycling`` at its limit.
     stop: threading.Event
     recycling: ProcessRecycling
+    #: The status writer's store: ``store`` itself, or one with an engine of its own (``_status_writer_store``).
+    writer_store: JobStore
 
     def close(self) -> None:
         """Commit and ack what is still pending, then let go of Redis (after the worker stopped)."""
         self.outcomes.close()
-        written_by = self.outcomes.writes.store.engine
-        if written_by is not self.store.engine:
+        if self.writer_store.engine is not self.store.engine:
             # The status writer's own engine (PostgreSQL, ``_status_writer_store``): its connection ends here.
-            written_by.dispose()
+            self.writer_store.engine.dispose()
         self.flow.close()
         self.broker.close()
 
@@ -230,7 +231,8 @@ def build_worker_broker(
         callbacks.warn_unknown()
     except Exception as exc:  # NOTE: a warning only; the registry may not be reachable yet.
         log.warning("could not check the callback tasks: %s", exc)
-    writes = StatusWriter(_status_writer_store(settings, engine), callbacks=callbacks)
+    writer_store = _status_writer_store(settings, engine)
+    writes = StatusWriter(writer_store, callbacks=callbacks)
     # What the supervisor reads: the attempts' limits while this process lives (``limits.py``),
     # which attempts count if it dies (``held_jobs.py``).
     held = HeldJobs(held_jobs_path(Path(settings.data_dir), owner), limits_of=catalog_limits(catalog))
@@ -292,7 +294,7 @@ def build_worker_broker(
         ),
     )
     declare_actors(broker, catalog, isolated)
-    return WorkerWiring(broker, claims, outcomes, store, flow, worker_lifespans, stop, recycling)
+    return WorkerWiring(broker, claims, outcomes, store, flow, worker_lifespans, stop, recycling, writer_store)
 
 
 def run(settings: Settings, *, queues: list[str], threads: int, owner: str, grace_s: float) -> int:
