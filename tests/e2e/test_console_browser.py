@@ -204,8 +204,13 @@ def test_filter_the_job_list(driver: WebDriver, stack: Stack) -> None:
     search.clear()
     search.send_keys("findme-needle")
     driver.find_element(By.ID, "apply").click()
-    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 1, "one search hit")
-    assert echo[:8] in text_of(driver, "#jobs tbody")
+    # NOTE: the list before the search may hold one row too: wait for the searched page, not only its row count.
+    wait_for(
+        driver,
+        lambda d: "q=findme-needle" in d.current_url and len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")) == 1,
+        "one search hit",
+    )
+    assert echo[:8] in wait_for(driver, lambda d: text_of(d, "#jobs tbody"), "the hit's row")
 
 
 def test_bulk_requeue_dead_letters(driver: WebDriver, stack: Stack) -> None:
