@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from shared.logs import configure_logging, log_context, log_with_trace
 
 TRACE = 'Traceback (most recent call last):\n  File "task.py", line 3, in run\nValueError: boom\n'
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def test_a_json_line_carries_the_given_trace_and_the_context(

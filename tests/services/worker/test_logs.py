@@ -4,8 +4,6 @@ a DEBUG line per success and, at INFO, a line counting the successes."""
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,17 +14,6 @@ from shared.settings import Settings
 from shared.store.jobs import JobStore
 from shared.store.tasks import TaskRegistry
 from tests.services.worker.conftest import Harness, running_harness
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def lines_of(err: str, job_id: str) -> list[dict]:
